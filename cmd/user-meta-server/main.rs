@@ -1,0 +1,161 @@
+//! `user-meta-server`: the usermetadb server, its config check and database
+//! maintenance.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use usermetadb::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use usermetadb::server::{tls, Server};
+
+#[derive(Parser)]
+#[command(name = "user-meta-server", version, about = "Privacy-preserving user metadata database")]
+struct Cli {
+    /// Configuration file (YAML).
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Address to listen on, HOST:PORT (":PORT" means all interfaces).
+    #[arg(long, global = true, default_value = ":5505")]
+    addr: String,
+    /// Log filter, e.g. info, debug, usermetadb=debug (or RUST_LOG).
+    #[arg(long, global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Check the configuration and report every problem with the key it concerns.
+    CheckConfig,
+}
+
+fn parse_addr(s: &str) -> anyhow::Result<SocketAddr> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    full.parse()
+        .with_context(|| format!("--addr {s:?}: expected HOST:PORT, e.g. 127.0.0.1:5505"))
+}
+
+fn init_logging(filter: Option<&str>) {
+    let filter = filter
+        .map(tracing_subscriber::EnvFilter::new)
+        .or_else(|| tracing_subscriber::EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(&cli.config, &cli.addr),
+        Command::CheckConfig => return check_config(&cli.config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("user-meta-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(ConfigError::Invalid { problems }) => {
+            for p in &problems {
+                println!("{}: {p}", path.display());
+            }
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            println!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let missing = config.missing_files();
+    for p in &missing {
+        println!("{}: {p}", path.display());
+    }
+    let mut ok = missing.is_empty();
+    if let Some(t) = config.http.tls.as_ref().filter(|_| ok) {
+        if let Err(e) = tls::server_config(&t.cert, &t.key, &t.ca) {
+            println!("{}: http_server.tls: {e}", path.display());
+            ok = false;
+        }
+    }
+    if let Some(g) = config.geoip.as_ref().filter(|_| ok) {
+        if let Err(e) = usermetadb::privacy::GeoIp::open(g) {
+            println!("{}: geoip.db: {e}", path.display());
+            ok = false;
+        }
+    }
+    if ok {
+        println!("{}: ok", path.display());
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn serve(config_path: &std::path::Path, addr: &str) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let addr = parse_addr(addr)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let server = Server::bind(&config, addr).await?;
+        let local = server.local_addr()?;
+        let scheme = if server.is_tls() { "https" } else { "http" };
+        tracing::info!(
+            address = %local,
+            database = %config.db.path.display(),
+            "listening on {scheme}://{local}"
+        );
+        let privacy = server.privacy();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                if let Some(g) = &privacy.geoip {
+                    match g.reload() {
+                        Ok(()) => tracing::info!("GeoIP database reloaded"),
+                        Err(e) => tracing::error!(error = %e, "GeoIP reload failed; keeping the old database"),
+                    }
+                }
+            }
+        });
+        server.run(shutdown_signal()).await;
+        Ok::<(), anyhow::Error>(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

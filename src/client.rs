@@ -1,0 +1,184 @@
+//! A client of the API over mutual TLS (or plain HTTP), on one keep-alive
+//! HTTP/1.1 connection. Used by the admin CLI, the benchmark and the tests.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper::header::{HeaderMap, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::server::tls::{load_certs, load_key, provider, root_store, TlsError};
+use crate::wire::ErrorResponse;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("invalid server name {0:?}")]
+    ServerName(String),
+    #[error("{path}: {status}: {message}")]
+    Status {
+        path: String,
+        status: StatusCode,
+        message: String,
+    },
+    #[error("{path}: invalid response: {source}")]
+    Decode {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("encoding request: {0}")]
+    Encode(serde_json::Error),
+}
+
+/// A TLS client configuration trusting `ca`, presenting `cert`/`key` when given.
+pub fn tls_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(root_store(ca)?);
+    let mut cfg = match identity {
+        Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// An answer as received.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// One open connection.
+pub struct Connection {
+    sender: http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Connection {
+    /// Connects to `addr`, with TLS when `tls` is given (verifying the server
+    /// as `server_name`).
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> Result<Connection, ClientError> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let host = format!("{server_name}:{}", addr.port());
+        let sender = match tls {
+            Some(cfg) => {
+                let name = ServerName::try_from(server_name.to_owned())
+                    .map_err(|_| ClientError::ServerName(server_name.to_owned()))?;
+                let stream = TlsConnector::from(cfg)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|source| ClientError::Handshake { addr, source })?;
+                let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }
+            None => {
+                let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }
+        };
+        Ok(Connection { sender, host })
+    }
+
+    /// Sends any request and returns the answer as it is.
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<RawResponse, ClientError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, &self.host);
+        if let Some(ct) = content_type {
+            req = req.header(CONTENT_TYPE, ct);
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| ClientError::ServerName(e.to_string()))?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(RawResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// POSTs a JSON body and returns the answer as it is.
+    pub async fn post_raw(&mut self, path: &str, body: Bytes) -> Result<RawResponse, ClientError> {
+        self.request(Method::POST, path, Some("application/json"), body)
+            .await
+    }
+
+    /// Calls an endpoint: a non-2xx answer is an error with the server's message.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        req: &Req,
+    ) -> Result<Resp, ClientError> {
+        let body = serde_json::to_vec(req).map_err(ClientError::Encode)?;
+        let resp = self.post_raw(path, body.into()).await?;
+        if !resp.status.is_success() {
+            let message = serde_json::from_slice::<ErrorResponse>(&resp.body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&resp.body).into_owned());
+            return Err(ClientError::Status {
+                path: path.to_owned(),
+                status: resp.status,
+                message,
+            });
+        }
+        serde_json::from_slice(&resp.body).map_err(|source| ClientError::Decode {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}

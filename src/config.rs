@@ -1,0 +1,584 @@
+//! Configuration: the YAML file, parsed strictly into raw serde structs (unknown
+//! keys are errors that name the key and line), then validated into [`Config`].
+//!
+//! Key names are those of the Go `user-meta-server` where it had them; every key
+//! added here is optional. Relative paths are relative to the working directory,
+//! as in the Go server.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::acl::{Acl, AclEntry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid { problems: Vec<Problem> },
+}
+
+/// One thing wrong with a configuration, and the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// A duration in the config: `"90s"`, `"15m"`, `"1h"`, `"365d"`, `"2w"`, `"250ms"`,
+/// or a bare integer meaning seconds (as the Go server's `request_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(ConfigDuration(Duration::from_secs(s))),
+            Raw::Text(t) => parse_duration(&t).map(ConfigDuration).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `<number><unit>` with unit one of ms, s, m, h, d, w.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 90s, 1h, 365d"))?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" | "" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 7 * 86_400_000,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m, h, d or w")),
+    };
+    n.checked_mul(unit_ms)
+        .filter(|ms| *ms <= 100 * 365 * 86_400_000)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {s:?} is too long"))
+}
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Database location: a filesystem path means SQLite.
+    #[serde(default)]
+    pub db_uri: Option<String>,
+    /// Storage tuning (additive).
+    #[serde(default)]
+    pub db: RawDb,
+    /// The HTTP(S) listener.
+    #[serde(default)]
+    pub http_server: RawHttpServer,
+    /// What is reduced before anything is stored.
+    #[serde(default)]
+    pub privacy: RawPrivacy,
+    /// How long data is kept.
+    #[serde(default)]
+    pub retention: RawRetention,
+    /// Country lookup for addresses.
+    #[serde(default)]
+    pub geoip: Option<RawGeoIp>,
+    /// Keys.
+    #[serde(default)]
+    pub secrets: RawSecrets,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeoIp {
+    /// A MaxMind DB country database (MaxMind or flat `country_code` layout).
+    pub db: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecrets {
+    /// 32-byte device key (raw, hex or base64). Unset: created beside the database.
+    pub device_key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDb {
+    /// Read-only connections serving lookups (default 2).
+    pub readers: Option<usize>,
+    /// Writes committed together in one transaction at most (default 512).
+    pub max_batch: Option<usize>,
+    /// `full` (default: a 2xx survives power loss) or `normal` (survives a process crash).
+    pub synchronous: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpServer {
+    /// Mutual TLS; without it the server speaks plain HTTP.
+    pub tls: Option<RawTls>,
+    /// Requests served at once; beyond it the answer is 503 (default 1000).
+    pub max_inflight_requests: Option<usize>,
+    /// Time to receive a request body, in seconds or as a duration (default 30).
+    pub request_timeout: Option<ConfigDuration>,
+    /// Open connections at most (default 4096).
+    pub max_connections: Option<usize>,
+    /// Time for the TLS handshake (default 10s).
+    pub handshake_timeout: Option<ConfigDuration>,
+    /// Time to receive the request line and headers (default 10s).
+    pub header_timeout: Option<ConfigDuration>,
+    /// Time a keep-alive connection may sit idle (default 120s).
+    pub idle_timeout: Option<ConfigDuration>,
+    /// Largest request body (default 65536).
+    pub max_body_bytes: Option<usize>,
+    /// Largest body of `get_unused_accounts`, which carries name lists (default 4 MiB).
+    pub max_bulk_body_bytes: Option<usize>,
+    /// Most names in one `get_unused_accounts` request (default 50000).
+    pub max_bulk_names: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Server certificate chain (PEM).
+    pub cert: String,
+    /// Server private key (PEM).
+    pub key: String,
+    /// CA that signs client certificates (PEM).
+    pub ca: String,
+    /// Who may call what: regular expressions on the path and the client CN,
+    /// both anchored. Default deny.
+    #[serde(default)]
+    pub acl: Vec<RawAclEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAclEntry {
+    pub path: String,
+    pub cn: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrivacy {
+    /// Log and device timestamps are floored to this (default 1h).
+    pub timestamp_granularity: Option<ConfigDuration>,
+    /// Last-login timestamps are floored to this (default 24h).
+    pub last_login_granularity: Option<ConfigDuration>,
+    /// Keep the raw user agent string (default false).
+    pub keep_user_agent: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Log entries older than this are deleted (default 365d).
+    pub user_logs: Option<ConfigDuration>,
+    /// Devices unseen for this long are deleted (default 730d).
+    pub devices: Option<ConfigDuration>,
+}
+
+/// The validated configuration the server runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub db: DbConfig,
+    pub http: HttpConfig,
+    pub privacy: PrivacyConfig,
+    pub retention: RetentionConfig,
+    /// The GeoIP database file, if any.
+    pub geoip: Option<PathBuf>,
+    pub secrets: SecretsConfig,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SecretsConfig {
+    pub device_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    pub path: PathBuf,
+    pub readers: usize,
+    pub max_batch: usize,
+    pub synchronous_full: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub tls: Option<TlsConfig>,
+    pub max_inflight_requests: usize,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_bulk_body_bytes: usize,
+    pub max_bulk_names: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub acl: Acl,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PrivacyConfig {
+    pub timestamp_granularity: Duration,
+    pub last_login_granularity: Duration,
+    pub keep_user_agent: bool,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            timestamp_granularity: Duration::from_secs(3600),
+            last_login_granularity: Duration::from_secs(86_400),
+            keep_user_agent: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionConfig {
+    pub user_logs: Duration,
+    pub devices: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            user_logs: Duration::from_secs(365 * 86_400),
+            devices: Duration::from_secs(730 * 86_400),
+        }
+    }
+}
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/user-meta-server.yml";
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_yaml(&text)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?
+        };
+        Config::from_raw(raw)
+    }
+
+    /// Validates every key, collecting all problems rather than stopping at the first.
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            problems.push(Problem {
+                key: key.to_owned(),
+                message,
+            })
+        };
+
+        let db_path = match raw.db_uri.as_deref() {
+            None | Some("") => {
+                problem("db_uri", "is required (a path to the SQLite database file)".into());
+                PathBuf::new()
+            }
+            Some(uri) if uri.starts_with("postgres://") || uri.starts_with("postgresql://") => {
+                problem("db_uri", "PostgreSQL is not supported by this build; use a SQLite path".into());
+                PathBuf::new()
+            }
+            Some(uri) => PathBuf::from(uri.strip_prefix("sqlite://").unwrap_or(uri)),
+        };
+        let synchronous_full = match raw.db.synchronous.as_deref() {
+            None | Some("full") => true,
+            Some("normal") => false,
+            Some(other) => {
+                problem("db.synchronous", format!("must be full or normal, not {other:?}"));
+                true
+            }
+        };
+        let readers = raw.db.readers.unwrap_or(2);
+        if !(1..=64).contains(&readers) {
+            problem("db.readers", "must be between 1 and 64".into());
+        }
+        let max_batch = raw.db.max_batch.unwrap_or(512);
+        if !(1..=100_000).contains(&max_batch) {
+            problem("db.max_batch", "must be between 1 and 100000".into());
+        }
+
+        let h = raw.http_server;
+        let tls = h.tls.map(|t| {
+            for (key, value) in [
+                ("http_server.tls.cert", &t.cert),
+                ("http_server.tls.key", &t.key),
+                ("http_server.tls.ca", &t.ca),
+            ] {
+                if value.is_empty() {
+                    problem(key, "is required".into());
+                }
+            }
+            let mut entries = Vec::new();
+            for (i, e) in t.acl.iter().enumerate() {
+                match AclEntry::new(&e.path, &e.cn) {
+                    Ok(entry) => entries.push(entry),
+                    Err(msg) => problem(&format!("http_server.tls.acl[{i}]"), msg),
+                }
+            }
+            if t.acl.is_empty() {
+                problem(
+                    "http_server.tls.acl",
+                    "is empty: every request would be denied".into(),
+                );
+            }
+            TlsConfig {
+                cert: t.cert.into(),
+                key: t.key.into(),
+                ca: t.ca.into(),
+                acl: Acl::new(entries),
+            }
+        });
+        let positive = |key: &str, v: Option<usize>, default: usize, problem: &mut dyn FnMut(&str, String)| {
+            let v = v.unwrap_or(default);
+            if v == 0 {
+                problem(key, "must be greater than 0".into());
+            }
+            v
+        };
+        let max_inflight_requests = positive(
+            "http_server.max_inflight_requests",
+            h.max_inflight_requests,
+            1000,
+            &mut problem,
+        );
+        let max_connections =
+            positive("http_server.max_connections", h.max_connections, 4096, &mut problem);
+        let max_body_bytes =
+            positive("http_server.max_body_bytes", h.max_body_bytes, 64 * 1024, &mut problem);
+        let max_bulk_body_bytes = positive(
+            "http_server.max_bulk_body_bytes",
+            h.max_bulk_body_bytes,
+            4 << 20,
+            &mut problem,
+        );
+        let max_bulk_names =
+            positive("http_server.max_bulk_names", h.max_bulk_names, 50_000, &mut problem);
+        let mut nonzero = |key: &str, v: Option<ConfigDuration>, default: u64| {
+            let d = v.map(|d| d.0).unwrap_or(Duration::from_secs(default));
+            if d.is_zero() {
+                problem(key, "must be longer than 0".into());
+            }
+            d
+        };
+        let request_timeout = nonzero("http_server.request_timeout", h.request_timeout, 30);
+        let handshake_timeout = nonzero("http_server.handshake_timeout", h.handshake_timeout, 10);
+        let header_timeout = nonzero("http_server.header_timeout", h.header_timeout, 10);
+        let idle_timeout = nonzero("http_server.idle_timeout", h.idle_timeout, 120);
+
+        let defaults = PrivacyConfig::default();
+        let timestamp_granularity = nonzero(
+            "privacy.timestamp_granularity",
+            raw.privacy.timestamp_granularity,
+            defaults.timestamp_granularity.as_secs(),
+        );
+        let last_login_granularity = nonzero(
+            "privacy.last_login_granularity",
+            raw.privacy.last_login_granularity,
+            defaults.last_login_granularity.as_secs(),
+        );
+        let rdefaults = RetentionConfig::default();
+        let user_logs = nonzero(
+            "retention.user_logs",
+            raw.retention.user_logs,
+            rdefaults.user_logs.as_secs(),
+        );
+        let devices = nonzero(
+            "retention.devices",
+            raw.retention.devices,
+            rdefaults.devices.as_secs(),
+        );
+        for (key, g) in [
+            ("privacy.timestamp_granularity", timestamp_granularity),
+            ("privacy.last_login_granularity", last_login_granularity),
+        ] {
+            if g.subsec_nanos() != 0 || g > Duration::from_secs(7 * 86_400) {
+                problem(key, "must be whole seconds, at most 7d".into());
+            }
+        }
+
+        let mut non_empty = |key: &str, value: String| {
+            if value.is_empty() {
+                problem(key, "must not be empty".into());
+            }
+            PathBuf::from(value)
+        };
+        let geoip = raw.geoip.map(|g| non_empty("geoip.db", g.db));
+        let device_key_file = raw
+            .secrets
+            .device_key_file
+            .map(|f| non_empty("secrets.device_key_file", f));
+
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid { problems });
+        }
+        Ok(Config {
+            db: DbConfig {
+                path: db_path,
+                readers,
+                max_batch,
+                synchronous_full,
+            },
+            http: HttpConfig {
+                tls,
+                max_inflight_requests,
+                request_timeout,
+                max_connections,
+                handshake_timeout,
+                header_timeout,
+                idle_timeout,
+                max_body_bytes,
+                max_bulk_body_bytes,
+                max_bulk_names,
+            },
+            privacy: PrivacyConfig {
+                timestamp_granularity,
+                last_login_granularity,
+                keep_user_agent: raw.privacy.keep_user_agent.unwrap_or(false),
+            },
+            retention: RetentionConfig { user_logs, devices },
+            geoip,
+            secrets: SecretsConfig { device_key_file },
+        })
+    }
+}
+
+impl Config {
+    /// The files the configuration names that do not exist. Kept apart from
+    /// parsing so that a config can be checked on another machine.
+    pub fn missing_files(&self) -> Vec<Problem> {
+        let mut files: Vec<(&str, &Path)> = Vec::new();
+        if let Some(t) = &self.http.tls {
+            files.push(("http_server.tls.cert", &t.cert));
+            files.push(("http_server.tls.key", &t.key));
+            files.push(("http_server.tls.ca", &t.ca));
+        }
+        if let Some(g) = &self.geoip {
+            files.push(("geoip.db", g));
+        }
+        if let Some(k) = &self.secrets.device_key_file {
+            files.push(("secrets.device_key_file", k));
+        }
+        if let Some(dir) = self.db.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                files.push(("db_uri", dir));
+            }
+        }
+        files
+            .into_iter()
+            .filter(|(_, p)| !p.exists())
+            .map(|(key, p)| Problem {
+                key: key.to_owned(),
+                message: format!("{}: no such file or directory", p.display()),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("365d").unwrap(), Duration::from_secs(365 * 86400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        for bad in ["", "h", "1y", "-1h", "1.5h", "99999999999999999999d", "1000000d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_line() {
+        let err = Config::from_yaml("db_uri: x.db\nprivacy:\n  keep_user_agnet: true\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("keep_user_agnet"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let yaml = "
+http_server:
+  max_inflight_requests: 0
+  tls: { cert: '', key: '', ca: '', acl: [ { path: '(', cn: x } ] }
+privacy:
+  timestamp_granularity: 0s
+";
+        let Err(ConfigError::Invalid { problems }) = Config::from_yaml(yaml) else {
+            panic!("expected problems")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "db_uri",
+            "http_server.tls.cert",
+            "http_server.tls.key",
+            "http_server.tls.ca",
+            "http_server.tls.acl[0]",
+            "http_server.max_inflight_requests",
+            "privacy.timestamp_granularity",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn go_style_request_timeout_in_seconds() {
+        let c = Config::from_yaml("db_uri: x.db\nhttp_server:\n  request_timeout: 7\n").unwrap();
+        assert_eq!(c.http.request_timeout, Duration::from_secs(7));
+        assert!(c.http.tls.is_none());
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let c = Config::from_yaml(
+            "db_uri: /nonexistent-dir/x.db\ngeoip: { db: /nonexistent/geo.mmdb }\n",
+        )
+        .unwrap();
+        let keys: Vec<String> = c.missing_files().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, vec!["geoip.db", "db_uri"]);
+    }
+}

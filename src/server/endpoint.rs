@@ -1,0 +1,101 @@
+//! The routes, parsed once from the request path.
+
+/// Every path the server answers. Anything else is 404.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    AddLog,
+    GetUserLogs,
+    GetUserDevices,
+    CheckDevice,
+    SetLastLogin,
+    GetLastLogin,
+    GetUnusedAccounts,
+    Health,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 8] = [
+        Endpoint::AddLog,
+        Endpoint::GetUserLogs,
+        Endpoint::GetUserDevices,
+        Endpoint::CheckDevice,
+        Endpoint::SetLastLogin,
+        Endpoint::GetLastLogin,
+        Endpoint::GetUnusedAccounts,
+        Endpoint::Health,
+    ];
+
+    /// Exact match on the path the client sent: no decoding, no normalisation,
+    /// so the ACL sees the very string the router matched.
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        Endpoint::ALL.into_iter().find(|e| e.path() == path)
+    }
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::AddLog => "/api/add_log",
+            Endpoint::GetUserLogs => "/api/get_user_logs",
+            Endpoint::GetUserDevices => "/api/get_user_devices",
+            Endpoint::CheckDevice => "/api/check_device",
+            Endpoint::SetLastLogin => "/api/set_last_login",
+            Endpoint::GetLastLogin => "/api/get_last_login",
+            Endpoint::GetUnusedAccounts => "/api/get_unused_accounts",
+            Endpoint::Health => "/health",
+        }
+    }
+
+    /// A label for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::AddLog => "add_log",
+            Endpoint::GetUserLogs => "get_user_logs",
+            Endpoint::GetUserDevices => "get_user_devices",
+            Endpoint::CheckDevice => "check_device",
+            Endpoint::SetLastLogin => "set_last_login",
+            Endpoint::GetLastLogin => "get_last_login",
+            Endpoint::GetUnusedAccounts => "get_unused_accounts",
+            Endpoint::Health => "health",
+        }
+    }
+
+    /// The one method the endpoint takes.
+    pub fn method(self) -> &'static hyper::Method {
+        match self {
+            Endpoint::Health => &hyper::Method::GET,
+            _ => &hyper::Method::POST,
+        }
+    }
+
+    /// Endpoints whose bodies carry lists of names get the larger body limit.
+    pub fn is_bulk(self) -> bool {
+        matches!(self, Endpoint::GetUnusedAccounts)
+    }
+
+    pub fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_round_trip_and_nothing_else_routes() {
+        for e in Endpoint::ALL {
+            assert_eq!(Endpoint::from_path(e.path()), Some(e));
+        }
+        for p in [
+            "/api/add_log/",
+            "//api/add_log",
+            "/api/../api/add_log",
+            "/api%2Fadd_log",
+            "/API/add_log",
+            "/api/add_log?x=1",
+            "",
+            "/",
+        ] {
+            assert_eq!(Endpoint::from_path(p), None, "{p}");
+        }
+    }
+}

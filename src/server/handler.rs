@@ -1,0 +1,223 @@
+//! One HTTP request: route, authorize, check method, type and size, decode,
+//! call the service, encode. [`Reject::into_response`] is the only place that
+//! maps errors to HTTP statuses.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::endpoint::Endpoint;
+use super::{Peer, State};
+use crate::service::ApiError;
+use crate::store::StoreError;
+use crate::wire::ErrorResponse;
+
+/// Why a request was not served.
+#[derive(Debug)]
+pub enum Reject {
+    NotFound,
+    Forbidden,
+    MethodNotAllowed(&'static hyper::Method),
+    UnsupportedMediaType,
+    TooLarge,
+    BodyTimeout,
+    BadBody(String),
+    Overloaded,
+    Api(ApiError),
+}
+
+impl From<ApiError> for Reject {
+    fn from(e: ApiError) -> Self {
+        Reject::Api(e)
+    }
+}
+
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn error_body(msg: &str) -> Vec<u8> {
+    serde_json::to_vec(&ErrorResponse {
+        error: msg.to_owned(),
+    })
+    .unwrap_or_default()
+}
+
+impl Reject {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Reject::NotFound => StatusCode::NOT_FOUND,
+            Reject::Forbidden => StatusCode::FORBIDDEN,
+            Reject::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Reject::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Reject::TooLarge | Reject::Api(ApiError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Reject::BadBody(_) | Reject::Api(ApiError::Invalid(_)) => StatusCode::BAD_REQUEST,
+            Reject::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::Api(ApiError::Store(e)) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::Api(ApiError::Store(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn into_response(self, endpoint: Option<Endpoint>) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let name = endpoint.map(Endpoint::name).unwrap_or("unknown");
+        let msg: String = match &self {
+            Reject::NotFound => "not found".into(),
+            Reject::Forbidden => "forbidden".into(),
+            Reject::MethodNotAllowed(_) => "method not allowed".into(),
+            Reject::UnsupportedMediaType => "content type must be application/json".into(),
+            Reject::TooLarge => "request body too large".into(),
+            Reject::BodyTimeout => "request body not received in time".into(),
+            Reject::BadBody(m) => m.clone(),
+            Reject::Overloaded => "server overloaded, retry later".into(),
+            Reject::Api(ApiError::Invalid(m) | ApiError::TooLarge(m)) => m.clone(),
+            Reject::Api(ApiError::Store(e)) => {
+                tracing::error!(endpoint = name, error = %e, "storage failure");
+                match e {
+                    StoreError::Full => "storage full, retry later".into(),
+                    StoreError::ReadOnly => "storage read-only, retry later".into(),
+                    _ => "storage unavailable, retry later".into(),
+                }
+            }
+        };
+        if status.is_client_error() {
+            tracing::debug!(endpoint = name, status = status.as_u16(), error = %msg, "request rejected");
+        } else if !matches!(self, Reject::Api(_)) {
+            tracing::warn!(endpoint = name, status = status.as_u16(), error = %msg, "request rejected");
+        }
+        let mut resp = json_response(status, error_body(&msg));
+        if let Reject::MethodNotAllowed(m) = self {
+            if let Ok(v) = HeaderValue::from_str(m.as_str()) {
+                resp.headers_mut().insert(ALLOW, v);
+            }
+        }
+        resp
+    }
+}
+
+fn is_json(req: &Request<Incoming>) -> bool {
+    let Some(ct) = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let media = ct.split(';').next().unwrap_or("").trim();
+    media.eq_ignore_ascii_case("application/json")
+}
+
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, Reject> {
+    if let Some(len) = req.headers().get(CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Reject::BadBody("invalid Content-Length".into()))?;
+        if len > limit as u64 {
+            return Err(Reject::TooLarge);
+        }
+    }
+    let body = Limited::new(req.into_body(), limit);
+    match tokio::time::timeout(timeout, body.collect()).await {
+        Err(_) => Err(Reject::BodyTimeout),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Reject::TooLarge),
+        Ok(Err(_)) => Err(Reject::BadBody("request body could not be read".into())),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// Strict JSON: one object, nothing before or after it.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reject> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(Reject::BadBody("request body must be a JSON object".into()));
+    }
+    serde_json::from_slice(body).map_err(|e| Reject::BadBody(format!("invalid request: {e}")))
+}
+
+fn encode<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(v) {
+        Ok(body) => json_response(StatusCode::OK, body),
+        Err(e) => Reject::Api(ApiError::Store(StoreError::Other(e.to_string()))).into_response(None),
+    }
+}
+
+/// Serves one request. Never fails: every outcome is a response.
+pub async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+    peer: Arc<Peer>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let endpoint = Endpoint::from_path(req.uri().path());
+    let resp = match serve(req, endpoint, &state, &peer).await {
+        Ok(resp) => resp,
+        Err(reject) => reject.into_response(endpoint),
+    };
+    Ok(resp)
+}
+
+async fn serve(
+    req: Request<Incoming>,
+    endpoint: Option<Endpoint>,
+    state: &State,
+    peer: &Peer,
+) -> Result<Response<Full<Bytes>>, Reject> {
+    let endpoint = endpoint.ok_or(Reject::NotFound)?;
+    if !peer.allows(endpoint) {
+        return Err(Reject::Forbidden);
+    }
+    if req.method() != endpoint.method() {
+        return Err(Reject::MethodNotAllowed(endpoint.method()));
+    }
+    let _permit = state
+        .inflight
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Reject::Overloaded)?;
+    if endpoint == Endpoint::Health {
+        return Ok(json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()));
+    }
+    if !is_json(&req) {
+        return Err(Reject::UnsupportedMediaType);
+    }
+    let limit = if endpoint.is_bulk() {
+        state.http.max_bulk_body_bytes
+    } else {
+        state.http.max_body_bytes
+    };
+    let body = read_body(req, limit, state.http.request_timeout).await?;
+    let svc = &state.service;
+    let now = now_unix();
+    Ok(match endpoint {
+        Endpoint::AddLog => encode(&svc.add_log(decode(&body)?, now).await?),
+        Endpoint::GetUserLogs => encode(&svc.get_user_logs(decode(&body)?, now).await?),
+        Endpoint::GetUserDevices => encode(&svc.get_user_devices(decode(&body)?).await?),
+        Endpoint::CheckDevice => encode(&svc.check_device(decode(&body)?).await?),
+        Endpoint::SetLastLogin => encode(&svc.set_last_login(decode(&body)?, now).await?),
+        Endpoint::GetLastLogin => encode(&svc.get_last_login(decode(&body)?).await?),
+        Endpoint::GetUnusedAccounts => {
+            encode(&svc.get_unused_accounts(decode(&body)?, now).await?)
+        }
+        Endpoint::Health => return Err(Reject::NotFound),
+    })
+}

@@ -1,0 +1,271 @@
+//! The network side: accept, TLS handshake, client identity, HTTP/1.1, graceful
+//! shutdown. Requests are handed to [`handler`], which calls the service.
+
+pub mod endpoint;
+pub mod handler;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::acl::Acl;
+use crate::config::{Config, HttpConfig};
+use crate::crypto::DeviceKey;
+use crate::privacy::{GeoIp, Privacy};
+use crate::service::Service;
+use crate::store::Store;
+use endpoint::Endpoint;
+
+/// How long shutdown waits for in-flight requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Key(#[from] crate::crypto::KeyError),
+    #[error("geoip: {0}")]
+    GeoIp(String),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything a request needs, shared by all connections.
+pub struct State {
+    pub service: Service,
+    pub http: HttpConfig,
+    pub inflight: Arc<Semaphore>,
+}
+
+/// Who is on the other end of a connection, decided once after the handshake.
+pub struct Peer {
+    /// Bit `e.bit()` is set when the ACL lets this peer call endpoint `e`.
+    allowed: u32,
+}
+
+impl Peer {
+    /// Plain HTTP: no identity, no ACL.
+    fn unauthenticated() -> Peer {
+        Peer { allowed: u32::MAX }
+    }
+
+    fn with_cn(acl: &Acl, cn: &str) -> Peer {
+        let allowed = Endpoint::ALL
+            .into_iter()
+            .filter(|e| acl.allows(e.path(), cn))
+            .fold(0, |bits, e| bits | e.bit());
+        Peer { allowed }
+    }
+
+    fn denied() -> Peer {
+        Peer { allowed: 0 }
+    }
+
+    pub fn allows(&self, e: Endpoint) -> bool {
+        self.allowed & e.bit() != 0
+    }
+}
+
+/// A bound, ready server.
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<State>,
+    tls: Option<(TlsAcceptor, Acl)>,
+    store: Store,
+    privacy: Arc<Privacy>,
+}
+
+/// Opens the database, loads keys and certificates: everything that can fail
+/// at start-up fails here, before the listener is bound.
+pub fn build_state(config: &Config) -> Result<(Arc<State>, Store, Arc<Privacy>), ServerError> {
+    let store = Store::open(&config.db)?;
+    let key = match &config.secrets.device_key_file {
+        Some(path) => DeviceKey::load(path)?,
+        None => {
+            let path = config.db.path.with_extension("device.key");
+            let (key, created) = DeviceKey::load_or_create(&path)?;
+            if created {
+                tracing::warn!(path = %path.display(), "created a new random device key beside the database; back it up with the database");
+            }
+            key
+        }
+    };
+    let geoip = match &config.geoip {
+        Some(path) => Some(GeoIp::open(path).map_err(ServerError::GeoIp)?),
+        None => None,
+    };
+    let privacy = Arc::new(Privacy::new(config.privacy, key, geoip));
+    let service = Service::new(store.clone(), privacy.clone(), config.retention, &config.http);
+    let state = Arc::new(State {
+        service,
+        http: config.http.clone(),
+        inflight: Arc::new(Semaphore::new(config.http.max_inflight_requests)),
+    });
+    Ok((state, store, privacy))
+}
+
+impl Server {
+    pub async fn bind(config: &Config, addr: SocketAddr) -> Result<Server, ServerError> {
+        let (state, store, privacy) = build_state(config)?;
+        let tls = match &config.http.tls {
+            Some(t) => {
+                let cfg = tls::server_config(&t.cert, &t.key, &t.ca)?;
+                Some((TlsAcceptor::from(Arc::new(cfg)), t.acl.clone()))
+            }
+            None => None,
+        };
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Server {
+            listener,
+            state,
+            tls,
+            store,
+            privacy,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The privacy layer, for reloading the GeoIP database.
+    pub fn privacy(&self) -> Arc<Privacy> {
+        self.privacy.clone()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
+    /// requests finish (up to a grace period) and closes the database.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server {
+            listener,
+            state,
+            tls,
+            store,
+            ..
+        } = self;
+        if tls.is_none() {
+            tracing::warn!("NO TLS CONFIGURED: serving plain HTTP without client authentication or ACL; use only for tests or a local socket");
+        }
+        let tls = tls.map(Arc::new);
+        let connections = Arc::new(Semaphore::new(state.http.max_connections));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(slot) = connections.clone().try_acquire_owned() else {
+                tracing::warn!("connection limit reached, closing new connection");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let state = state.clone();
+            let tls = tls.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                serve_connection(stream, state, tls, watcher).await;
+                drop(slot);
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: finishing in-flight requests");
+        tokio::select! {
+            _ = graceful.shutdown() => {}
+            _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                tracing::warn!("grace period over, closing remaining connections");
+            }
+        }
+        let store2 = store.clone();
+        let _ = tokio::task::spawn_blocking(move || store2.close()).await;
+        tracing::info!("stopped");
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    state: Arc<State>,
+    tls: Option<Arc<(TlsAcceptor, Acl)>>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.http.header_timeout)
+        .max_buf_size(64 * 1024)
+        .keep_alive(true);
+    match tls {
+        None => {
+            let peer = Arc::new(Peer::unauthenticated());
+            let svc = service_fn(move |req| handler::handle(req, state.clone(), peer.clone()));
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        Some(tls) => {
+            let (acceptor, acl) = &*tls;
+            let handshake =
+                tokio::time::timeout(state.http.handshake_timeout, acceptor.accept(stream)).await;
+            let stream = match handshake {
+                Err(_) => {
+                    tracing::info!(reason = "handshake timeout", "TLS handshake refused");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(reason = %e, "TLS handshake refused");
+                    return;
+                }
+                Ok(Ok(s)) => s,
+            };
+            let leaf = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| tls::common_name(c))
+                .unwrap_or(Err(tls::IdentityError::NoCertificate));
+            let peer = match leaf {
+                Ok(cn) => {
+                    tracing::debug!(cn = %cn, "client connected");
+                    Peer::with_cn(acl, &cn)
+                }
+                Err(e) => {
+                    tracing::info!(reason = e.reason(), "client identity refused");
+                    Peer::denied()
+                }
+            };
+            let peer = Arc::new(peer);
+            let svc = service_fn(move |req| handler::handle(req, state.clone(), peer.clone()));
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+    }
+}

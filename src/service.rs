@@ -1,0 +1,330 @@
+//! The API's behaviour, independent of HTTP: validate a decoded request, apply
+//! the privacy transforms, call the store, build the answer. `now` (Unix
+//! seconds) is always passed in.
+
+use std::sync::Arc;
+
+use crate::config::{HttpConfig, RetentionConfig};
+use crate::privacy::{Privacy, MAX_USER_AGENT};
+use crate::store::ops::{self, LogRecord};
+use crate::store::{Store, StoreError};
+use crate::wire::*;
+
+/// Largest `limit` of `get_user_logs`; 0 asks for [`DEFAULT_LOG_LIMIT`].
+pub const MAX_LOG_LIMIT: i64 = 1000;
+pub const DEFAULT_LOG_LIMIT: i64 = 100;
+/// Largest `max_days` / `days` accepted (100 years).
+pub const MAX_DAYS: i64 = 36_500;
+/// How far ahead of the server clock a timestamp may be.
+pub const MAX_FUTURE_SECS: i64 = 86_400;
+pub const MAX_USERNAME: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is wrong; the message is safe to show the client.
+    #[error("{0}")]
+    Invalid(String),
+    /// More names than one request may carry.
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::Invalid(msg.into())
+}
+
+/// Checks one string field: length, no NUL, and (for identifiers) no control
+/// characters at all.
+fn check_text(field: &str, v: &str, max: usize, identifier: bool) -> Result<(), ApiError> {
+    if v.len() > max {
+        return Err(invalid(format!("{field} is longer than {max} bytes")));
+    }
+    let bad = if identifier {
+        v.chars().any(char::is_control)
+    } else {
+        v.contains('\0')
+    };
+    if bad {
+        return Err(invalid(format!("{field} contains control characters")));
+    }
+    Ok(())
+}
+
+pub fn check_username(v: &str) -> Result<(), ApiError> {
+    if v.is_empty() {
+        return Err(invalid("username is required"));
+    }
+    check_text("username", v, MAX_USERNAME, true)
+}
+
+fn check_device(d: &DeviceInfo) -> Result<(), ApiError> {
+    check_text("device_info.id", &d.id, 256, true)?;
+    check_text("device_info.remote_addr", &d.remote_addr, 64, true)?;
+    check_text("device_info.remote_zone", &d.remote_zone, 64, true)?;
+    // Longer agents are cut, not refused; only absurd ones are.
+    check_text("device_info.user_agent", &d.user_agent, 16 * MAX_USER_AGENT, true)?;
+    check_text("device_info.browser", &d.browser, 128, true)?;
+    check_text("device_info.os", &d.os, 128, true)
+}
+
+fn check_days(field: &str, v: i64) -> Result<(), ApiError> {
+    if !(0..=MAX_DAYS).contains(&v) {
+        return Err(invalid(format!("{field} must be between 0 and {MAX_DAYS}")));
+    }
+    Ok(())
+}
+
+pub struct Service {
+    pub store: Store,
+    pub privacy: Arc<Privacy>,
+    pub retention: RetentionConfig,
+    pub max_bulk_names: usize,
+}
+
+impl Service {
+    pub fn new(
+        store: Store,
+        privacy: Arc<Privacy>,
+        retention: RetentionConfig,
+        http: &HttpConfig,
+    ) -> Service {
+        Service {
+            store,
+            privacy,
+            retention,
+            max_bulk_names: http.max_bulk_names,
+        }
+    }
+
+    fn check_log_time(&self, t: &Timestamp, now: i64) -> Result<i64, ApiError> {
+        if t.is_zero() {
+            return Err(invalid("timestamp is required"));
+        }
+        let ts = t.unix();
+        if ts > now + MAX_FUTURE_SECS {
+            return Err(invalid("timestamp is in the future"));
+        }
+        if ts < now - self.retention.user_logs.as_secs() as i64 {
+            return Err(invalid("timestamp is older than the retention window"));
+        }
+        Ok(ts)
+    }
+
+    /// Validates and reduces a log entry to what is stored.
+    pub fn log_record(&self, e: &LogEntry, now: i64) -> Result<LogRecord, ApiError> {
+        check_username(&e.username)?;
+        let ts = self.check_log_time(&e.timestamp, now)?;
+        if e.log_type.is_empty() {
+            return Err(invalid("log_type is required"));
+        }
+        if e.log_type.len() > 64
+            || !e
+                .log_type
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(invalid("log_type must be lowercase letters, digits and _"));
+        }
+        check_text("message", &e.message, 4096, false)?;
+        check_text("service", &e.service, 128, true)?;
+        check_text("login_method", &e.login_method, 128, true)?;
+        check_text("login_authenticator_id", &e.login_authenticator_id, 256, true)?;
+        if let Some(d) = &e.device_info {
+            check_device(d)?;
+        }
+        Ok(LogRecord {
+            username: e.username.clone(),
+            ts: self.privacy.quantize_log(ts),
+            log_type: e.log_type.clone(),
+            message: e.message.clone(),
+            service: e.service.clone(),
+            login_method: e.login_method.clone(),
+            login_authenticator_id: e.login_authenticator_id.clone(),
+            device: e
+                .device_info
+                .as_ref()
+                .map(|d| self.privacy.reduce_device(&e.username, d)),
+        })
+    }
+
+    pub async fn add_log(&self, req: AddLogRequest, now: i64) -> Result<EmptyResponse, ApiError> {
+        let entry = req.log.ok_or_else(|| invalid("log is required"))?;
+        let rec = self.log_record(&entry, now)?;
+        self.store.write(move |c| ops::insert_log(c, &rec)).await?;
+        Ok(EmptyResponse {})
+    }
+
+    pub async fn get_user_logs(
+        &self,
+        req: GetUserLogsRequest,
+        now: i64,
+    ) -> Result<GetUserLogsResponse, ApiError> {
+        check_username(&req.username)?;
+        check_days("max_days", req.max_days)?;
+        if !(0..=MAX_LOG_LIMIT).contains(&req.limit) {
+            return Err(invalid(format!("limit must be between 0 and {MAX_LOG_LIMIT}")));
+        }
+        let limit = if req.limit == 0 { DEFAULT_LOG_LIMIT } else { req.limit };
+        let since = if req.max_days == 0 {
+            i64::MIN
+        } else {
+            now - req.max_days * 86_400
+        };
+        let user = req.username;
+        let privacy = self.privacy.clone();
+        let results = self
+            .store
+            .read(move |c| {
+                let rows = ops::user_logs(c, &user, since, limit)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| LogEntry {
+                        timestamp: Timestamp::from_unix(r.ts),
+                        device_info: r.device.map(|d| privacy.restore_device(&user, d)),
+                        username: r.username,
+                        log_type: r.log_type,
+                        message: r.message,
+                        service: r.service,
+                        login_method: r.login_method,
+                        login_authenticator_id: r.login_authenticator_id,
+                    })
+                    .collect())
+            })
+            .await?;
+        Ok(GetUserLogsResponse { results })
+    }
+
+    pub async fn get_user_devices(
+        &self,
+        req: GetUserDevicesRequest,
+    ) -> Result<GetUserDevicesResponse, ApiError> {
+        check_username(&req.username)?;
+        let user = req.username;
+        let privacy = self.privacy.clone();
+        let devices = self
+            .store
+            .read(move |c| {
+                Ok(ops::user_devices(c, &user)?
+                    .into_iter()
+                    .map(|r| MetaDeviceInfo {
+                        device_info: Some(privacy.restore_device(&user, r.device)),
+                        first_seen: Timestamp::from_unix(r.first_seen),
+                        last_seen: Timestamp::from_unix(r.last_seen),
+                        num_logins: r.num_logins,
+                    })
+                    .collect())
+            })
+            .await?;
+        Ok(GetUserDevicesResponse { devices })
+    }
+
+    pub async fn check_device(
+        &self,
+        req: CheckDeviceRequest,
+    ) -> Result<CheckDeviceResponse, ApiError> {
+        check_username(&req.username)?;
+        let d = req
+            .device_info
+            .ok_or_else(|| invalid("device_info is required"))?;
+        check_device(&d)?;
+        if d.id.is_empty() {
+            return Err(invalid("device_info.id is required"));
+        }
+        let sealed = self.privacy.key.seal_id(&req.username, &d.id);
+        let user = req.username;
+        let seen = self
+            .store
+            .read(move |c| Ok(ops::find_device(c, &user, &sealed)?.is_some()))
+            .await?;
+        Ok(CheckDeviceResponse { seen })
+    }
+
+    pub async fn set_last_login(
+        &self,
+        req: SetLastLoginRequest,
+        now: i64,
+    ) -> Result<EmptyResponse, ApiError> {
+        let e = req
+            .last_login
+            .ok_or_else(|| invalid("last_login is required"))?;
+        check_username(&e.username)?;
+        if e.service.is_empty() {
+            return Err(invalid("service is required"));
+        }
+        check_text("service", &e.service, 128, true)?;
+        if e.timestamp.is_zero() {
+            return Err(invalid("timestamp is required"));
+        }
+        let ts = e.timestamp.unix();
+        if ts > now + MAX_FUTURE_SECS {
+            return Err(invalid("timestamp is in the future"));
+        }
+        if ts < 0 {
+            return Err(invalid("timestamp is before 1970"));
+        }
+        let ts = self.privacy.quantize_last_login(ts);
+        self.store
+            .write(move |c| ops::set_last_login(c, &e.username, &e.service, ts))
+            .await?;
+        Ok(EmptyResponse {})
+    }
+
+    pub async fn get_last_login(
+        &self,
+        req: GetLastLoginRequest,
+    ) -> Result<GetLastLoginResponse, ApiError> {
+        check_username(&req.username)?;
+        check_text("service", &req.service, 128, true)?;
+        let user = req.username;
+        let service = (!req.service.is_empty()).then_some(req.service);
+        let results = self
+            .store
+            .read(move |c| {
+                Ok(ops::last_logins(c, &user, service.as_deref())?
+                    .into_iter()
+                    .map(|(service, ts)| LastLoginEntry {
+                        timestamp: Timestamp::from_unix(ts),
+                        username: user.clone(),
+                        service,
+                    })
+                    .collect())
+            })
+            .await?;
+        Ok(GetLastLoginResponse { results })
+    }
+
+    pub async fn get_unused_accounts(
+        &self,
+        req: GetUnusedAccountsRequest,
+        now: i64,
+    ) -> Result<GetUnusedAccountsResponse, ApiError> {
+        if !(1..=MAX_DAYS).contains(&req.days) {
+            return Err(invalid(format!("days must be between 1 and {MAX_DAYS}")));
+        }
+        let names = req.usernames.unwrap_or_default();
+        if names.len() > self.max_bulk_names {
+            return Err(ApiError::TooLarge(format!(
+                "at most {} usernames per request",
+                self.max_bulk_names
+            )));
+        }
+        for n in &names {
+            check_username(n)?;
+        }
+        if names.is_empty() {
+            return Ok(GetUnusedAccountsResponse::default());
+        }
+        // Stored last logins are floored; floor the cutoff the same way so a
+        // login inside the window is never counted as outside it.
+        let cutoff = self.privacy.quantize_last_login(now - req.days * 86_400);
+        let unused = self
+            .store
+            .read(move |c| ops::unused_accounts(c, &names, cutoff))
+            .await?;
+        Ok(GetUnusedAccountsResponse {
+            unused_usernames: unused,
+        })
+    }
+}

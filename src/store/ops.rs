@@ -1,0 +1,353 @@
+//! The queries. Each function takes a connection (the writer's savepoint or a
+//! read-only one) and privacy-reduced records: nothing here sees an address, a
+//! raw timestamp or a device ID in clear.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::StoreError;
+
+/// A device as stored: the ID already sealed by the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub sealed_id: Vec<u8>,
+    pub zone: String,
+    pub browser: String,
+    pub os: String,
+    pub mobile: bool,
+    /// Empty unless the deployment keeps user agents.
+    pub user_agent: String,
+}
+
+/// A log entry as stored; `ts` is already quantized (Unix seconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogRecord {
+    pub username: String,
+    pub ts: i64,
+    pub log_type: String,
+    pub message: String,
+    pub service: String,
+    pub login_method: String,
+    pub login_authenticator_id: String,
+    pub device: Option<DeviceRecord>,
+}
+
+/// A row of the user's device list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRow {
+    pub device: DeviceRecord,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub num_logins: i64,
+}
+
+fn opt(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+pub fn user_id(conn: &Connection, name: &str) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM users WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn ensure_user(conn: &Connection, name: &str) -> Result<i64, StoreError> {
+    if let Some(id) = user_id(conn, name)? {
+        return Ok(id);
+    }
+    conn.prepare_cached("INSERT INTO users (name) VALUES (?1)")?
+        .execute([name])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Appends a log entry and, when it carries a device, updates the device list.
+pub fn insert_log(conn: &Connection, rec: &LogRecord) -> Result<(), StoreError> {
+    let uid = ensure_user(conn, &rec.username)?;
+    let d = rec.device.as_ref();
+    conn.prepare_cached(
+        "INSERT INTO user_logs (user_id, ts, log_type, message, service, login_method,
+             login_authenticator_id, device_id, zone, browser, os, mobile, user_agent)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        uid,
+        rec.ts,
+        rec.log_type,
+        opt(&rec.message),
+        opt(&rec.service),
+        opt(&rec.login_method),
+        opt(&rec.login_authenticator_id),
+        d.map(|d| &d.sealed_id),
+        d.and_then(|d| opt(&d.zone)),
+        d.and_then(|d| opt(&d.browser)),
+        d.and_then(|d| opt(&d.os)),
+        d.map(|d| d.mobile),
+        d.and_then(|d| opt(&d.user_agent)),
+    ])?;
+    if let Some(d) = d {
+        let logins = i64::from(rec.log_type == crate::wire::LOG_TYPE_LOGIN);
+        upsert_device(conn, uid, d, rec.ts, logins)?;
+    }
+    Ok(())
+}
+
+fn upsert_device(
+    conn: &Connection,
+    uid: i64,
+    d: &DeviceRecord,
+    ts: i64,
+    logins: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO devices (user_id, device_id, zone, browser, os, mobile, user_agent,
+             first_seen, last_seen, num_logins)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)
+         ON CONFLICT (user_id, device_id) DO UPDATE SET
+             zone = CASE WHEN excluded.zone <> '' THEN excluded.zone ELSE zone END,
+             browser = CASE WHEN excluded.browser <> '' THEN excluded.browser ELSE browser END,
+             os = CASE WHEN excluded.os <> '' THEN excluded.os ELSE os END,
+             mobile = excluded.mobile,
+             user_agent = CASE WHEN excluded.user_agent <> '' THEN excluded.user_agent ELSE user_agent END,
+             first_seen = min(first_seen, excluded.first_seen),
+             last_seen = max(last_seen, excluded.last_seen),
+             num_logins = num_logins + excluded.num_logins",
+    )?
+    .execute(params![
+        uid,
+        d.sealed_id,
+        d.zone,
+        d.browser,
+        d.os,
+        d.mobile,
+        d.user_agent,
+        ts,
+        logins
+    ])?;
+    Ok(())
+}
+
+/// The user's log, newest first, at most `limit` entries at or after `since`.
+pub fn user_logs(
+    conn: &Connection,
+    name: &str,
+    since: i64,
+    limit: i64,
+) -> Result<Vec<LogRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT l.ts, l.log_type, l.message, l.service, l.login_method, l.login_authenticator_id,
+                l.device_id, l.zone, l.browser, l.os, l.mobile, l.user_agent
+         FROM users u JOIN user_logs l ON l.user_id = u.id
+         WHERE u.name = ?1 AND l.ts >= ?2
+         ORDER BY l.ts DESC, l.id DESC
+         LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![name, since, limit], |r| {
+        let sealed: Option<Vec<u8>> = r.get(6)?;
+        let text = |i: usize| -> rusqlite::Result<String> {
+            Ok(r.get::<_, Option<String>>(i)?.unwrap_or_default())
+        };
+        let device = match sealed {
+            Some(sealed_id) => Some(DeviceRecord {
+                sealed_id,
+                zone: text(7)?,
+                browser: text(8)?,
+                os: text(9)?,
+                mobile: r.get::<_, Option<bool>>(10)?.unwrap_or(false),
+                user_agent: text(11)?,
+            }),
+            None => None,
+        };
+        Ok(LogRecord {
+            username: name.to_owned(),
+            ts: r.get(0)?,
+            log_type: r.get(1)?,
+            message: text(2)?,
+            service: text(3)?,
+            login_method: text(4)?,
+            login_authenticator_id: text(5)?,
+            device,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The user's devices, most recently seen first.
+pub fn user_devices(conn: &Connection, name: &str) -> Result<Vec<DeviceRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.device_id, d.zone, d.browser, d.os, d.mobile, d.user_agent,
+                d.first_seen, d.last_seen, d.num_logins
+         FROM users u JOIN devices d ON d.user_id = u.id
+         WHERE u.name = ?1
+         ORDER BY d.last_seen DESC, d.first_seen DESC",
+    )?;
+    let rows = stmt.query_map([name], |r| {
+        Ok(DeviceRow {
+            device: DeviceRecord {
+                sealed_id: r.get(0)?,
+                zone: r.get(1)?,
+                browser: r.get(2)?,
+                os: r.get(3)?,
+                mobile: r.get(4)?,
+                user_agent: r.get(5)?,
+            },
+            first_seen: r.get(6)?,
+            last_seen: r.get(7)?,
+            num_logins: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The stored row of one device of the user, if known.
+pub fn find_device(
+    conn: &Connection,
+    name: &str,
+    sealed_id: &[u8],
+) -> Result<Option<DeviceRow>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT d.zone, d.browser, d.os, d.mobile, d.user_agent,
+                    d.first_seen, d.last_seen, d.num_logins
+             FROM users u JOIN devices d ON d.user_id = u.id
+             WHERE u.name = ?1 AND d.device_id = ?2",
+        )?
+        .query_row(params![name, sealed_id], |r| {
+            Ok(DeviceRow {
+                device: DeviceRecord {
+                    sealed_id: sealed_id.to_vec(),
+                    zone: r.get(0)?,
+                    browser: r.get(1)?,
+                    os: r.get(2)?,
+                    mobile: r.get(3)?,
+                    user_agent: r.get(4)?,
+                },
+                first_seen: r.get(5)?,
+                last_seen: r.get(6)?,
+                num_logins: r.get(7)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Records a login to `service`; an older timestamp never replaces a newer one.
+pub fn set_last_login(
+    conn: &Connection,
+    name: &str,
+    service: &str,
+    ts: i64,
+) -> Result<(), StoreError> {
+    let uid = ensure_user(conn, name)?;
+    conn.prepare_cached(
+        "INSERT INTO last_login (user_id, service, ts) VALUES (?1, ?2, ?3)
+         ON CONFLICT (user_id, service) DO UPDATE SET ts = max(ts, excluded.ts)",
+    )?
+    .execute(params![uid, service, ts])?;
+    Ok(())
+}
+
+/// `(service, ts)` for every service of the user, or only `service` when given.
+pub fn last_logins(
+    conn: &Connection,
+    name: &str,
+    service: Option<&str>,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT l.service, l.ts FROM users u JOIN last_login l ON l.user_id = u.id
+         WHERE u.name = ?1 AND (?2 IS NULL OR l.service = ?2)
+         ORDER BY l.ts DESC, l.service",
+    )?;
+    let rows = stmt.query_map(params![name, service], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The names, in request order and without duplicates, with no last login on
+/// any service at or after `cutoff`; names never seen are unused. One
+/// set-based query over a JSON array, not one lookup per name.
+pub fn unused_accounts(
+    conn: &Connection,
+    names: &[String],
+    cutoff: i64,
+) -> Result<Vec<String>, StoreError> {
+    let json = serde_json::to_string(names).map_err(|e| StoreError::Other(e.to_string()))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT j.value FROM json_each(?1) j
+         WHERE NOT EXISTS (
+             SELECT 1 FROM users u JOIN last_login l ON l.user_id = u.id
+             WHERE u.name = j.value AND l.ts >= ?2)
+         GROUP BY j.value
+         ORDER BY min(j.key)",
+    )?;
+    let rows = stmt.query_map(params![json, cutoff], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        crate::store::schema::migrate(&mut c).unwrap();
+        c
+    }
+
+    fn device(id: &[u8], zone: &str) -> DeviceRecord {
+        DeviceRecord {
+            sealed_id: id.to_vec(),
+            zone: zone.into(),
+            browser: "Firefox".into(),
+            os: "Linux".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn device_list_tracks_first_last_and_logins() {
+        let c = db();
+        for (ts, t) in [(100, "login"), (300, "login"), (200, "logout")] {
+            insert_log(
+                &c,
+                &LogRecord {
+                    username: "u".into(),
+                    ts,
+                    log_type: t.into(),
+                    device: Some(device(b"d1", "IT")),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        }
+        let devs = user_devices(&c, "u").unwrap();
+        assert_eq!(devs.len(), 1);
+        assert_eq!((devs[0].first_seen, devs[0].last_seen, devs[0].num_logins), (100, 300, 2));
+        assert!(find_device(&c, "u", b"d1").unwrap().is_some());
+        assert!(find_device(&c, "u", b"d2").unwrap().is_none());
+        assert!(find_device(&c, "other", b"d1").unwrap().is_none());
+    }
+
+    #[test]
+    fn unused_accounts_is_set_based_and_keeps_request_order() {
+        let c = db();
+        set_last_login(&c, "active", "mail", 1000).unwrap();
+        set_last_login(&c, "stale", "mail", 10).unwrap();
+        let names: Vec<String> = ["stale", "active", "never", "stale", "never"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(unused_accounts(&c, &names, 500).unwrap(), vec!["stale", "never"]);
+        assert!(unused_accounts(&c, &[], 500).unwrap().is_empty());
+    }
+
+    #[test]
+    fn last_login_never_goes_back_in_time() {
+        let c = db();
+        set_last_login(&c, "u", "mail", 1000).unwrap();
+        set_last_login(&c, "u", "mail", 10).unwrap();
+        set_last_login(&c, "u", "web", 20).unwrap();
+        assert_eq!(
+            last_logins(&c, "u", None).unwrap(),
+            vec![("mail".to_string(), 1000), ("web".to_string(), 20)]
+        );
+        assert_eq!(last_logins(&c, "u", Some("web")).unwrap(), vec![("web".to_string(), 20)]);
+    }
+}

@@ -1,0 +1,309 @@
+//! Wire types: the JSON bodies of the API, field for field as in the Go
+//! `usermetadb` package. No I/O here.
+//!
+//! Decoding is strict (unknown fields are an error) but as lenient as Go about
+//! what may be left out: a missing field takes its zero value, exactly as
+//! `encoding/json` would fill it. Encoding follows the Go struct tags, including
+//! `omitempty` and fields that are always present.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// `log_type` values defined by the Go package.
+pub const LOG_TYPE_LOGIN: &str = "login";
+pub const LOG_TYPE_LOGOUT: &str = "logout";
+pub const LOG_TYPE_PASSWORD_RESET: &str = "password_reset";
+pub const LOG_TYPE_PASSWORD_CHANGE: &str = "password_change";
+pub const LOG_TYPE_OTP_ENABLED: &str = "otp_enabled";
+pub const LOG_TYPE_OTP_DISABLED: &str = "otp_disabled";
+/// Added by the login monitor: a failed authentication attempt.
+pub const LOG_TYPE_LOGIN_FAILURE: &str = "login_failure";
+
+/// A point in time on the wire: RFC 3339 in, RFC 3339 in UTC (`Z`) out, with
+/// as many fractional digits as needed (Go's `time.RFC3339Nano`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub DateTime<Utc>);
+
+impl Timestamp {
+    pub fn from_unix(secs: i64) -> Self {
+        Timestamp(DateTime::from_timestamp(secs, 0).unwrap_or_else(go_zero))
+    }
+
+    pub fn unix(&self) -> i64 {
+        self.0.timestamp()
+    }
+
+    /// Go's zero `time.Time`: what a Go client sends when it never set the field.
+    pub fn is_zero(&self) -> bool {
+        self.0 == go_zero()
+    }
+}
+
+fn go_zero() -> DateTime<Utc> {
+    DateTime::from_timestamp(-62_135_596_800, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+impl Default for Timestamp {
+    fn default() -> Self {
+        Timestamp(go_zero())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        parse_rfc3339(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses an RFC 3339 timestamp with any offset and up to nine fractional digits.
+pub fn parse_rfc3339(s: &str) -> Result<Timestamp, &'static str> {
+    // chrono also accepts a space for 'T' and more than nine digits; RFC 3339
+    // as Go reads it does not, so check the shape first.
+    let b = s.as_bytes();
+    let shape_ok = b.len() >= 20
+        && b.len() <= 35
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && (b[10] == b'T' || b[10] == b't')
+        && b[13] == b':'
+        && b[16] == b':';
+    if !shape_ok {
+        return Err("timestamp is not RFC 3339");
+    }
+    if let Some(frac) = s[19..].strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 9 {
+            return Err("timestamp is not RFC 3339");
+        }
+    }
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| Timestamp(t.with_timezone(&Utc)))
+        .map_err(|_| "timestamp is not RFC 3339")
+}
+
+/// A JSON string that Go would also accept as `null` (its zero value).
+fn nullable_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Information about the client device, as the Go `DeviceInfo`. Every field is
+/// always encoded (the Go type has no `omitempty`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceInfo {
+    #[serde(deserialize_with = "nullable_string")]
+    pub id: String,
+    #[serde(deserialize_with = "nullable_string")]
+    pub remote_addr: String,
+    #[serde(deserialize_with = "nullable_string")]
+    pub remote_zone: String,
+    #[serde(deserialize_with = "nullable_string")]
+    pub user_agent: String,
+    #[serde(deserialize_with = "nullable_string")]
+    pub browser: String,
+    #[serde(deserialize_with = "nullable_string")]
+    pub os: String,
+    pub mobile: bool,
+}
+
+/// One authentication event in a user's log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogEntry {
+    pub timestamp: Timestamp,
+    #[serde(deserialize_with = "nullable_string")]
+    pub username: String,
+    #[serde(rename = "log_type", deserialize_with = "nullable_string")]
+    pub log_type: String,
+    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "nullable_string")]
+    pub message: String,
+    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "nullable_string")]
+    pub service: String,
+    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "nullable_string")]
+    pub login_method: String,
+    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "nullable_string")]
+    pub login_authenticator_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_info: Option<DeviceInfo>,
+}
+
+/// A device as the user's device list holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaDeviceInfo {
+    pub device_info: Option<DeviceInfo>,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    pub num_logins: i64,
+}
+
+/// The last time a user logged in to one service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LastLoginEntry {
+    pub timestamp: Timestamp,
+    #[serde(deserialize_with = "nullable_string")]
+    pub username: String,
+    #[serde(deserialize_with = "nullable_string")]
+    pub service: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AddLogRequest {
+    pub log: Option<LogEntry>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmptyResponse {}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GetUserLogsRequest {
+    #[serde(deserialize_with = "nullable_string")]
+    pub username: String,
+    pub max_days: i64,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetUserLogsResponse {
+    #[serde(rename = "result")]
+    pub results: Vec<LogEntry>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GetUserDevicesRequest {
+    #[serde(deserialize_with = "nullable_string")]
+    pub username: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetUserDevicesResponse {
+    pub devices: Vec<MetaDeviceInfo>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckDeviceRequest {
+    #[serde(deserialize_with = "nullable_string")]
+    pub username: String,
+    pub device_info: Option<DeviceInfo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckDeviceResponse {
+    pub seen: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SetLastLoginRequest {
+    pub last_login: Option<LastLoginEntry>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GetLastLoginRequest {
+    #[serde(deserialize_with = "nullable_string")]
+    pub username: String,
+    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "nullable_string")]
+    pub service: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetLastLoginResponse {
+    #[serde(rename = "result")]
+    pub results: Vec<LastLoginEntry>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GetUnusedAccountsRequest {
+    pub usernames: Option<Vec<String>>,
+    pub days: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetUnusedAccountsResponse {
+    pub unused_usernames: Vec<String>,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_accept_offsets_and_nanoseconds_and_answer_in_utc() {
+        let t = parse_rfc3339("2026-11-20T11:30:15.123456789+01:00").unwrap();
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            "\"2026-11-20T10:30:15.123456789Z\""
+        );
+        let t = parse_rfc3339("2026-11-20T10:00:00Z").unwrap();
+        assert_eq!(serde_json::to_string(&t).unwrap(), "\"2026-11-20T10:00:00Z\"");
+    }
+
+    #[test]
+    fn timestamps_reject_what_is_not_rfc3339() {
+        for bad in [
+            "",
+            "2026-11-20",
+            "2026-11-20 10:00:00Z",
+            "2026-11-20T10:00:00",
+            "2026-11-20T10:00:00.1234567890Z",
+            "2026-11-20T10:00:00.Z",
+            "1700000000",
+            "2026-13-20T10:00:00Z",
+            "2026-11-20T25:00:00Z",
+        ] {
+            assert!(parse_rfc3339(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn log_entry_omits_empty_optional_fields_like_go() {
+        let e = LogEntry {
+            timestamp: Timestamp::from_unix(1_700_000_000),
+            username: "u".into(),
+            log_type: "login".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"timestamp":"2023-11-14T22:13:20Z","username":"u","log_type":"login"}"#
+        );
+    }
+
+    #[test]
+    fn zero_timestamp_matches_go() {
+        assert_eq!(
+            serde_json::to_string(&Timestamp::default()).unwrap(),
+            "\"0001-01-01T00:00:00Z\""
+        );
+        assert!(Timestamp::default().is_zero());
+    }
+
+    #[test]
+    fn unknown_and_duplicate_fields_are_rejected() {
+        assert!(serde_json::from_str::<GetUserDevicesRequest>(r#"{"username":"a","x":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<GetUserDevicesRequest>(r#"{"username":"a","username":"b"}"#)
+                .is_err()
+        );
+    }
+}
