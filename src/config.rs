@@ -53,7 +53,9 @@ impl<'de> Deserialize<'de> for ConfigDuration {
         }
         match Raw::deserialize(d)? {
             Raw::Secs(s) => Ok(ConfigDuration(Duration::from_secs(s))),
-            Raw::Text(t) => parse_duration(&t).map(ConfigDuration).map_err(serde::de::Error::custom),
+            Raw::Text(t) => parse_duration(&t)
+                .map(ConfigDuration)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -73,7 +75,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => 3_600_000,
         "d" => 86_400_000,
         "w" => 7 * 86_400_000,
-        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m, h, d or w")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?}: use ms, s, m, h, d or w"
+            ))
+        }
     };
     n.checked_mul(unit_ms)
         .filter(|ms| *ms <= 100 * 365 * 86_400_000)
@@ -296,7 +302,22 @@ impl Config {
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?
+            let de = serde_yaml::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                // serde_yaml names the enclosing map; name the key itself.
+                let inner = inner
+                    .split_once(": ")
+                    .filter(|(prefix, _)| !prefix.contains(' '))
+                    .map(|(_, rest)| rest.to_owned())
+                    .unwrap_or(inner);
+                if path == "." || path.is_empty() {
+                    ConfigError::Parse(inner)
+                } else {
+                    ConfigError::Parse(format!("{path}: {inner}"))
+                }
+            })?
         };
         Config::from_raw(raw)
     }
@@ -313,11 +334,17 @@ impl Config {
 
         let db_path = match raw.db_uri.as_deref() {
             None | Some("") => {
-                problem("db_uri", "is required (a path to the SQLite database file)".into());
+                problem(
+                    "db_uri",
+                    "is required (a path to the SQLite database file)".into(),
+                );
                 PathBuf::new()
             }
             Some(uri) if uri.starts_with("postgres://") || uri.starts_with("postgresql://") => {
-                problem("db_uri", "PostgreSQL is not supported by this build; use a SQLite path".into());
+                problem(
+                    "db_uri",
+                    "PostgreSQL is not supported by this build; use a SQLite path".into(),
+                );
                 PathBuf::new()
             }
             Some(uri) => PathBuf::from(uri.strip_prefix("sqlite://").unwrap_or(uri)),
@@ -326,7 +353,10 @@ impl Config {
             None | Some("full") => true,
             Some("normal") => false,
             Some(other) => {
-                problem("db.synchronous", format!("must be full or normal, not {other:?}"));
+                problem(
+                    "db.synchronous",
+                    format!("must be full or normal, not {other:?}"),
+                );
                 true
             }
         };
@@ -370,31 +400,44 @@ impl Config {
                 acl: Acl::new(entries),
             }
         });
-        let positive = |key: &str, v: Option<usize>, default: usize, problem: &mut dyn FnMut(&str, String)| {
-            let v = v.unwrap_or(default);
-            if v == 0 {
-                problem(key, "must be greater than 0".into());
-            }
-            v
-        };
+        let positive =
+            |key: &str, v: Option<usize>, default: usize, problem: &mut dyn FnMut(&str, String)| {
+                let v = v.unwrap_or(default);
+                if v == 0 {
+                    problem(key, "must be greater than 0".into());
+                }
+                v
+            };
         let max_inflight_requests = positive(
             "http_server.max_inflight_requests",
             h.max_inflight_requests,
             1000,
             &mut problem,
         );
-        let max_connections =
-            positive("http_server.max_connections", h.max_connections, 4096, &mut problem);
-        let max_body_bytes =
-            positive("http_server.max_body_bytes", h.max_body_bytes, 64 * 1024, &mut problem);
+        let max_connections = positive(
+            "http_server.max_connections",
+            h.max_connections,
+            4096,
+            &mut problem,
+        );
+        let max_body_bytes = positive(
+            "http_server.max_body_bytes",
+            h.max_body_bytes,
+            64 * 1024,
+            &mut problem,
+        );
         let max_bulk_body_bytes = positive(
             "http_server.max_bulk_body_bytes",
             h.max_bulk_body_bytes,
             4 << 20,
             &mut problem,
         );
-        let max_bulk_names =
-            positive("http_server.max_bulk_names", h.max_bulk_names, 50_000, &mut problem);
+        let max_bulk_names = positive(
+            "http_server.max_bulk_names",
+            h.max_bulk_names,
+            50_000,
+            &mut problem,
+        );
         let mut nonzero = |key: &str, v: Option<ConfigDuration>, default: u64| {
             let d = v.map(|d| d.0).unwrap_or(Duration::from_secs(default));
             if d.is_zero() {
@@ -524,16 +567,28 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_duration("365d").unwrap(), Duration::from_secs(365 * 86400));
+        assert_eq!(
+            parse_duration("365d").unwrap(),
+            Duration::from_secs(365 * 86400)
+        );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        for bad in ["", "h", "1y", "-1h", "1.5h", "99999999999999999999d", "1000000d"] {
+        for bad in [
+            "",
+            "h",
+            "1y",
+            "-1h",
+            "1.5h",
+            "99999999999999999999d",
+            "1000000d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn unknown_keys_name_the_key_and_line() {
-        let err = Config::from_yaml("db_uri: x.db\nprivacy:\n  keep_user_agnet: true\n").unwrap_err();
+        let err =
+            Config::from_yaml("db_uri: x.db\nprivacy:\n  keep_user_agnet: true\n").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("keep_user_agnet"), "{msg}");
         assert!(msg.contains("line 3"), "{msg}");

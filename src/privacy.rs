@@ -108,7 +108,10 @@ fn parse_public_ip(addr: &str) -> Option<IpAddr> {
                 .and_then(|r| r.parse().ok())
         })?;
     let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     };
     let private = match ip {
@@ -288,8 +291,14 @@ mod tests {
             parse_public_ip("::ffff:81.2.69.160"),
             Some("81.2.69.160".parse().unwrap())
         );
-        assert_eq!(parse_public_ip("[2001:218::1]:443"), Some("2001:218::1".parse().unwrap()));
-        assert_eq!(parse_public_ip("81.2.69.160:1234"), Some("81.2.69.160".parse().unwrap()));
+        assert_eq!(
+            parse_public_ip("[2001:218::1]:443"),
+            Some("2001:218::1".parse().unwrap())
+        );
+        assert_eq!(
+            parse_public_ip("81.2.69.160:1234"),
+            Some("81.2.69.160".parse().unwrap())
+        );
     }
 
     #[test]

@@ -64,7 +64,12 @@ fn check_device(d: &DeviceInfo) -> Result<(), ApiError> {
     check_text("device_info.remote_addr", &d.remote_addr, 64, true)?;
     check_text("device_info.remote_zone", &d.remote_zone, 64, true)?;
     // Longer agents are cut, not refused; only absurd ones are.
-    check_text("device_info.user_agent", &d.user_agent, 16 * MAX_USER_AGENT, true)?;
+    check_text(
+        "device_info.user_agent",
+        &d.user_agent,
+        16 * MAX_USER_AGENT,
+        true,
+    )?;
     check_text("device_info.browser", &d.browser, 128, true)?;
     check_text("device_info.os", &d.os, 128, true)
 }
@@ -130,7 +135,12 @@ impl Service {
         check_text("message", &e.message, 4096, false)?;
         check_text("service", &e.service, 128, true)?;
         check_text("login_method", &e.login_method, 128, true)?;
-        check_text("login_authenticator_id", &e.login_authenticator_id, 256, true)?;
+        check_text(
+            "login_authenticator_id",
+            &e.login_authenticator_id,
+            256,
+            true,
+        )?;
         if let Some(d) = &e.device_info {
             check_device(d)?;
         }
@@ -164,9 +174,15 @@ impl Service {
         check_username(&req.username)?;
         check_days("max_days", req.max_days)?;
         if !(0..=MAX_LOG_LIMIT).contains(&req.limit) {
-            return Err(invalid(format!("limit must be between 0 and {MAX_LOG_LIMIT}")));
+            return Err(invalid(format!(
+                "limit must be between 0 and {MAX_LOG_LIMIT}"
+            )));
         }
-        let limit = if req.limit == 0 { DEFAULT_LOG_LIMIT } else { req.limit };
+        let limit = if req.limit == 0 {
+            DEFAULT_LOG_LIMIT
+        } else {
+            req.limit
+        };
         let since = if req.max_days == 0 {
             i64::MIN
         } else {

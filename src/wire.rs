@@ -122,13 +122,25 @@ pub struct LogEntry {
     pub username: String,
     #[serde(rename = "log_type", deserialize_with = "nullable_string")]
     pub log_type: String,
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "nullable_string")]
+    #[serde(
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "nullable_string"
+    )]
     pub message: String,
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "nullable_string")]
+    #[serde(
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "nullable_string"
+    )]
     pub service: String,
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "nullable_string")]
+    #[serde(
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "nullable_string"
+    )]
     pub login_method: String,
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "nullable_string")]
+    #[serde(
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "nullable_string"
+    )]
     pub login_authenticator_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_info: Option<DeviceInfo>,
@@ -215,7 +227,10 @@ pub struct SetLastLoginRequest {
 pub struct GetLastLoginRequest {
     #[serde(deserialize_with = "nullable_string")]
     pub username: String,
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "nullable_string")]
+    #[serde(
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "nullable_string"
+    )]
     pub service: String,
 }
 
@@ -255,7 +270,10 @@ mod tests {
             "\"2026-11-20T10:30:15.123456789Z\""
         );
         let t = parse_rfc3339("2026-11-20T10:00:00Z").unwrap();
-        assert_eq!(serde_json::to_string(&t).unwrap(), "\"2026-11-20T10:00:00Z\"");
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            "\"2026-11-20T10:00:00Z\""
+        );
     }
 
     #[test]
@@ -300,10 +318,12 @@ mod tests {
 
     #[test]
     fn unknown_and_duplicate_fields_are_rejected() {
-        assert!(serde_json::from_str::<GetUserDevicesRequest>(r#"{"username":"a","x":1}"#).is_err());
         assert!(
-            serde_json::from_str::<GetUserDevicesRequest>(r#"{"username":"a","username":"b"}"#)
-                .is_err()
+            serde_json::from_str::<GetUserDevicesRequest>(r#"{"username":"a","x":1}"#).is_err()
         );
+        assert!(serde_json::from_str::<GetUserDevicesRequest>(
+            r#"{"username":"a","username":"b"}"#
+        )
+        .is_err());
     }
 }

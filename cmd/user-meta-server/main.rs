@@ -11,7 +11,11 @@ use usermetadb::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use usermetadb::server::{tls, Server};
 
 #[derive(Parser)]
-#[command(name = "user-meta-server", version, about = "Privacy-preserving user metadata database")]
+#[command(
+    name = "user-meta-server",
+    version,
+    about = "Privacy-preserving user metadata database"
+)]
 struct Cli {
     /// Configuration file (YAML).
     #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH)]
@@ -52,6 +56,7 @@ fn init_logging(filter: Option<&str>) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -149,8 +154,10 @@ fn serve(config_path: &std::path::Path, addr: &str) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

@@ -72,7 +72,9 @@ impl Reject {
             Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reject::BadBody(_) | Reject::Api(ApiError::Invalid(_)) => StatusCode::BAD_REQUEST,
             Reject::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            Reject::Api(ApiError::Store(e)) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::Api(ApiError::Store(e)) if e.is_unavailable() => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Reject::Api(ApiError::Store(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -115,7 +117,11 @@ impl Reject {
 }
 
 fn is_json(req: &Request<Incoming>) -> bool {
-    let Some(ct) = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(ct) = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     let media = ct.split(';').next().unwrap_or("").trim();
@@ -158,7 +164,9 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reject> {
 fn encode<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec(v) {
         Ok(body) => json_response(StatusCode::OK, body),
-        Err(e) => Reject::Api(ApiError::Store(StoreError::Other(e.to_string()))).into_response(None),
+        Err(e) => {
+            Reject::Api(ApiError::Store(StoreError::Other(e.to_string()))).into_response(None)
+        }
     }
 }
 
@@ -195,7 +203,10 @@ async fn serve(
         .try_acquire_owned()
         .map_err(|_| Reject::Overloaded)?;
     if endpoint == Endpoint::Health {
-        return Ok(json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()));
+        return Ok(json_response(
+            StatusCode::OK,
+            br#"{"status":"ok"}"#.to_vec(),
+        ));
     }
     if !is_json(&req) {
         return Err(Reject::UnsupportedMediaType);
@@ -215,9 +226,7 @@ async fn serve(
         Endpoint::CheckDevice => encode(&svc.check_device(decode(&body)?).await?),
         Endpoint::SetLastLogin => encode(&svc.set_last_login(decode(&body)?, now).await?),
         Endpoint::GetLastLogin => encode(&svc.get_last_login(decode(&body)?).await?),
-        Endpoint::GetUnusedAccounts => {
-            encode(&svc.get_unused_accounts(decode(&body)?, now).await?)
-        }
+        Endpoint::GetUnusedAccounts => encode(&svc.get_unused_accounts(decode(&body)?, now).await?),
         Endpoint::Health => return Err(Reject::NotFound),
     })
 }

@@ -3,6 +3,7 @@
 
 pub mod endpoint;
 pub mod handler;
+mod idle;
 pub mod tls;
 
 use std::future::Future;
@@ -107,7 +108,12 @@ pub fn build_state(config: &Config) -> Result<(Arc<State>, Store, Arc<Privacy>),
         None => None,
     };
     let privacy = Arc::new(Privacy::new(config.privacy, key, geoip));
-    let service = Service::new(store.clone(), privacy.clone(), config.retention, &config.http);
+    let service = Service::new(
+        store.clone(),
+        privacy.clone(),
+        config.retention,
+        &config.http,
+    );
     let state = Arc::new(State {
         service,
         http: config.http.clone(),
@@ -213,6 +219,7 @@ async fn serve_connection(
     tls: Option<Arc<(TlsAcceptor, Acl)>>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
+    let idle = state.http.idle_timeout;
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -223,6 +230,7 @@ async fn serve_connection(
         None => {
             let peer = Arc::new(Peer::unauthenticated());
             let svc = service_fn(move |req| handler::handle(req, state.clone(), peer.clone()));
+            let stream = idle::IdleTimeout::new(stream, idle);
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -262,6 +270,7 @@ async fn serve_connection(
             };
             let peer = Arc::new(peer);
             let svc = service_fn(move |req| handler::handle(req, state.clone(), peer.clone()));
+            let stream = idle::IdleTimeout::new(stream, idle);
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");

@@ -131,7 +131,9 @@ mod tests {
     use super::*;
 
     fn testdata(name: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/certs").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/certs")
+            .join(name)
     }
 
     fn cn_of(name: &str) -> Result<String, IdentityError> {
@@ -143,7 +145,10 @@ mod tests {
     fn common_names_of_the_test_certificates() {
         assert_eq!(cn_of("client-sso-server.pem").unwrap(), "sso-server");
         assert_eq!(cn_of("bad-no-cn.pem"), Err(IdentityError::NoCommonName));
-        assert_eq!(cn_of("bad-two-cn.pem"), Err(IdentityError::SeveralCommonNames));
+        assert_eq!(
+            cn_of("bad-two-cn.pem"),
+            Err(IdentityError::SeveralCommonNames)
+        );
         assert_eq!(common_name(b"junk"), Err(IdentityError::Unparsable));
     }
 

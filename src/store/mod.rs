@@ -271,7 +271,10 @@ fn run_batch(
     batch: &mut Vec<WriteJob>,
     completions: &mut Vec<Completion>,
 ) -> Result<(), StoreError> {
-    if let Err(e) = conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])) {
+    if let Err(e) = conn
+        .prepare_cached("BEGIN IMMEDIATE")
+        .and_then(|mut s| s.execute([]))
+    {
         // Nothing runs: every job is answered with the error.
         for job in batch.drain(..) {
             completions.push(job(None));
@@ -281,7 +284,10 @@ fn run_batch(
     for job in batch.drain(..) {
         completions.push(job(Some(conn)));
     }
-    match conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])) {
+    match conn
+        .prepare_cached("COMMIT")
+        .and_then(|mut s| s.execute([]))
+    {
         Ok(_) => Ok(()),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");

@@ -319,7 +319,10 @@ mod tests {
         }
         let devs = user_devices(&c, "u").unwrap();
         assert_eq!(devs.len(), 1);
-        assert_eq!((devs[0].first_seen, devs[0].last_seen, devs[0].num_logins), (100, 300, 2));
+        assert_eq!(
+            (devs[0].first_seen, devs[0].last_seen, devs[0].num_logins),
+            (100, 300, 2)
+        );
         assert!(find_device(&c, "u", b"d1").unwrap().is_some());
         assert!(find_device(&c, "u", b"d2").unwrap().is_none());
         assert!(find_device(&c, "other", b"d1").unwrap().is_none());
@@ -334,7 +337,10 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        assert_eq!(unused_accounts(&c, &names, 500).unwrap(), vec!["stale", "never"]);
+        assert_eq!(
+            unused_accounts(&c, &names, 500).unwrap(),
+            vec!["stale", "never"]
+        );
         assert!(unused_accounts(&c, &[], 500).unwrap().is_empty());
     }
 
@@ -348,6 +354,9 @@ mod tests {
             last_logins(&c, "u", None).unwrap(),
             vec![("mail".to_string(), 1000), ("web".to_string(), 20)]
         );
-        assert_eq!(last_logins(&c, "u", Some("web")).unwrap(), vec![("web".to_string(), 20)]);
+        assert_eq!(
+            last_logins(&c, "u", Some("web")).unwrap(),
+            vec![("web".to_string(), 20)]
+        );
     }
 }

@@ -87,9 +87,15 @@ mod tests {
     fn migrations_apply_in_order_and_set_the_version() {
         let mut c = Connection::open_in_memory().unwrap();
         migrate(&mut c).unwrap();
-        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, MIGRATIONS.len() as i64);
-        assert_eq!(current_version(), 1, "a migration was added: update this count");
+        assert_eq!(
+            current_version(),
+            1,
+            "a migration was added: update this count"
+        );
         // Running again is a no-op.
         migrate(&mut c).unwrap();
     }

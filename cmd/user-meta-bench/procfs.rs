@@ -1,0 +1,111 @@
+//! What /proc tells about a process: CPU time and memory.
+
+use anyhow::{anyhow, Context, Result};
+
+/// User plus system CPU seconds of every thread of `pid` (`None`: this process).
+pub fn cpu_seconds(pid: Option<u32>) -> Result<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_stat_ticks(&text)
+        .map(|ticks| ticks as f64 / clock_ticks_per_second())
+        .ok_or_else(|| anyhow!("{path}: unexpected format"))
+}
+
+/// utime + stime (fields 14 and 15) from a /proc/PID/stat line.
+fn parse_stat_ticks(text: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces and parentheses: count
+    // fields from the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a constant of the running system.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// Resident memory now and its peak, in KiB.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Memory {
+    pub vm_rss_kib: u64,
+    pub vm_hwm_kib: u64,
+}
+
+pub fn memory(pid: u32) -> Result<Memory> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    Ok(Memory {
+        vm_rss_kib: field("VmRSS:").ok_or_else(|| anyhow!("{path}: no VmRSS"))?,
+        vm_hwm_kib: field("VmHWM:").ok_or_else(|| anyhow!("{path}: no VmHWM"))?,
+    })
+}
+
+/// The machine, as far as the report needs it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory_gib: f64,
+    pub kernel: String,
+}
+
+pub fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: f64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    Machine {
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        cpu_model,
+        memory_gib: (mem_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        kernel,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_odd_command_name() {
+        let line = "1234 (a) b) c) S 1 2 3 4 5 6 7 8 9 10 250 17 0 0 20 0 3 0 100 0 0";
+        assert_eq!(parse_stat_ticks(line), Some(267));
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        assert!(cpu_seconds(None).unwrap() >= 0.0);
+        let m = memory(std::process::id()).unwrap();
+        assert!(m.vm_hwm_kib >= m.vm_rss_kib / 2 && m.vm_rss_kib > 0);
+    }
+}

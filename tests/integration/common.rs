@@ -1,0 +1,198 @@
+//! The fixture: a real server on 127.0.0.1:0 with the testdata certificates and
+//! a temporary SQLite file, and real mTLS clients.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use usermetadb::client::{tls_config, ClientError, Connection, RawResponse};
+use usermetadb::config::Config;
+use usermetadb::server::Server;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn cert(name: &str) -> PathBuf {
+    repo().join("testdata/certs").join(name)
+}
+
+pub fn shared_geoip(name: &str) -> PathBuf {
+    repo().join("testdata/geoip").join(name)
+}
+
+/// The ACL every test server runs with.
+pub const ACL: &str = r#"
+    acl:
+      - { path: "/api/(add_log|set_last_login|check_device|identify_device)", cn: "sso-server|auth-server" }
+      - { path: "/api/get_.*", cn: "accounts-panel" }
+      - { path: "/health", cn: ".*" }
+      - { path: ".*", cn: "admin" }
+"#;
+
+/// A config with TLS, the test ACL, a database in `dir` and `extra` YAML appended.
+pub fn config_yaml(dir: &Path, extra: &str) -> String {
+    format!(
+        "db_uri: {db}\nhttp_server:\n  tls:\n    cert: {c}\n    key: {k}\n    ca: {ca}\n{ACL}{extra}\n",
+        db = dir.join("usermeta.db").display(),
+        c = cert("server.pem").display(),
+        k = cert("server.key").display(),
+        ca = cert("ca.pem").display(),
+    )
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with("").await
+    }
+
+    /// `extra` is YAML appended at the top level after `http_server.tls`; an
+    /// indented line continues `http_server`.
+    pub async fn start_with(extra: &str) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, extra).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, extra: &str) -> TestServer {
+        let yaml = config_yaml(dir.path(), extra);
+        let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let server = Server::bind(&config, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            dir,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("usermeta.db")
+    }
+
+    /// A client presenting `testdata/certs/client-<cn>.pem`.
+    pub async fn client(&self, cn: &str) -> Client {
+        self.client_cert(&format!("client-{cn}")).await.unwrap()
+    }
+
+    /// A client presenting `testdata/certs/<name>.pem` / `.key`.
+    pub async fn client_cert(&self, name: &str) -> Result<Client, ClientError> {
+        let tls = tls_config(
+            &cert("ca.pem"),
+            Some((&cert(&format!("{name}.pem")), &cert(&format!("{name}.key")))),
+        )?;
+        Ok(Client(
+            Connection::connect(self.addr, "localhost", Some(tls)).await?,
+        ))
+    }
+
+    /// A TLS stream presenting `<name>.pem`, for writing raw HTTP.
+    pub async fn raw_tls(
+        &self,
+        name: &str,
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tls = tls_config(
+            &cert("ca.pem"),
+            Some((&cert(&format!("{name}.pem")), &cert(&format!("{name}.key")))),
+        )
+        .unwrap();
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        tokio_rustls::TlsConnector::from(tls)
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
+    /// Stops the server gracefully and waits for it; the directory stays.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// Rows in each table, read straight from the SQLite file.
+    pub fn counts(&self) -> [i64; 4] {
+        db_counts(&self.db_path())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn db_counts(path: &Path) -> [i64; 4] {
+    let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let n = |t: &str| -> i64 {
+        c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    [n("users"), n("user_logs"), n("devices"), n("last_login")]
+}
+
+pub struct Client(pub Connection);
+
+impl Client {
+    /// POSTs JSON and returns (status, parsed body).
+    pub async fn post(&mut self, path: &str, body: Value) -> (u16, Value) {
+        let r = self.post_bytes(path, body.to_string()).await;
+        (r.status.as_u16(), parse(&r))
+    }
+
+    pub async fn post_bytes(&mut self, path: &str, body: impl Into<Bytes>) -> RawResponse {
+        self.0.post_raw(path, body.into()).await.unwrap()
+    }
+
+    /// POSTs and insists on 200.
+    pub async fn ok(&mut self, path: &str, body: Value) -> Value {
+        let (status, v) = self.post(path, body.clone()).await;
+        assert_eq!(status, 200, "{path} {body} -> {v}");
+        v
+    }
+}
+
+pub fn parse(r: &RawResponse) -> Value {
+    serde_json::from_slice(&r.body).unwrap_or(Value::Null)
+}
+
+/// An RFC 3339 timestamp `secs_ago` before now.
+pub fn ago(secs_ago: i64) -> String {
+    let t = chrono::Utc::now() - chrono::Duration::seconds(secs_ago);
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+pub fn login(user: &str, device: &str, secs_ago: i64) -> Value {
+    json!({"log": {
+        "timestamp": ago(secs_ago),
+        "username": user,
+        "log_type": "login",
+        "service": "mail",
+        "device_info": {"id": device, "remote_zone": "IT", "browser": "Firefox", "os": "Linux", "mobile": false}
+    }})
+}

@@ -1,0 +1,142 @@
+//! Durability: restarts keep everything, and an acknowledged write survives
+//! `kill -9` of the server process.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn a_restart_keeps_all_data() {
+    let ts = TestServer::start().await;
+    let mut c = ts.client("admin").await;
+    c.ok("/api/add_log", login("keep", "dev", 3600)).await;
+    c.ok(
+        "/api/set_last_login",
+        json!({"last_login": {"timestamp": ago(60), "username": "keep", "service": "mail"}}),
+    )
+    .await;
+    let logs_before = c
+        .ok("/api/get_user_logs", json!({"username": "keep"}))
+        .await;
+    let devices_before = c
+        .ok("/api/get_user_devices", json!({"username": "keep"}))
+        .await;
+    drop(c);
+    let dir = ts.stop().await;
+
+    let ts = TestServer::start_in(dir, "").await;
+    let mut c = ts.client("admin").await;
+    assert_eq!(
+        c.ok("/api/get_user_logs", json!({"username": "keep"}))
+            .await,
+        logs_before
+    );
+    assert_eq!(
+        c.ok("/api/get_user_devices", json!({"username": "keep"}))
+            .await,
+        devices_before
+    );
+    let last = c
+        .ok("/api/get_last_login", json!({"username": "keep"}))
+        .await;
+    assert_eq!(last["result"].as_array().unwrap().len(), 1);
+    // The device ID still opens: the key was kept beside the database.
+    assert_eq!(devices_before["devices"][0]["device_info"]["id"], "dev");
+}
+
+/// Runs the compiled server on port 0 and returns it with its address.
+pub fn spawn_binary(config: &std::path::Path) -> (Child, std::net::SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_user-meta-server"))
+        .arg("--config")
+        .arg(config)
+        .args(["--addr", "127.0.0.1:0", "--log", "info"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
+        if let Some(rest) = line.split("listening on https://").nth(1) {
+            let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+            break addr.parse().unwrap();
+        }
+    };
+    // Keep draining so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yml");
+    std::fs::write(&config, config_yaml(dir.path(), "")).unwrap();
+    let db = dir.path().join("usermeta.db");
+
+    for round in 0..3 {
+        let (mut child, addr) = spawn_binary(&config);
+        let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+        let mut tasks = Vec::new();
+        for worker in 0..4 {
+            let acked = acked.clone();
+            tasks.push(tokio::spawn(async move {
+                let tls = usermetadb::client::tls_config(
+                    &cert("ca.pem"),
+                    Some((
+                        &cert("client-sso-server.pem"),
+                        &cert("client-sso-server.key"),
+                    )),
+                )
+                .unwrap();
+                let Ok(mut c) =
+                    usermetadb::client::Connection::connect(addr, "localhost", Some(tls)).await
+                else {
+                    return;
+                };
+                for i in 0.. {
+                    let user = format!("r{round}-w{worker}-{i}");
+                    let body = login(&user, "dev", 60).to_string();
+                    match c.post_raw("/api/add_log", body.into()).await {
+                        Ok(r) if r.status == 200 => acked.lock().unwrap().push(user),
+                        _ => return,
+                    }
+                }
+            }));
+        }
+        // Let the load run, then kill without warning.
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let acked = acked.lock().unwrap().clone();
+        assert!(
+            acked.len() > 10,
+            "round {round}: only {} writes acknowledged",
+            acked.len()
+        );
+
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let ok: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        let mut stmt = c
+            .prepare("SELECT count(*) FROM users u JOIN user_logs l ON l.user_id = u.id WHERE u.name = ?1")
+            .unwrap();
+        for user in &acked {
+            let n: i64 = stmt.query_row([user], |r| r.get(0)).unwrap();
+            assert_eq!(n, 1, "round {round}: acknowledged write for {user} lost");
+        }
+    }
+}
