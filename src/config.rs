@@ -204,6 +204,8 @@ pub struct RawRetention {
     pub user_logs: Option<ConfigDuration>,
     /// Devices unseen for this long are deleted (default 730d).
     pub devices: Option<ConfigDuration>,
+    /// How often expired rows are deleted (default 1h).
+    pub interval: Option<ConfigDuration>,
 }
 
 /// The validated configuration the server runs on.
@@ -274,6 +276,7 @@ impl Default for PrivacyConfig {
 pub struct RetentionConfig {
     pub user_logs: Duration,
     pub devices: Duration,
+    pub interval: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -281,6 +284,7 @@ impl Default for RetentionConfig {
         RetentionConfig {
             user_logs: Duration::from_secs(365 * 86_400),
             devices: Duration::from_secs(730 * 86_400),
+            interval: Duration::from_secs(3600),
         }
     }
 }
@@ -472,6 +476,11 @@ impl Config {
             raw.retention.devices,
             rdefaults.devices.as_secs(),
         );
+        let interval = nonzero(
+            "retention.interval",
+            raw.retention.interval,
+            rdefaults.interval.as_secs(),
+        );
         for (key, g) in [
             ("privacy.timestamp_granularity", timestamp_granularity),
             ("privacy.last_login_granularity", last_login_granularity),
@@ -520,7 +529,11 @@ impl Config {
                 last_login_granularity,
                 keep_user_agent: raw.privacy.keep_user_agent.unwrap_or(false),
             },
-            retention: RetentionConfig { user_logs, devices },
+            retention: RetentionConfig {
+                user_logs,
+                devices,
+                interval,
+            },
             geoip,
             secrets: SecretsConfig { device_key_file },
         })

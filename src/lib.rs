@@ -10,6 +10,7 @@
 //! - [`store`]: all SQL. A writer thread with group commit, reader threads.
 //! - [`privacy`]: quantization, GeoIP country, user-agent parsing, device-ID
 //!   sealing (with [`crypto`]).
+//! - [`retention`]: the background deletion of expired rows.
 //! - [`wire`]: the JSON types, no I/O. [`config`]: the YAML file. [`acl`]: the
 //!   access rules.
 
@@ -18,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod privacy;
+pub mod retention;
 pub mod server;
 pub mod service;
 pub mod store;

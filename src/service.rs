@@ -311,6 +311,54 @@ impl Service {
         Ok(GetLastLoginResponse { results })
     }
 
+    /// Opens the device cookie or mints a new one, and reduces the device.
+    /// A bad cookie is a new device, never an error.
+    pub fn identify_device(
+        &self,
+        req: IdentifyDeviceRequest,
+    ) -> Result<IdentifyDeviceResponse, ApiError> {
+        check_text("remote_addr", &req.remote_addr, 64, true)?;
+        check_text("user_agent", &req.user_agent, 16 * MAX_USER_AGENT, true)?;
+        let key = &self.privacy.key;
+        let (id, cookie, new) = match key.open_cookie(&req.cookie) {
+            Some(id) => (id, req.cookie, false),
+            None => {
+                let (id, cookie) = key.mint_cookie();
+                (id, cookie, true)
+            }
+        };
+        let seen = DeviceInfo {
+            remote_addr: req.remote_addr,
+            user_agent: req.user_agent,
+            ..Default::default()
+        };
+        Ok(IdentifyDeviceResponse {
+            device_info: self.privacy.reduce_info(id, &seen),
+            cookie,
+            new,
+        })
+    }
+
+    /// Deletes every row of the user.
+    pub async fn forget_user(
+        &self,
+        req: ForgetUserRequest,
+    ) -> Result<ForgetUserResponse, ApiError> {
+        check_username(&req.username)?;
+        let user = req.username;
+        let d = self
+            .store
+            .write(move |c| ops::forget_user(c, &user))
+            .await?;
+        Ok(ForgetUserResponse {
+            deleted: DeletedCounts {
+                user_logs: d.user_logs,
+                devices: d.devices,
+                last_logins: d.last_logins,
+            },
+        })
+    }
+
     pub async fn get_unused_accounts(
         &self,
         req: GetUnusedAccountsRequest,

@@ -252,6 +252,48 @@ pub struct GetUnusedAccountsResponse {
     pub unused_usernames: Vec<String>,
 }
 
+/// Asks the server to recognise (or mint) the long-term device cookie.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentifyDeviceRequest {
+    #[serde(deserialize_with = "nullable_string")]
+    pub cookie: String,
+    #[serde(deserialize_with = "nullable_string")]
+    pub remote_addr: String,
+    #[serde(deserialize_with = "nullable_string")]
+    pub user_agent: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentifyDeviceResponse {
+    /// The privacy-reduced device: ID, zone, browser, OS, mobile; never the address.
+    pub device_info: DeviceInfo,
+    /// The cookie value to set (the same one when it was valid).
+    pub cookie: String,
+    /// True when the cookie was absent or invalid and a new device was minted.
+    pub new: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForgetUserRequest {
+    #[serde(deserialize_with = "nullable_string")]
+    pub username: String,
+}
+
+/// How many rows were deleted, per kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedCounts {
+    pub user_logs: u64,
+    pub devices: u64,
+    pub last_logins: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetUserResponse {
+    pub deleted: DeletedCounts,
+}
+
 /// The body of every error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorResponse {

@@ -36,6 +36,17 @@ enum Command {
     Serve,
     /// Check the configuration and report every problem with the key it concerns.
     CheckConfig,
+    /// Database maintenance (run while the server is stopped, or beside it).
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Delete log entries and devices past retention now.
+    Prune,
 }
 
 fn parse_addr(s: &str) -> anyhow::Result<SocketAddr> {
@@ -66,6 +77,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(&cli.config, &cli.addr),
         Command::CheckConfig => return check_config(&cli.config),
+        Command::Db { command } => db(&cli.config, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,14 +127,37 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn db(config_path: &std::path::Path, command: DbCommand) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let store = usermetadb::store::Store::open(&config.db)?;
+    let result = runtime()?.block_on(async {
+        match command {
+            DbCommand::Prune => {
+                let now = usermetadb::server::handler::now_unix();
+                let d = usermetadb::retention::prune(&store, config.retention, now).await?;
+                println!(
+                    "deleted {} log entries, {} devices, {} users with no data left",
+                    d.user_logs, d.devices, d.users
+                );
+                Ok::<(), anyhow::Error>(())
+            }
+        }
+    });
+    store.close();
+    result
+}
+
 fn serve(config_path: &std::path::Path, addr: &str) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let addr = parse_addr(addr)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    rt.block_on(async move {
+    runtime()?.block_on(async move {
         let server = Server::bind(&config, addr).await?;
         let local = server.local_addr()?;
         let scheme = if server.is_tls() { "https" } else { "http" };

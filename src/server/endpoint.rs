@@ -10,11 +10,13 @@ pub enum Endpoint {
     SetLastLogin,
     GetLastLogin,
     GetUnusedAccounts,
+    IdentifyDevice,
+    ForgetUser,
     Health,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 8] = [
+    pub const ALL: [Endpoint; 10] = [
         Endpoint::AddLog,
         Endpoint::GetUserLogs,
         Endpoint::GetUserDevices,
@@ -22,6 +24,8 @@ impl Endpoint {
         Endpoint::SetLastLogin,
         Endpoint::GetLastLogin,
         Endpoint::GetUnusedAccounts,
+        Endpoint::IdentifyDevice,
+        Endpoint::ForgetUser,
         Endpoint::Health,
     ];
 
@@ -40,6 +44,8 @@ impl Endpoint {
             Endpoint::SetLastLogin => "/api/set_last_login",
             Endpoint::GetLastLogin => "/api/get_last_login",
             Endpoint::GetUnusedAccounts => "/api/get_unused_accounts",
+            Endpoint::IdentifyDevice => "/api/identify_device",
+            Endpoint::ForgetUser => "/api/forget_user",
             Endpoint::Health => "/health",
         }
     }
@@ -54,6 +60,8 @@ impl Endpoint {
             Endpoint::SetLastLogin => "set_last_login",
             Endpoint::GetLastLogin => "get_last_login",
             Endpoint::GetUnusedAccounts => "get_unused_accounts",
+            Endpoint::IdentifyDevice => "identify_device",
+            Endpoint::ForgetUser => "forget_user",
             Endpoint::Health => "health",
         }
     }

@@ -227,6 +227,8 @@ async fn serve(
         Endpoint::SetLastLogin => encode(&svc.set_last_login(decode(&body)?, now).await?),
         Endpoint::GetLastLogin => encode(&svc.get_last_login(decode(&body)?).await?),
         Endpoint::GetUnusedAccounts => encode(&svc.get_unused_accounts(decode(&body)?, now).await?),
+        Endpoint::IdentifyDevice => encode(&svc.identify_device(decode(&body)?)?),
+        Endpoint::ForgetUser => encode(&svc.forget_user(decode(&body)?).await?),
         Endpoint::Health => return Err(Reject::NotFound),
     })
 }

@@ -169,6 +169,11 @@ impl Server {
             tracing::warn!("NO TLS CONFIGURED: serving plain HTTP without client authentication or ACL; use only for tests or a local socket");
         }
         let tls = tls.map(Arc::new);
+        let retention = tokio::spawn(crate::retention::run(
+            store.clone(),
+            state.service.retention,
+            state.service.retention.interval,
+        ));
         let connections = Arc::new(Semaphore::new(state.http.max_connections));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         tokio::pin!(shutdown);
@@ -207,6 +212,7 @@ impl Server {
                 tracing::warn!("grace period over, closing remaining connections");
             }
         }
+        retention.abort();
         let store2 = store.clone();
         let _ = tokio::task::spawn_blocking(move || store2.close()).await;
         tracing::info!("stopped");

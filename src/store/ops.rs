@@ -281,6 +281,88 @@ pub fn unused_accounts(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// How many rows a deletion removed, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Deleted {
+    pub user_logs: u64,
+    pub devices: u64,
+    pub last_logins: u64,
+    pub users: u64,
+}
+
+impl Deleted {
+    pub fn total(&self) -> u64 {
+        self.user_logs + self.devices + self.last_logins + self.users
+    }
+
+    pub fn add(&mut self, other: Deleted) {
+        self.user_logs += other.user_logs;
+        self.devices += other.devices;
+        self.last_logins += other.last_logins;
+        self.users += other.users;
+    }
+}
+
+/// Deletes every row of one user.
+pub fn forget_user(conn: &Connection, name: &str) -> Result<Deleted, StoreError> {
+    let Some(uid) = user_id(conn, name)? else {
+        return Ok(Deleted::default());
+    };
+    let del = |sql: &str| -> Result<u64, StoreError> {
+        Ok(conn.prepare_cached(sql)?.execute([uid])? as u64)
+    };
+    Ok(Deleted {
+        user_logs: del("DELETE FROM user_logs WHERE user_id = ?1")?,
+        devices: del("DELETE FROM devices WHERE user_id = ?1")?,
+        last_logins: del("DELETE FROM last_login WHERE user_id = ?1")?,
+        users: del("DELETE FROM users WHERE id = ?1")?,
+    })
+}
+
+/// One bounded step of retention: deletes at most `batch` log entries older
+/// than `logs_before` and `batch` devices last seen before `devices_before`,
+/// then users left with no rows at all. Small steps keep each transaction
+/// short, so writers queued behind it wait little.
+pub fn prune_step(
+    conn: &Connection,
+    logs_before: i64,
+    devices_before: i64,
+    batch: i64,
+) -> Result<Deleted, StoreError> {
+    let user_logs = conn
+        .prepare_cached(
+            "DELETE FROM user_logs WHERE id IN
+                 (SELECT id FROM user_logs WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
+        )?
+        .execute(params![logs_before, batch])? as u64;
+    let devices = conn
+        .prepare_cached(
+            "DELETE FROM devices WHERE (user_id, device_id) IN
+                 (SELECT user_id, device_id FROM devices WHERE last_seen < ?1
+                  ORDER BY last_seen LIMIT ?2)",
+        )?
+        .execute(params![devices_before, batch])? as u64;
+    let users = if user_logs + devices > 0 {
+        conn.prepare_cached(
+            "DELETE FROM users WHERE id IN (
+                 SELECT u.id FROM users u
+                 WHERE NOT EXISTS (SELECT 1 FROM user_logs l WHERE l.user_id = u.id)
+                   AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.user_id = u.id)
+                   AND NOT EXISTS (SELECT 1 FROM last_login x WHERE x.user_id = u.id)
+                 LIMIT ?1)",
+        )?
+        .execute([batch])? as u64
+    } else {
+        0
+    };
+    Ok(Deleted {
+        user_logs,
+        devices,
+        last_logins: 0,
+        users,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,6 +424,62 @@ mod tests {
             vec!["stale", "never"]
         );
         assert!(unused_accounts(&c, &[], 500).unwrap().is_empty());
+    }
+
+    #[test]
+    fn prune_removes_old_rows_in_batches_and_orphaned_users() {
+        let c = db();
+        for (user, ts) in [("old", 10), ("old", 20), ("old", 30), ("new", 1000)] {
+            insert_log(
+                &c,
+                &LogRecord {
+                    username: user.into(),
+                    ts,
+                    log_type: "login".into(),
+                    device: Some(device(user.as_bytes(), "IT")),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        }
+        let first = prune_step(&c, 500, 500, 2).unwrap();
+        assert_eq!((first.user_logs, first.devices), (2, 1));
+        let second = prune_step(&c, 500, 500, 2).unwrap();
+        assert_eq!((second.user_logs, second.devices, second.users), (1, 0, 1));
+        assert_eq!(prune_step(&c, 500, 500, 2).unwrap(), Deleted::default());
+        assert!(user_id(&c, "old").unwrap().is_none());
+        assert_eq!(user_logs(&c, "new", 0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn forget_user_deletes_every_row_of_that_user_only() {
+        let c = db();
+        for user in ["a", "b"] {
+            insert_log(
+                &c,
+                &LogRecord {
+                    username: user.into(),
+                    ts: 100,
+                    log_type: "login".into(),
+                    device: Some(device(b"d", "IT")),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            set_last_login(&c, user, "mail", 100).unwrap();
+        }
+        let d = forget_user(&c, "a").unwrap();
+        assert_eq!(
+            d,
+            Deleted {
+                user_logs: 1,
+                devices: 1,
+                last_logins: 1,
+                users: 1
+            }
+        );
+        assert_eq!(forget_user(&c, "a").unwrap(), Deleted::default());
+        assert_eq!(user_devices(&c, "b").unwrap().len(), 1);
     }
 
     #[test]

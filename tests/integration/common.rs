@@ -196,3 +196,66 @@ pub fn login(user: &str, device: &str, secs_ago: i64) -> Value {
         "device_info": {"id": device, "remote_zone": "IT", "browser": "Firefox", "os": "Linux", "mobile": false}
     }})
 }
+
+/// Runs the compiled server on port 0 with `--log level`; returns the process,
+/// its address, and everything it writes to stderr as it arrives.
+pub fn spawn_binary(
+    config: &Path,
+    level: &str,
+) -> (
+    std::process::Child,
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_user-meta-server"))
+        .arg("--config")
+        .arg(config)
+        .args(["--addr", "127.0.0.1:0", "--log", level])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
+        log.lock().unwrap().push_str(&line);
+        log.lock().unwrap().push('\n');
+        if let Some(rest) = line.split("listening on https://").nth(1) {
+            let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+            break addr.parse().unwrap();
+        }
+    };
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    (child, addr, log)
+}
+
+/// A client of a server started with [`spawn_binary`].
+pub async fn client_at(addr: SocketAddr, cn: &str) -> Client {
+    let tls = tls_config(
+        &cert("ca.pem"),
+        Some((
+            &cert(&format!("client-{cn}.pem")),
+            &cert(&format!("client-{cn}.key")),
+        )),
+    )
+    .unwrap();
+    Client(
+        Connection::connect(addr, "localhost", Some(tls))
+            .await
+            .unwrap(),
+    )
+}

@@ -1,8 +1,6 @@
 //! Durability: restarts keep everything, and an acknowledged write survives
 //! `kill -9` of the server process.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
@@ -48,33 +46,6 @@ async fn a_restart_keeps_all_data() {
     assert_eq!(devices_before["devices"][0]["device_info"]["id"], "dev");
 }
 
-/// Runs the compiled server on port 0 and returns it with its address.
-pub fn spawn_binary(config: &std::path::Path) -> (Child, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_user-meta-server"))
-        .arg("--config")
-        .arg(config)
-        .args(["--addr", "127.0.0.1:0", "--log", "info"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("listening on https://").nth(1) {
-            let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-            break addr.parse().unwrap();
-        }
-    };
-    // Keep draining so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
@@ -83,7 +54,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let db = dir.path().join("usermeta.db");
 
     for round in 0..3 {
-        let (mut child, addr) = spawn_binary(&config);
+        let (mut child, addr, _log) = spawn_binary(&config, "info");
         let acked = Arc::new(Mutex::new(Vec::<String>::new()));
         let mut tasks = Vec::new();
         for worker in 0..4 {
