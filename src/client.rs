@@ -130,12 +130,28 @@ impl Connection {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<RawResponse, ClientError> {
+        self.request_with_headers(method, path, &[], content_type, body)
+            .await
+    }
+
+    /// [`Connection::request`] with extra headers.
+    pub async fn request_with_headers(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<RawResponse, ClientError> {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, &self.host);
         if let Some(ct) = content_type {
             req = req.header(CONTENT_TYPE, ct);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, value);
         }
         let req = req
             .body(Full::new(body))

@@ -112,6 +112,9 @@ pub struct RawConfig {
     /// Keys.
     #[serde(default)]
     pub secrets: RawSecrets,
+    /// The login monitor: rules and where alerts go.
+    #[serde(default)]
+    pub alerts: Option<crate::monitor::config::RawAlerts>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +198,8 @@ pub struct RawPrivacy {
     pub last_login_granularity: Option<ConfigDuration>,
     /// Keep the raw user agent string (default false).
     pub keep_user_agent: Option<bool>,
+    /// Report rows describing fewer distinct users than this are withheld (default 5).
+    pub report_min_users: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,6 +223,7 @@ pub struct Config {
     /// The GeoIP database file, if any.
     pub geoip: Option<PathBuf>,
     pub secrets: SecretsConfig,
+    pub alerts: crate::monitor::AlertsConfig,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -260,6 +266,8 @@ pub struct PrivacyConfig {
     pub timestamp_granularity: Duration,
     pub last_login_granularity: Duration,
     pub keep_user_agent: bool,
+    /// The k of k-anonymity in reports: a row about fewer users is withheld.
+    pub report_min_users: u32,
 }
 
 impl Default for PrivacyConfig {
@@ -268,6 +276,7 @@ impl Default for PrivacyConfig {
             timestamp_granularity: Duration::from_secs(3600),
             last_login_granularity: Duration::from_secs(86_400),
             keep_user_agent: false,
+            report_min_users: 5,
         }
     }
 }
@@ -490,6 +499,17 @@ impl Config {
             }
         }
 
+        let report_min_users = raw
+            .privacy
+            .report_min_users
+            .unwrap_or(defaults.report_min_users);
+        if !(1..=10_000).contains(&report_min_users) {
+            problem(
+                "privacy.report_min_users",
+                "must be between 1 and 10000".into(),
+            );
+        }
+
         let mut non_empty = |key: &str, value: String| {
             if value.is_empty() {
                 problem(key, "must not be empty".into());
@@ -501,6 +521,8 @@ impl Config {
             .secrets
             .device_key_file
             .map(|f| non_empty("secrets.device_key_file", f));
+
+        let alerts = crate::monitor::AlertsConfig::from_raw(raw.alerts, &mut problems);
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { problems });
@@ -528,6 +550,7 @@ impl Config {
                 timestamp_granularity,
                 last_login_granularity,
                 keep_user_agent: raw.privacy.keep_user_agent.unwrap_or(false),
+                report_min_users,
             },
             retention: RetentionConfig {
                 user_logs,
@@ -536,6 +559,7 @@ impl Config {
             },
             geoip,
             secrets: SecretsConfig { device_key_file },
+            alerts,
         })
     }
 }
@@ -555,6 +579,18 @@ impl Config {
         }
         if let Some(k) = &self.secrets.device_key_file {
             files.push(("secrets.device_key_file", k));
+        }
+        if let Some(f) = self.alerts.webhook.as_ref().and_then(|w| w.secret.file()) {
+            files.push(("alerts.webhook.secret_file", f));
+        }
+        if let Some(f) = self
+            .alerts
+            .smtp
+            .as_ref()
+            .and_then(|s| s.credentials.as_ref())
+            .and_then(|(_, p)| p.file())
+        {
+            files.push(("alerts.smtp.password_file", f));
         }
         if let Some(dir) = self.db.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {

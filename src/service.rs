@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use crate::config::{HttpConfig, RetentionConfig};
+use crate::monitor::{self, AlertsConfig, Event};
 use crate::privacy::{Privacy, MAX_USER_AGENT};
+use crate::store::alerts;
 use crate::store::ops::{self, LogRecord};
 use crate::store::{Store, StoreError};
 use crate::wire::*;
@@ -74,7 +76,7 @@ fn check_device(d: &DeviceInfo) -> Result<(), ApiError> {
     check_text("device_info.os", &d.os, 128, true)
 }
 
-fn check_days(field: &str, v: i64) -> Result<(), ApiError> {
+pub(crate) fn check_days(field: &str, v: i64) -> Result<(), ApiError> {
     if !(0..=MAX_DAYS).contains(&v) {
         return Err(invalid(format!("{field} must be between 0 and {MAX_DAYS}")));
     }
@@ -86,6 +88,26 @@ pub struct Service {
     pub privacy: Arc<Privacy>,
     pub retention: RetentionConfig,
     pub max_bulk_names: usize,
+    pub alerts: Arc<AlertsConfig>,
+    /// The sinks each new alert is queued for.
+    pub sinks: Arc<Vec<&'static str>>,
+    /// Wakes the alert dispatcher when an alert is queued.
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+/// What the rules see of a stored log entry.
+fn event_of(rec: &LogRecord) -> Event {
+    let d = rec.device.as_ref();
+    Event {
+        ts: rec.ts,
+        log_type: rec.log_type.clone(),
+        service: rec.service.clone(),
+        has_device: d.is_some_and(|d| !d.sealed_id.is_empty()),
+        zone: d.map(|d| d.zone.clone()).unwrap_or_default(),
+        browser: d.map(|d| d.browser.clone()).unwrap_or_default(),
+        os: d.map(|d| d.os.clone()).unwrap_or_default(),
+        mobile: d.is_some_and(|d| d.mobile),
+    }
 }
 
 impl Service {
@@ -94,12 +116,16 @@ impl Service {
         privacy: Arc<Privacy>,
         retention: RetentionConfig,
         http: &HttpConfig,
+        alerts: AlertsConfig,
     ) -> Service {
         Service {
             store,
             privacy,
             retention,
             max_bulk_names: http.max_bulk_names,
+            sinks: Arc::new(alerts.sinks()),
+            alerts: Arc::new(alerts),
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -162,7 +188,33 @@ impl Service {
     pub async fn add_log(&self, req: AddLogRequest, now: i64) -> Result<EmptyResponse, ApiError> {
         let entry = req.log.ok_or_else(|| invalid("log is required"))?;
         let rec = self.log_record(&entry, now)?;
-        self.store.write(move |c| ops::insert_log(c, &rec)).await?;
+        let cfg = self.alerts.clone();
+        let sinks = self.sinks.clone();
+        // The rules run in the transaction that stores the entry: an
+        // acknowledged event always has its alerts queued.
+        let raised = self
+            .store
+            .write(move |c| {
+                let uid = ops::ensure_user(c, &rec.username)?;
+                let event = event_of(&rec);
+                let sealed = rec
+                    .device
+                    .as_ref()
+                    .map(|d| d.sealed_id.as_slice())
+                    .unwrap_or(&[]);
+                let window = cfg.burst_window.as_secs() as i64;
+                let history = alerts::history(c, uid, &event, sealed, window)?;
+                alerts::record_log(c, uid, &rec)?;
+                let drafts = monitor::evaluate(&cfg, &history, &event, now);
+                for d in &drafts {
+                    alerts::insert_alert(c, uid, d, &sinks, now)?;
+                }
+                Ok(drafts.len())
+            })
+            .await?;
+        if raised > 0 {
+            self.wake.notify_one();
+        }
         Ok(EmptyResponse {})
     }
 
@@ -355,6 +407,7 @@ impl Service {
                 user_logs: d.user_logs,
                 devices: d.devices,
                 last_logins: d.last_logins,
+                alerts: d.alerts,
             },
         })
     }

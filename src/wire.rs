@@ -287,11 +287,101 @@ pub struct DeletedCounts {
     pub user_logs: u64,
     pub devices: u64,
     pub last_logins: u64,
+    pub alerts: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForgetUserResponse {
     pub deleted: DeletedCounts,
+}
+
+/// Details carried by an alert: privacy-reduced facts only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertDetails {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log_type: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    /// ISO country code.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub country: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub browser: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub os: String,
+    #[serde(default)]
+    pub mobile: bool,
+    /// For a dormant account: the previous login (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_login: Option<i64>,
+    /// For a failure burst: failures counted in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GetUserAlertsRequest {
+    #[serde(deserialize_with = "nullable_string")]
+    pub username: String,
+    /// 0: every alert kept.
+    pub max_days: i64,
+}
+
+/// How one sink fared with one alert.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryInfo {
+    pub sink: String,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    pub attempts: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertInfo {
+    pub id: i64,
+    pub kind: String,
+    pub timestamp: Timestamp,
+    /// One plain sentence: "New device on 2026-11-20: Firefox on Linux from Italy".
+    pub text: String,
+    pub details: AlertDetails,
+    pub deliveries: Vec<DeliveryInfo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetUserAlertsResponse {
+    pub alerts: Vec<AlertInfo>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GetUserSummaryRequest {
+    #[serde(deserialize_with = "nullable_string")]
+    pub username: String,
+}
+
+/// One fact about an account, with the sentence an account panel shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryFact {
+    /// `last_login`, `service_login`, `devices`, `failed_logins`, or an alert kind.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<Timestamp>,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<AlertDetails>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetUserSummaryResponse {
+    pub username: String,
+    pub facts: Vec<SummaryFact>,
 }
 
 /// The body of every error answer.

@@ -244,7 +244,10 @@ impl Population {
             }
         }
         while usernames.len() < names {
-            usernames.push(format!("unknown{:012x}@example.org", rng.gen::<u64>() >> 16));
+            usernames.push(format!(
+                "unknown{:012x}@example.org",
+                rng.gen::<u64>() >> 16
+            ));
         }
         to_body(&GetUnusedAccountsRequest {
             usernames: Some(usernames),

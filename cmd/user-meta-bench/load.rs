@@ -10,13 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use hyper::Method;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rustls::ClientConfig;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use usermetadb::client::Connection;
 
@@ -121,7 +122,8 @@ pub async fn run(sc: &Scenario, target: &Target) -> Result<Outcome> {
     let mut conns = Vec::with_capacity(sc.connections);
     if !sc.connect_per_request {
         let opening = (0..sc.connections).map(|_| {
-            Connection::connect(target.addr, &target.server_name, Some(sc.tls.clone()))
+            let (addr, name, tls) = (target.addr, target.server_name.clone(), sc.tls.clone());
+            async move { Connection::connect(addr, &name, Some(tls)).await }
         });
         for c in futures_join_all(opening).await {
             conns.push(Some(c.with_context(|| format!("{}: connecting", sc.name))?));
@@ -136,8 +138,20 @@ pub async fn run(sc: &Scenario, target: &Target) -> Result<Outcome> {
         measure_from: start + sc.warmup,
         end: start + sc.warmup + sc.duration,
     });
-    let next = Arc::new(AtomicU64::new(0));
+    let tickets = Arc::new(Tickets::default());
     let open = matches!(sc.pace, Pace::Open { .. });
+    let pacer = match sc.pace {
+        Pace::Open { rate } => {
+            let (t, w) = (tickets.clone(), window.clone());
+            Some(
+                std::thread::Builder::new()
+                    .name("pacer".into())
+                    .spawn(move || pace(&t, &w, rate))
+                    .context("starting the pacer thread")?,
+            )
+        }
+        Pace::Closed => None,
+    };
     let mut workers = Vec::with_capacity(sc.connections);
     for (i, conn) in conns.into_iter().enumerate() {
         let result = WorkerResult {
@@ -147,11 +161,11 @@ pub async fn run(sc: &Scenario, target: &Target) -> Result<Outcome> {
         };
         let sc = sc.clone();
         let window = window.clone();
-        let next = next.clone();
+        let tickets = tickets.clone();
         let addr = target.addr;
         let name = target.server_name.clone();
         workers.push(tokio::spawn(async move {
-            worker(i as u64, conn, result, &sc, &window, &next, addr, &name).await
+            worker(i as u64, conn, result, &sc, &window, &tickets, addr, &name).await
         }));
     }
 
@@ -197,6 +211,11 @@ pub async fn run(sc: &Scenario, target: &Target) -> Result<Outcome> {
             if all.failures.len() < KEPT_FAILURES {
                 all.failures.push(f);
             }
+        }
+    }
+    if let Some(p) = pacer {
+        if p.join().is_err() {
+            bail!("the pacer thread panicked");
         }
     }
     let memory = match memory {
@@ -251,39 +270,43 @@ async fn worker(
     mut r: WorkerResult,
     sc: &Scenario,
     window: &Window,
-    next: &AtomicU64,
+    tickets: &Tickets,
     addr: SocketAddr,
     server_name: &str,
 ) -> WorkerResult {
     let mut rng = StdRng::seed_from_u64(sc.seed ^ (id.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
     let content_type = (sc.method == Method::POST).then_some("application/json");
     loop {
-        let due = match sc.pace {
-            Pace::Closed => Instant::now(),
+        // Closed loop: the clock starts once the body is ready. Open loop: it
+        // started when the request was due.
+        let (due, body) = match sc.pace {
+            Pace::Closed => {
+                let body = (sc.body)(&mut rng);
+                (Instant::now(), body)
+            }
             Pace::Open { rate } => {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let due = window.start + Duration::from_secs_f64(i as f64 / rate);
-                if due >= window.end {
+                let Some(i) = tickets.take().await else {
                     break;
-                }
-                tokio::time::sleep_until(due).await;
-                due
+                };
+                let due = window.start + Duration::from_secs_f64(i as f64 / rate);
+                (due, (sc.body)(&mut rng))
             }
         };
         if due >= window.end {
             break;
         }
-        let body = (sc.body)(&mut rng);
         let sent;
         let answer = if let Some(c) = conn.as_mut().filter(|_| !sc.connect_per_request) {
             sent = Instant::now();
-            c.request(sc.method.clone(), sc.path, content_type, body).await
+            c.request(sc.method.clone(), sc.path, content_type, body)
+                .await
         } else {
             sent = Instant::now();
             match Connection::connect(addr, server_name, Some(sc.tls.clone())).await {
                 Ok(c) => {
                     let c = conn.insert(c);
-                    c.request(sc.method.clone(), sc.path, content_type, body).await
+                    c.request(sc.method.clone(), sc.path, content_type, body)
+                        .await
                 }
                 Err(e) => Err(e),
             }
@@ -302,7 +325,10 @@ async fn worker(
                         if measured {
                             r.invalid += 1;
                         }
-                        keep(&mut r.failures, format!("{}: invalid answer: {msg}", sc.path));
+                        keep(
+                            &mut r.failures,
+                            format!("{}: invalid answer: {msg}", sc.path),
+                        );
                     }
                     Some(Ok(n)) => {
                         r.total_ok += 1;
@@ -384,4 +410,70 @@ async fn sample_memory(pid: u32, end: Instant) -> Result<procfs::Memory> {
         peak.vm_hwm_kib = peak.vm_hwm_kib.max(m.vm_hwm_kib);
     }
     Ok(peak)
+}
+
+/// The open loop's schedule: request `i` is due at `start + i / rate`. A
+/// thread releases each ticket at its time (a thread sleep is precise to tens
+/// of microseconds, the runtime's timer only to a millisecond); a free
+/// connection takes the oldest released ticket, so when all are busy the
+/// backlog waits and its wait is counted.
+#[derive(Default)]
+struct Tickets {
+    released: AtomicU64,
+    taken: AtomicU64,
+    closed: std::sync::atomic::AtomicBool,
+    notify: Notify,
+}
+
+impl Tickets {
+    /// The next due ticket, waiting for it; `None` once the schedule is over
+    /// and every ticket is taken.
+    async fn take(&self) -> Option<u64> {
+        loop {
+            let notified = self.notify.notified();
+            let taken = self.taken.load(Ordering::Acquire);
+            if taken < self.released.load(Ordering::Acquire) {
+                if self
+                    .taken
+                    .compare_exchange(taken, taken + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return Some(taken);
+                }
+                continue;
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            notified.await;
+        }
+    }
+}
+
+fn pace(t: &Tickets, w: &Window, rate: f64) {
+    let start = w.start.into_std();
+    let end = w.end.into_std();
+    let total = (w.end - w.start).as_secs_f64() * rate;
+    let total = total.ceil() as u64;
+    let mut released = 0u64;
+    while released < total {
+        let now = std::time::Instant::now();
+        let due_now = (((now - start).as_secs_f64() * rate).floor() as u64 + 1).min(total);
+        if due_now > released {
+            t.released.store(due_now, Ordering::Release);
+            for _ in released..due_now {
+                t.notify.notify_one();
+            }
+            released = due_now;
+        }
+        if released >= total || now >= end {
+            break;
+        }
+        let next_due = start + Duration::from_secs_f64(released as f64 / rate);
+        if let Some(wait) = next_due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    t.closed.store(true, Ordering::Release);
+    t.notify.notify_waiters();
 }

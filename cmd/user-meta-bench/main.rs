@@ -1,1 +1,690 @@
-fn main() {}
+//! `user-meta-bench`: the server's throughput and latency per endpoint, side by
+//! side with its ceiling (`GET /health` over the same mTLS connections, no
+//! storage touched), measured with the project's own client.
+//!
+//! `user-meta-bench [--spawn-server PATH | --addr HOST:PORT --server-pid PID]`
+//! runs every scenario; `user-meta-bench seed --db PATH` fills a database with
+//! a realistic history; `--smoke` runs everything tiny and fails unless every
+//! answer was a 2xx.
+
+mod data;
+mod load;
+mod procfs;
+mod report;
+mod seed;
+mod spawn;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use hyper::Method;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rustls::client::Resumption;
+use rustls::ClientConfig;
+use usermetadb::client::tls_config;
+use usermetadb::config::{parse_duration, PrivacyConfig};
+use usermetadb::crypto::DeviceKey;
+use usermetadb::privacy::{GeoIp, Privacy};
+use usermetadb::wire::{
+    CheckDeviceResponse, EmptyResponse, GetUnusedAccountsResponse, GetUserLogsResponse, Timestamp,
+};
+
+use data::Population;
+use load::{Pace, Scenario, Target};
+use report::{Report, ScenarioReport};
+
+#[derive(Parser)]
+#[command(
+    name = "user-meta-bench",
+    version,
+    about = "Benchmark of user-meta-server against its own /health ceiling",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fill a database with a realistic history, directly through the library.
+    Seed(SeedArgs),
+}
+
+#[derive(Args, Clone)]
+struct PopulationArgs {
+    /// Users in the population.
+    #[arg(long, default_value_t = 100_000)]
+    users: u32,
+    /// Devices each user logs in from.
+    #[arg(long, default_value_t = 3)]
+    devices_per_user: u32,
+    /// Countries the devices are in (at most 12: those of the test GeoIP database).
+    #[arg(long, default_value_t = data::ADDRESSES.len())]
+    countries: usize,
+    /// Seed of everything random; `seed` and a run must use the same one.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct SeedArgs {
+    /// The SQLite database to fill (created if missing; entries are appended).
+    #[arg(long)]
+    db: PathBuf,
+    /// Log entries to write.
+    #[arg(long, default_value_t = 1_000_000)]
+    entries: u64,
+    #[command(flatten)]
+    population: PopulationArgs,
+    /// Device key file, shared with the server that will serve the database
+    /// (default: beside the database, created if missing, as the server does).
+    #[arg(long)]
+    device_key: Option<PathBuf>,
+    /// GeoIP country database reducing addresses to countries.
+    #[arg(long, default_value = "testdata/geoip/GeoIP2-Country-Test.mmdb")]
+    geoip: PathBuf,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Start this user-meta-server binary on a fresh, seeded database in a
+    /// scratch directory (default: user-meta-server beside this binary, unless
+    /// --addr is given).
+    #[arg(long, conflicts_with = "addr")]
+    spawn_server: Option<PathBuf>,
+    /// Use a running server instead (loopback only); its database should have
+    /// been filled by `seed` with the same population and device key.
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// With --addr: the server's process ID, for its CPU time and memory.
+    #[arg(long, requires = "addr")]
+    server_pid: Option<u32>,
+    /// With --addr: the server's database file, for bytes per log entry.
+    #[arg(long, requires = "addr")]
+    db: Option<PathBuf>,
+    /// Directory with ca.pem, server.{pem,key}, client-sso-server.{pem,key}
+    /// and client-accounts-panel.{pem,key}.
+    #[arg(long, default_value = "testdata/certs")]
+    certs: PathBuf,
+    /// Name the server's certificate is checked against.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// GeoIP database for the spawned server and the seed.
+    #[arg(long, default_value = "testdata/geoip/GeoIP2-Country-Test.mmdb")]
+    geoip: PathBuf,
+    /// Keep-alive connections of every closed-loop scenario.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Measured time of each scenario (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    duration: Duration,
+    /// Unmeasured time before each scenario's window.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    warmup: Duration,
+    /// Requests per second of the open-loop add_log scenario.
+    #[arg(long, default_value_t = 5000.0)]
+    rate: f64,
+    #[command(flatten)]
+    population: PopulationArgs,
+    /// Log entries seeded into the spawned server's database before the run.
+    #[arg(long, default_value_t = 1_000_000)]
+    seed_entries: u64,
+    /// Share of add_log entries from a device never seen before, in percent.
+    #[arg(long, default_value_t = 2)]
+    new_device_percent: u32,
+    /// Share of check_device lookups of an unknown device, in percent.
+    #[arg(long, default_value_t = 10)]
+    unknown_device_percent: u32,
+    /// `limit` of get_user_logs.
+    #[arg(long, default_value_t = 50)]
+    logs_limit: i64,
+    /// Names per get_unused_accounts request.
+    #[arg(long, default_value_t = 10_000)]
+    unused_names: usize,
+    /// `days` of get_unused_accounts.
+    #[arg(long, default_value_t = data::DORMANT_DAYS)]
+    unused_days: i64,
+    /// Connections of the get_unused_accounts scenario (a latency figure).
+    #[arg(long, default_value_t = 1)]
+    unused_connections: usize,
+    /// Connections of the new-connection-per-request scenario (default: --connections).
+    #[arg(long)]
+    handshake_connections: Option<usize>,
+    /// Scenarios to run, comma-separated (health always runs: it is the ceiling).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "check_device,get_user_logs,get_unused_accounts,add_log,add_log_rate,handshake"
+    )]
+    scenarios: Vec<String>,
+    /// Threads of the load generator.
+    #[arg(long, default_value_t = 2)]
+    client_threads: usize,
+    /// `db.synchronous` of the spawned server: full or normal.
+    #[arg(long, default_value = "full")]
+    synchronous: String,
+    /// Pause between scenarios, letting the server settle.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pause: Duration,
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Decode and check every answer (slower load generator).
+    #[arg(long)]
+    validate: bool,
+    /// A few seconds in all: every scenario tiny, every answer checked; exits
+    /// non-zero unless every answer was a valid 2xx. Asserts no timing.
+    #[arg(long)]
+    smoke: bool,
+    /// Where the scratch directory goes (default: the system temporary directory).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    /// Keep the scratch directory (database, config, server log).
+    #[arg(long)]
+    keep: bool,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Seed(args)) => seed_command(args).map(|()| true),
+        None => run_command(cli.run),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("user-meta-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn now_unix() -> i64 {
+    Timestamp(chrono::Utc::now()).unix()
+}
+
+fn population(p: &PopulationArgs) -> Population {
+    Population::new(p.users, p.devices_per_user, p.countries, p.seed)
+}
+
+fn open_geoip(path: &Path) -> Result<GeoIp> {
+    GeoIp::open(path).map_err(|e| anyhow::anyhow!("GeoIP database: {e}"))
+}
+
+fn seed_command(args: SeedArgs) -> Result<()> {
+    let key_path = args
+        .device_key
+        .clone()
+        .unwrap_or_else(|| args.db.with_extension("device.key"));
+    let (key, created) = DeviceKey::load_or_create(&key_path)
+        .with_context(|| format!("device key {}", key_path.display()))?;
+    if created {
+        eprintln!("created device key {}", key_path.display());
+    }
+    let privacy = Privacy::new(
+        PrivacyConfig::default(),
+        key,
+        Some(open_geoip(&args.geoip)?),
+    );
+    let pop = population(&args.population);
+    eprintln!(
+        "seeding {} with {} log entries for {} users...",
+        args.db.display(),
+        args.entries,
+        pop.users
+    );
+    let stats = seed::seed(&args.db, &privacy, &pop, args.entries, now_unix())?;
+    let size = seed::db_size(&args.db)?;
+    println!(
+        "{} entries in {:.1} s ({:.0} entries/s)",
+        stats.entries, stats.seconds, stats.entries_per_second
+    );
+    println!(
+        "{}: {} log entries, {} users, {} devices, {:.1} MiB; {:.0} bytes per log entry in all, {:.0} in user_logs and its indexes",
+        args.db.display(),
+        size.log_entries,
+        size.users,
+        size.devices,
+        size.total_bytes as f64 / (1024.0 * 1024.0),
+        size.total_bytes_per_entry,
+        size.user_logs_bytes_per_entry
+    );
+    Ok(())
+}
+
+/// The settings the run uses, after `--smoke` shrank them.
+fn apply_smoke(a: &mut RunArgs) {
+    a.connections = a.connections.min(4);
+    a.duration = Duration::from_millis(300);
+    a.warmup = Duration::from_millis(100);
+    a.pause = Duration::ZERO;
+    a.rate = a.rate.min(200.0);
+    a.population.users = a.population.users.min(2_000);
+    a.seed_entries = a.seed_entries.min(20_000);
+    a.unused_names = a.unused_names.min(1_000);
+    a.handshake_connections = Some(a.handshake_connections.unwrap_or(4).min(4));
+    a.validate = true;
+}
+
+struct Identities {
+    writer: Arc<ClientConfig>,
+    reader: Arc<ClientConfig>,
+    /// The writer's identity with session resumption off: every connection
+    /// makes a full handshake.
+    fresh: Arc<ClientConfig>,
+}
+
+fn identities(certs: &Path) -> Result<Identities> {
+    let ca = certs.join("ca.pem");
+    let load = |name: &str| -> Result<Arc<ClientConfig>> {
+        let cert = certs.join(format!("{name}.pem"));
+        let key = certs.join(format!("{name}.key"));
+        tls_config(&ca, Some((&cert, &key)))
+            .with_context(|| format!("client identity {}", cert.display()))
+    };
+    let writer = load("client-sso-server")?;
+    let reader = load("client-accounts-panel")?;
+    let mut fresh = (*writer).clone();
+    fresh.resumption = Resumption::disabled();
+    Ok(Identities {
+        writer,
+        reader,
+        fresh: Arc::new(fresh),
+    })
+}
+
+fn default_server_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let beside = exe.with_file_name("user-meta-server");
+    if !beside.exists() {
+        bail!(
+            "no --addr or --spawn-server given and {} does not exist (cargo build --release --bins)",
+            beside.display()
+        );
+    }
+    Ok(beside)
+}
+
+/// How the answers of a scenario are checked.
+fn checker<T: serde::de::DeserializeOwned + 'static>(
+    validate: bool,
+    tally: fn(&T) -> u64,
+) -> Option<load::CheckFn> {
+    validate.then(|| {
+        Arc::new(move |body: &[u8]| {
+            serde_json::from_slice::<T>(body)
+                .map(|v| tally(&v))
+                .map_err(|e| e.to_string())
+        }) as load::CheckFn
+    })
+}
+
+fn run_command(mut args: RunArgs) -> Result<bool> {
+    if args.smoke {
+        apply_smoke(&mut args);
+    }
+    if args.connections == 0 || args.client_threads == 0 || args.rate <= 0.0 {
+        bail!("--connections, --client-threads and --rate must be greater than 0");
+    }
+    if let Some(addr) = args.addr {
+        if !addr.ip().is_loopback() {
+            bail!("--addr {addr}: the benchmark only targets loopback addresses");
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let certs = args
+        .certs
+        .canonicalize()
+        .with_context(|| format!("certificates directory {}", args.certs.display()))?;
+    let ids = identities(&certs)?;
+    let pop = population(&args.population);
+    let started = Timestamp(chrono::Utc::now());
+
+    // The server: spawned on a seeded scratch database, or given.
+    let mut workdir = None;
+    let mut server = None;
+    let mut seed_stats = None;
+    let mut database_before = None;
+    let (target, db_path) = match args.addr {
+        Some(addr) => {
+            eprintln!(
+                "using the server at {addr}; its database should hold `seed --users {} --devices-per-user {} --seed {}` with the same device key",
+                pop.users, pop.devices_per_user, pop.seed
+            );
+            let target = Target {
+                addr,
+                server_name: args.server_name.clone(),
+                server_pid: args.server_pid,
+            };
+            (target, args.db.clone())
+        }
+        None => {
+            let binary = match &args.spawn_server {
+                Some(p) => p.clone(),
+                None => default_server_binary()?,
+            };
+            let dir = spawn::WorkDir::create(args.workdir.as_deref(), args.keep)?;
+            let db = dir.path.join("bench.db");
+            let key_path = dir.path.join("device.key");
+            let geoip = args
+                .geoip
+                .canonicalize()
+                .with_context(|| format!("GeoIP database {}", args.geoip.display()))?;
+            let (key, _) = DeviceKey::load_or_create(&key_path).context("creating a device key")?;
+            let geo = open_geoip(&geoip)?;
+            let unplaced: Vec<&str> = data::ADDRESSES[..pop.countries]
+                .iter()
+                .filter(|(addr, cc)| geo.country(addr) != *cc)
+                .map(|(addr, _)| *addr)
+                .collect();
+            if !unplaced.is_empty() {
+                eprintln!("warning: the GeoIP database does not place {unplaced:?} as expected");
+            }
+            let privacy = Privacy::new(PrivacyConfig::default(), key, Some(geo));
+            eprintln!(
+                "seeding {} log entries for {} users ({} devices each)...",
+                args.seed_entries, pop.users, pop.devices_per_user
+            );
+            seed_stats = Some(seed::seed(
+                &db,
+                &privacy,
+                &pop,
+                args.seed_entries,
+                now_unix(),
+            )?);
+            database_before = Some(seed::db_size(&db)?);
+            let config = dir.path.join("server.yml");
+            let yaml = spawn::config_yaml(&spawn::ServerFiles {
+                db: &db,
+                device_key: &key_path,
+                certs: &certs,
+                geoip: Some(&geoip),
+                synchronous: &args.synchronous,
+            });
+            std::fs::write(&config, yaml)
+                .with_context(|| format!("writing {}", config.display()))?;
+            let addr = spawn::free_loopback_addr()?;
+            let mut s = spawn::Server::start(&binary, &config, addr, &dir.path.join("server.log"))?;
+            rt.block_on(s.wait_ready(ids.writer.clone(), &args.server_name))?;
+            eprintln!(
+                "server {} started at {addr} (pid {})",
+                binary.display(),
+                s.pid
+            );
+            let target = Target {
+                addr,
+                server_name: args.server_name.clone(),
+                server_pid: Some(s.pid),
+            };
+            server = Some(s);
+            workdir = Some(dir);
+            (target, Some(db))
+        }
+    };
+
+    let scenarios = scenarios(&args, &pop, &ids)?;
+    let mut reports: Vec<ScenarioReport> = Vec::new();
+    let mut memory_peak: Option<procfs::Memory> = None;
+    for (i, (sc, meaning)) in scenarios.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(args.pause);
+        }
+        eprintln!(
+            "running {} ({} connections, {:?} + {:?} warm-up)...",
+            sc.name, sc.connections, sc.duration, sc.warmup
+        );
+        let outcome = rt.block_on(load::run(sc, &target))?;
+        let mut r = ScenarioReport::new(sc, &outcome, *meaning);
+        if let Some(ceiling) = reports.first() {
+            r.set_ceiling(ceiling);
+        } else {
+            let c = r.clone();
+            r.set_ceiling(&c);
+        }
+        eprintln!(
+            "  {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} non-2xx, {} errors",
+            r.requests_per_second,
+            r.latency_ms.p50,
+            r.latency_ms.p99,
+            r.non_2xx,
+            r.transport_errors + r.invalid_answers
+        );
+        if let Some(m) = outcome.memory {
+            let p = memory_peak.get_or_insert(m);
+            p.vm_rss_kib = p.vm_rss_kib.max(m.vm_rss_kib);
+            p.vm_hwm_kib = p.vm_hwm_kib.max(m.vm_hwm_kib);
+        }
+        reports.push(r);
+    }
+
+    if let Some(s) = server.as_mut() {
+        s.stop()?;
+    }
+    let database_after = match &db_path {
+        Some(db) => Some(seed::db_size(db)?),
+        None => None,
+    };
+    drop(server);
+    drop(workdir);
+
+    let settings = serde_json::json!({
+        "connections": args.connections,
+        "duration_s": args.duration.as_secs_f64(),
+        "warmup_s": args.warmup.as_secs_f64(),
+        "rate": args.rate,
+        "users": pop.users,
+        "devices_per_user": pop.devices_per_user,
+        "countries": pop.countries,
+        "seed_entries": args.seed_entries,
+        "new_device_percent": args.new_device_percent,
+        "unknown_device_percent": args.unknown_device_percent,
+        "logs_limit": args.logs_limit,
+        "unused_names": args.unused_names,
+        "unused_days": args.unused_days,
+        "client_threads": args.client_threads,
+        "synchronous": args.synchronous,
+        "smoke": args.smoke,
+        "validate": args.validate,
+    });
+    let mut report = Report {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        started: serde_json::to_value(started)?
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        machine: procfs::machine(),
+        load_generator: format!(
+            "load generator on the same machine ({} threads)",
+            args.client_threads
+        ),
+        settings,
+        ceiling: "GET /health".into(),
+        scenarios: reports,
+        seed: seed_stats,
+        database_before,
+        database_after,
+        server_memory_peak: memory_peak,
+        targets: Vec::new(),
+    };
+    report.evaluate_targets();
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let ok = report.all_ok();
+    if !ok {
+        eprintln!("some answers were not a valid 2xx (see the failures above)");
+    }
+    Ok(ok || !args.smoke)
+}
+
+type Planned = (Scenario, Option<&'static str>);
+
+fn scenarios(args: &RunArgs, pop: &Population, ids: &Identities) -> Result<Vec<Planned>> {
+    for s in &args.scenarios {
+        if !matches!(
+            s.as_str(),
+            "health"
+                | "check_device"
+                | "get_user_logs"
+                | "get_unused_accounts"
+                | "add_log"
+                | "add_log_rate"
+                | "handshake"
+        ) {
+            bail!("unknown scenario {s:?}");
+        }
+    }
+    let wanted = |name: &str| args.scenarios.iter().any(|s| s == name);
+    let base = Scenario {
+        name: String::new(),
+        method: Method::POST,
+        path: "",
+        tls: ids.writer.clone(),
+        connections: args.connections,
+        pace: Pace::Closed,
+        warmup: args.warmup,
+        duration: args.duration,
+        connect_per_request: false,
+        body: Arc::new(|_| Bytes::new()),
+        check: None,
+        sample_memory: false,
+        seed: args.population.seed,
+    };
+    let v = args.validate;
+    let mut out: Vec<Planned> = vec![(
+        Scenario {
+            name: "health".into(),
+            method: Method::GET,
+            path: "/health",
+            ..base.clone()
+        },
+        None,
+    )];
+    if wanted("check_device") {
+        let p = pop.clone();
+        let unknown = args.unknown_device_percent;
+        out.push((
+            Scenario {
+                name: "check_device".into(),
+                path: "/api/check_device",
+                body: Arc::new(move |rng| p.check_device(rng, unknown).into()),
+                check: checker::<CheckDeviceResponse>(v, |r| u64::from(r.seen)),
+                ..base.clone()
+            },
+            Some("devices seen"),
+        ));
+    }
+    if wanted("get_user_logs") {
+        let p = pop.clone();
+        let limit = args.logs_limit;
+        out.push((
+            Scenario {
+                name: "get_user_logs".into(),
+                path: "/api/get_user_logs",
+                tls: ids.reader.clone(),
+                body: Arc::new(move |rng| p.get_user_logs(rng, limit).into()),
+                check: checker::<GetUserLogsResponse>(v, |r| r.results.len() as u64),
+                ..base.clone()
+            },
+            Some("entries returned"),
+        ));
+    }
+    if wanted("get_unused_accounts") {
+        // Building 10,000 names takes the client milliseconds: draw from a few
+        // prepared bodies instead.
+        let mut rng = StdRng::seed_from_u64(args.population.seed ^ 0xacc0);
+        let bodies: Arc<Vec<Bytes>> = Arc::new(
+            (0..8)
+                .map(|_| {
+                    pop.get_unused_accounts(&mut rng, args.unused_names, args.unused_days)
+                        .into()
+                })
+                .collect(),
+        );
+        out.push((
+            Scenario {
+                name: "get_unused_accounts".into(),
+                path: "/api/get_unused_accounts",
+                tls: ids.reader.clone(),
+                connections: args.unused_connections,
+                body: Arc::new(move |rng| bodies[rng.gen_range(0..bodies.len())].clone()),
+                // Always checked: one answer every few milliseconds costs nothing.
+                check: checker::<GetUnusedAccountsResponse>(true, |r| {
+                    r.unused_usernames.len() as u64
+                }),
+                ..base.clone()
+            },
+            Some("names unused"),
+        ));
+    }
+    let new_device = args.new_device_percent;
+    let add_log_body = |p: Population| -> load::BodyFn {
+        Arc::new(move |rng| {
+            p.add_log(rng, Timestamp(chrono::Utc::now()), new_device)
+                .into()
+        })
+    };
+    if wanted("add_log") {
+        out.push((
+            Scenario {
+                name: "add_log".into(),
+                path: "/api/add_log",
+                body: add_log_body(pop.clone()),
+                check: checker::<EmptyResponse>(v, |_| 0),
+                sample_memory: true,
+                ..base.clone()
+            },
+            None,
+        ));
+    }
+    if wanted("add_log_rate") {
+        out.push((
+            Scenario {
+                name: "add_log_rate".into(),
+                path: "/api/add_log",
+                pace: Pace::Open { rate: args.rate },
+                body: add_log_body(pop.clone()),
+                check: checker::<EmptyResponse>(v, |_| 0),
+                sample_memory: true,
+                ..base.clone()
+            },
+            None,
+        ));
+    }
+    if wanted("handshake") {
+        out.push((
+            Scenario {
+                name: "handshake".into(),
+                method: Method::GET,
+                path: "/health",
+                tls: ids.fresh.clone(),
+                connections: args.handshake_connections.unwrap_or(args.connections),
+                connect_per_request: true,
+                ..base.clone()
+            },
+            None,
+        ));
+    }
+    Ok(out)
+}

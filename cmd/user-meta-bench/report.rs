@@ -187,7 +187,10 @@ impl Report {
 
     pub fn evaluate_targets(&mut self) {
         let mut t = Vec::new();
-        let ratio = |name: &str| self.scenario(name).map(|s| s.ratio_to_ceiling.requests_per_second);
+        let ratio = |name: &str| {
+            self.scenario(name)
+                .map(|s| s.ratio_to_ceiling.requests_per_second)
+        };
         let mut ratio_target = |name: &str, min: f64, label: &str| {
             let (measured, met) = match (ratio(name), self.scenario(name)) {
                 (Some(r), Some(s)) => (
@@ -255,7 +258,10 @@ impl Report {
             measured,
             met,
         });
-        let db = self.database_after.as_ref().or(self.database_before.as_ref());
+        let db = self
+            .database_after
+            .as_ref()
+            .or(self.database_before.as_ref());
         t.push(TargetCheck {
             target: "database bytes per log entry (measured)".into(),
             measured: match db {

@@ -50,8 +50,7 @@ pub fn seed(
     now: i64,
 ) -> Result<SeedStats> {
     let started = Instant::now();
-    let mut conn =
-        Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
+    let mut conn = Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
     // The server runs in WAL mode; the seed needs no durability until the end.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "OFF")?;
@@ -70,15 +69,14 @@ pub fn seed(
         let tx = conn.transaction()?;
         for p in chunk {
             let user = p.user as usize;
-            let name = names[user].get_or_insert_with(|| pop.username(p.user)).clone();
+            let name = names[user]
+                .get_or_insert_with(|| pop.username(p.user))
+                .clone();
             let device = if p.kind.has_device() {
                 let slot = &mut devices[user * per_user + usize::from(p.device)];
                 Some(
                     slot.get_or_insert_with(|| {
-                        privacy.reduce_device(
-                            &name,
-                            &pop.device_info(p.user, u32::from(p.device)),
-                        )
+                        privacy.reduce_device(&name, &pop.device_info(p.user, u32::from(p.device)))
                     })
                     .clone(),
                 )
@@ -185,9 +183,8 @@ pub struct DbSize {
 pub fn db_size(db: &Path) -> Result<DbSize> {
     let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("opening {}", db.display()))?;
-    let count = |sql: &str| -> Result<u64> {
-        Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
-    };
+    let count =
+        |sql: &str| -> Result<u64> { Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
     let log_entries = count("SELECT count(*) FROM user_logs")?;
     let users = count("SELECT count(*) FROM users")?;
     let devices = count("SELECT count(*) FROM devices")?;

@@ -133,18 +133,25 @@ impl Server {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait().context("waiting for the server")? {
                     self.child = None;
-                    bail!("the server exited at start-up ({status}):\n{}", self.log_tail());
+                    bail!(
+                        "the server exited at start-up ({status}):\n{}",
+                        self.log_tail()
+                    );
                 }
             }
             let attempt = async {
                 let mut c = Connection::connect(self.addr, server_name, Some(tls.clone())).await?;
-                c.request(Method::GET, "/health", None, bytes::Bytes::new()).await
+                c.request(Method::GET, "/health", None, bytes::Bytes::new())
+                    .await
             };
             match attempt.await {
                 Ok(r) if r.status.is_success() => return Ok(()),
                 Ok(r) => bail!("GET /health answered {}", r.status),
                 Err(e) if Instant::now() > deadline => {
-                    bail!("the server did not answer in 30 s: {e}\n{}", self.log_tail())
+                    bail!(
+                        "the server did not answer in 30 s: {e}\n{}",
+                        self.log_tail()
+                    )
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }

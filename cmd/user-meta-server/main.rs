@@ -47,6 +47,24 @@ enum Command {
 enum DbCommand {
     /// Delete log entries and devices past retention now.
     Prune,
+    /// Write the whole database as JSON Lines (one record a line, tagged by
+    /// `kind`), device IDs in clear; needs the device key.
+    Export {
+        /// New file to write (created mode 0600); `-` or nothing for stdout.
+        #[arg(value_name = "FILE|-")]
+        output: Option<PathBuf>,
+    },
+    /// Read an export into an empty database, sealing device IDs under its key.
+    Import {
+        /// `-` or nothing for stdin.
+        #[arg(value_name = "FILE|-")]
+        input: Option<PathBuf>,
+    },
+    /// A consistent copy of the live database into a new file.
+    Backup {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 fn parse_addr(s: &str) -> anyhow::Result<SocketAddr> {
@@ -136,22 +154,116 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn db(config_path: &std::path::Path, command: DbCommand) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
+    match command {
+        DbCommand::Prune => db_prune(&config),
+        DbCommand::Export { output } => db_export(&config, output.as_deref()),
+        DbCommand::Import { input } => db_import(&config, input.as_deref()),
+        DbCommand::Backup { file } => db_backup(&config, &file),
+    }
+}
+
+fn db_prune(config: &Config) -> anyhow::Result<()> {
     let store = usermetadb::store::Store::open(&config.db)?;
     let result = runtime()?.block_on(async {
-        match command {
-            DbCommand::Prune => {
-                let now = usermetadb::server::handler::now_unix();
-                let d = usermetadb::retention::prune(&store, config.retention, now).await?;
-                println!(
-                    "deleted {} log entries, {} devices, {} users with no data left",
-                    d.user_logs, d.devices, d.users
-                );
-                Ok::<(), anyhow::Error>(())
-            }
-        }
+        let now = usermetadb::server::handler::now_unix();
+        let d = usermetadb::retention::prune(&store, config.retention, now).await?;
+        println!(
+            "deleted {} log entries, {} devices, {} users with no data left",
+            d.user_logs, d.devices, d.users
+        );
+        Ok::<(), anyhow::Error>(())
     });
     store.close();
     result
+}
+
+/// The device key of the database: the configured file, or the one beside it.
+fn device_key_path(config: &Config) -> PathBuf {
+    config
+        .secrets
+        .device_key_file
+        .clone()
+        .unwrap_or_else(|| config.db.path.with_extension("device.key"))
+}
+
+fn is_stdio(p: Option<&std::path::Path>) -> bool {
+    p.map_or(true, |p| p == std::path::Path::new("-"))
+}
+
+fn db_export(config: &Config, output: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use usermetadb::store::export;
+    let key_path = device_key_path(config);
+    let key = usermetadb::crypto::DeviceKey::load(&key_path).with_context(|| {
+        format!(
+            "the export holds device IDs in clear and needs the database's key {}",
+            key_path.display()
+        )
+    })?;
+    let privacy = usermetadb::privacy::Privacy::new(config.privacy, key, None);
+    let conn = export::open_read_only(&config.db.path)?;
+    let mut out: Box<dyn std::io::Write> = if is_stdio(output) {
+        Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+    } else {
+        let path = output.unwrap_or(std::path::Path::new("-"));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("{}", path.display()))?;
+        Box::new(std::io::BufWriter::new(file))
+    };
+    let n = export::export(&conn, &privacy, &mut out)?;
+    eprintln!(
+        "exported {} log entries, {} devices, {} last logins (device IDs in clear: keep this file as safe as the key)",
+        n.logs, n.devices, n.last_logins
+    );
+    Ok(())
+}
+
+fn db_import(config: &Config, input: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use usermetadb::store::export;
+    let key_path = device_key_path(config);
+    let (key, created) = usermetadb::crypto::DeviceKey::load_or_create(&key_path)?;
+    if created {
+        eprintln!(
+            "created a new device key {}; back it up with the database",
+            key_path.display()
+        );
+    }
+    let geoip = match &config.geoip {
+        Some(p) => Some(usermetadb::privacy::GeoIp::open(p).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let privacy = usermetadb::privacy::Privacy::new(config.privacy, key, geoip);
+    let mut conn = export::open_for_import(&config.db.path)?;
+    let n = if is_stdio(input) {
+        export::import(&mut conn, &privacy, &mut std::io::stdin().lock())?
+    } else {
+        let path = input.unwrap_or(std::path::Path::new("-"));
+        let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+        export::import(&mut conn, &privacy, &mut std::io::BufReader::new(file))
+            .with_context(|| format!("{}", path.display()))?
+    };
+    eprintln!(
+        "imported {} log entries, {} devices, {} last logins",
+        n.logs, n.devices, n.last_logins
+    );
+    Ok(())
+}
+
+fn db_backup(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
+    use usermetadb::store::export;
+    let conn = export::open_read_only(&config.db.path)?;
+    export::backup(&conn, file)?;
+    eprintln!(
+        "backed up {} to {}; device IDs in it open only with the key {}: back that up too",
+        config.db.path.display(),
+        file.display(),
+        device_key_path(config).display()
+    );
+    Ok(())
 }
 
 fn serve(config_path: &std::path::Path, addr: &str) -> anyhow::Result<()> {

@@ -12,11 +12,15 @@ pub enum Endpoint {
     GetUnusedAccounts,
     IdentifyDevice,
     ForgetUser,
+    GetUserAlerts,
+    GetUserSummary,
+    Report,
     Health,
+    Metrics,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 10] = [
+    pub const ALL: &'static [Endpoint] = &[
         Endpoint::AddLog,
         Endpoint::GetUserLogs,
         Endpoint::GetUserDevices,
@@ -26,13 +30,17 @@ impl Endpoint {
         Endpoint::GetUnusedAccounts,
         Endpoint::IdentifyDevice,
         Endpoint::ForgetUser,
+        Endpoint::GetUserAlerts,
+        Endpoint::GetUserSummary,
+        Endpoint::Report,
         Endpoint::Health,
+        Endpoint::Metrics,
     ];
 
     /// Exact match on the path the client sent: no decoding, no normalisation,
     /// so the ACL sees the very string the router matched.
     pub fn from_path(path: &str) -> Option<Endpoint> {
-        Endpoint::ALL.into_iter().find(|e| e.path() == path)
+        Endpoint::ALL.iter().copied().find(|e| e.path() == path)
     }
 
     pub fn path(self) -> &'static str {
@@ -46,7 +54,11 @@ impl Endpoint {
             Endpoint::GetUnusedAccounts => "/api/get_unused_accounts",
             Endpoint::IdentifyDevice => "/api/identify_device",
             Endpoint::ForgetUser => "/api/forget_user",
+            Endpoint::GetUserAlerts => "/api/get_user_alerts",
+            Endpoint::GetUserSummary => "/api/get_user_summary",
+            Endpoint::Report => "/api/report",
             Endpoint::Health => "/health",
+            Endpoint::Metrics => "/metrics",
         }
     }
 
@@ -62,14 +74,18 @@ impl Endpoint {
             Endpoint::GetUnusedAccounts => "get_unused_accounts",
             Endpoint::IdentifyDevice => "identify_device",
             Endpoint::ForgetUser => "forget_user",
+            Endpoint::GetUserAlerts => "get_user_alerts",
+            Endpoint::GetUserSummary => "get_user_summary",
+            Endpoint::Report => "report",
             Endpoint::Health => "health",
+            Endpoint::Metrics => "metrics",
         }
     }
 
     /// The one method the endpoint takes.
     pub fn method(self) -> &'static hyper::Method {
         match self {
-            Endpoint::Health => &hyper::Method::GET,
+            Endpoint::Health | Endpoint::Metrics => &hyper::Method::GET,
             _ => &hyper::Method::POST,
         }
     }
@@ -90,7 +106,7 @@ mod tests {
 
     #[test]
     fn paths_round_trip_and_nothing_else_routes() {
-        for e in Endpoint::ALL {
+        for &e in Endpoint::ALL {
             assert_eq!(Endpoint::from_path(e.path()), Some(e));
         }
         for p in [

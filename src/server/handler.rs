@@ -93,6 +93,7 @@ impl Reject {
             Reject::Overloaded => "server overloaded, retry later".into(),
             Reject::Api(ApiError::Invalid(m) | ApiError::TooLarge(m)) => m.clone(),
             Reject::Api(ApiError::Store(e)) => {
+                crate::metrics::global().storage_error(e.into());
                 tracing::error!(endpoint = name, error = %e, "storage failure");
                 match e {
                     StoreError::Full => "storage full, retry later".into(),
@@ -176,11 +177,13 @@ pub async fn handle(
     state: Arc<State>,
     peer: Arc<Peer>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let started = std::time::Instant::now();
     let endpoint = Endpoint::from_path(req.uri().path());
     let resp = match serve(req, endpoint, &state, &peer).await {
         Ok(resp) => resp,
         Err(reject) => reject.into_response(endpoint),
     };
+    crate::metrics::global().request(endpoint, resp.status().as_u16(), started.elapsed());
     Ok(resp)
 }
 
@@ -208,6 +211,18 @@ async fn serve(
             br#"{"status":"ok"}"#.to_vec(),
         ));
     }
+    if endpoint == Endpoint::Metrics {
+        let max = state.http.max_inflight_requests;
+        let inflight = max.saturating_sub(state.inflight.available_permits());
+        let mut resp = Response::new(Full::new(Bytes::from(
+            crate::metrics::global().render(inflight, max),
+        )));
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        return Ok(resp);
+    }
     if !is_json(&req) {
         return Err(Reject::UnsupportedMediaType);
     }
@@ -229,6 +244,9 @@ async fn serve(
         Endpoint::GetUnusedAccounts => encode(&svc.get_unused_accounts(decode(&body)?, now).await?),
         Endpoint::IdentifyDevice => encode(&svc.identify_device(decode(&body)?)?),
         Endpoint::ForgetUser => encode(&svc.forget_user(decode(&body)?).await?),
-        Endpoint::Health => return Err(Reject::NotFound),
+        Endpoint::GetUserAlerts => encode(&svc.get_user_alerts(decode(&body)?, now).await?),
+        Endpoint::GetUserSummary => encode(&svc.get_user_summary(decode(&body)?, now).await?),
+        Endpoint::Report => encode(&crate::reports::report(svc, decode(&body)?).await?),
+        Endpoint::Health | Endpoint::Metrics => return Err(Reject::NotFound),
     })
 }

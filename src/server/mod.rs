@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::acl::Acl;
 use crate::config::{Config, HttpConfig};
 use crate::crypto::DeviceKey;
+use crate::metrics::TlsFailure;
 use crate::privacy::{GeoIp, Privacy};
 use crate::service::Service;
 use crate::store::Store;
@@ -39,6 +40,8 @@ pub enum ServerError {
     Key(#[from] crate::crypto::KeyError),
     #[error("geoip: {0}")]
     GeoIp(String),
+    #[error("{0}")]
+    Alerts(String),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -64,7 +67,8 @@ impl Peer {
 
     fn with_cn(acl: &Acl, cn: &str) -> Peer {
         let allowed = Endpoint::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|e| acl.allows(e.path(), cn))
             .fold(0, |bits, e| bits | e.bit());
         Peer { allowed }
@@ -86,6 +90,7 @@ pub struct Server {
     tls: Option<(TlsAcceptor, Acl)>,
     store: Store,
     privacy: Arc<Privacy>,
+    sinks: Arc<crate::monitor::sinks::Sinks>,
 }
 
 /// Opens the database, loads keys and certificates: everything that can fail
@@ -113,6 +118,7 @@ pub fn build_state(config: &Config) -> Result<(Arc<State>, Store, Arc<Privacy>),
         privacy.clone(),
         config.retention,
         &config.http,
+        config.alerts.clone(),
     );
     let state = Arc::new(State {
         service,
@@ -132,6 +138,9 @@ impl Server {
             }
             None => None,
         };
+        let sinks = Arc::new(
+            crate::monitor::sinks::Sinks::new(&config.alerts).map_err(ServerError::Alerts)?,
+        );
         let listener = TcpListener::bind(addr).await?;
         Ok(Server {
             listener,
@@ -139,6 +148,7 @@ impl Server {
             tls,
             store,
             privacy,
+            sinks,
         })
     }
 
@@ -163,12 +173,23 @@ impl Server {
             state,
             tls,
             store,
+            sinks,
             ..
         } = self;
         if tls.is_none() {
             tracing::warn!("NO TLS CONFIGURED: serving plain HTTP without client authentication or ACL; use only for tests or a local socket");
         }
         let tls = tls.map(Arc::new);
+        let dispatcher = tokio::spawn(
+            crate::monitor::dispatch::Dispatcher {
+                store: store.clone(),
+                sinks: sinks.clone(),
+                cfg: state.service.alerts.clone(),
+                wake: state.service.wake.clone(),
+                clock: handler::now_unix,
+            }
+            .run(),
+        );
         let retention = tokio::spawn(crate::retention::run(
             store.clone(),
             state.service.retention,
@@ -191,6 +212,7 @@ impl Server {
                 },
             };
             let Ok(slot) = connections.clone().try_acquire_owned() else {
+                crate::metrics::global().connection_refused();
                 tracing::warn!("connection limit reached, closing new connection");
                 drop(stream);
                 continue;
@@ -199,9 +221,11 @@ impl Server {
             let state = state.clone();
             let tls = tls.clone();
             let watcher = graceful.watcher();
+            let open = crate::metrics::global().connection_opened();
             tokio::spawn(async move {
                 serve_connection(stream, state, tls, watcher).await;
                 drop(slot);
+                drop(open);
             });
         }
         drop(listener);
@@ -213,6 +237,7 @@ impl Server {
             }
         }
         retention.abort();
+        dispatcher.abort();
         let store2 = store.clone();
         let _ = tokio::task::spawn_blocking(move || store2.close()).await;
         tracing::info!("stopped");
@@ -248,11 +273,18 @@ async fn serve_connection(
                 tokio::time::timeout(state.http.handshake_timeout, acceptor.accept(stream)).await;
             let stream = match handshake {
                 Err(_) => {
-                    tracing::info!(reason = "handshake timeout", "TLS handshake refused");
+                    let reason = TlsFailure::Timeout;
+                    crate::metrics::global().tls_failure(reason);
+                    tracing::info!(reason = reason.label(), "TLS handshake refused");
                     return;
                 }
                 Ok(Err(e)) => {
-                    tracing::info!(reason = %e, "TLS handshake refused");
+                    // The label names no certificate, address or time; the
+                    // library's own message may, so it stays at debug.
+                    let reason = TlsFailure::from_io(&e);
+                    crate::metrics::global().tls_failure(reason);
+                    tracing::info!(reason = reason.label(), "TLS handshake refused");
+                    tracing::debug!(error = %e, "TLS handshake error");
                     return;
                 }
                 Ok(Ok(s)) => s,
@@ -270,6 +302,7 @@ async fn serve_connection(
                     Peer::with_cn(acl, &cn)
                 }
                 Err(e) => {
+                    crate::metrics::global().identity_failure(e.into());
                     tracing::info!(reason = e.reason(), "client identity refused");
                     Peer::denied()
                 }

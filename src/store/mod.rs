@@ -6,14 +6,21 @@
 //! its caller is answered only after the commit that holds it. Reads go to a
 //! small pool of threads, each with a read-only connection. WAL mode lets the
 //! readers run while the writer commits.
+//!
+//! Checkpoints (copying committed pages from the WAL into the database file)
+//! run on a thread of their own, so a commit never waits for one; see
+//! `checkpoint_loop` for how the WAL stays bounded.
 
+pub mod alerts;
+pub mod export;
 pub mod ops;
+pub mod reports;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
@@ -83,7 +90,49 @@ struct Inner {
     writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
     readers: Mutex<Option<mpsc::Sender<ReadJob>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    checkpoints: Arc<Checkpoints>,
     path: PathBuf,
+}
+
+/// Least time between two checkpoint passes while commits keep coming.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
+/// WAL frames (pages) beyond which the checkpointer makes the WAL start over.
+const WAL_RESTART_FRAMES: i64 = 4096;
+/// A WAL file that grew past this (long readers, bursts) is cut back to it
+/// when it starts over.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
+/// What the writer and the checkpointer share.
+#[derive(Default)]
+struct Checkpoints {
+    /// Held by the writer for each group commit. The checkpointer takes it to
+    /// finish a pass while no commit runs.
+    gate: Mutex<()>,
+    state: Mutex<CheckpointState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct CheckpointState {
+    commits: u64,
+    stop: bool,
+}
+
+/// A mutex only guards plain data here: a panic elsewhere leaves it usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Checkpoints {
+    fn committed(&self) {
+        lock(&self.state).commits += 1;
+        self.wake.notify_one();
+    }
+
+    fn stop(&self) {
+        lock(&self.state).stop = true;
+        self.wake.notify_one();
+    }
 }
 
 fn configure(conn: &Connection, synchronous_full: bool) -> Result<(), StoreError> {
@@ -107,14 +156,29 @@ impl Store {
         let mut conn = Connection::open(&cfg.path)?;
         configure(&conn, cfg.synchronous_full)?;
         schema::migrate(&mut conn)?;
+        // Checkpoints are the checkpointer's job, never a commit's.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+        let ckpt_conn = Connection::open(&cfg.path)?;
+        configure(&ckpt_conn, cfg.synchronous_full)?;
+        ckpt_conn.pragma_update(None, "wal_autocheckpoint", 0)?;
 
+        let checkpoints = Arc::new(Checkpoints::default());
         let mut threads = Vec::new();
         let (wtx, wrx) = mpsc::channel::<WriteJob>();
         let max_batch = cfg.max_batch;
+        let ck = checkpoints.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("db-writer".into())
-                .spawn(move || writer_loop(conn, wrx, max_batch))
+                .spawn(move || writer_loop(conn, wrx, max_batch, &ck))
+                .map_err(|e| StoreError::Other(e.to_string()))?,
+        );
+        let ck = checkpoints.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("db-checkpoint".into())
+                .spawn(move || checkpoint_loop(ckpt_conn, &ck))
                 .map_err(|e| StoreError::Other(e.to_string()))?,
         );
 
@@ -135,6 +199,7 @@ impl Store {
                 writer: Mutex::new(Some(wtx)),
                 readers: Mutex::new(Some(rtx)),
                 threads: Mutex::new(threads),
+                checkpoints,
                 path: cfg.path.clone(),
             }),
         })
@@ -154,6 +219,7 @@ impl Store {
     {
         let (tx, rx) = oneshot::channel();
         let job: WriteJob = Box::new(move |conn| {
+            crate::metrics::global().writer_queue(-1);
             let result = match conn {
                 Some(conn) => in_savepoint(conn, f),
                 None => Err(StoreError::Closed),
@@ -168,11 +234,12 @@ impl Store {
         });
         {
             let guard = self.inner.writer.lock().map_err(|_| StoreError::Closed)?;
-            guard
-                .as_ref()
-                .ok_or(StoreError::Closed)?
-                .send(job)
-                .map_err(|_| StoreError::Closed)?;
+            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+            crate::metrics::global().writer_queue(1);
+            sender.send(job).map_err(|_| {
+                crate::metrics::global().writer_queue(-1);
+                StoreError::Closed
+            })?;
         }
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -185,15 +252,17 @@ impl Store {
     {
         let (tx, rx) = oneshot::channel();
         let job: ReadJob = Box::new(move |conn| {
+            crate::metrics::global().reader_queue(-1);
             let _ = tx.send(f(conn));
         });
         {
             let guard = self.inner.readers.lock().map_err(|_| StoreError::Closed)?;
-            guard
-                .as_ref()
-                .ok_or(StoreError::Closed)?
-                .send(job)
-                .map_err(|_| StoreError::Closed)?;
+            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+            crate::metrics::global().reader_queue(1);
+            sender.send(job).map_err(|_| {
+                crate::metrics::global().reader_queue(-1);
+                StoreError::Closed
+            })?;
         }
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -210,6 +279,12 @@ impl Store {
             Ok(mut t) => std::mem::take(&mut *t),
             Err(_) => Vec::new(),
         };
+        // The writer drains its queue before the checkpointer is told to stop.
+        let mut threads = threads.into_iter();
+        if let Some(writer) = threads.next() {
+            let _ = writer.join();
+        }
+        self.inner.checkpoints.stop();
         for t in threads {
             let _ = t.join();
         }
@@ -243,7 +318,12 @@ fn in_savepoint<T>(
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>, max_batch: usize) {
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<WriteJob>,
+    max_batch: usize,
+    checkpoints: &Checkpoints,
+) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(max_batch);
     let mut completions: Vec<Completion> = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
@@ -254,16 +334,75 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>, max_batch: usize)
                 Err(_) => break,
             }
         }
-        let outcome = run_batch(&conn, &mut batch, &mut completions);
+        let outcome = {
+            let _gate = lock(&checkpoints.gate);
+            run_batch(&conn, &mut batch, &mut completions)
+        };
         if let Err(e) = &outcome {
             tracing::error!(error = %e, writes = completions.len(), "group commit failed");
         }
         tracing::trace!(writes = completions.len(), "group commit");
+        crate::metrics::global().write_batch(completions.len(), outcome.is_ok());
         for done in completions.drain(..) {
             done(outcome.as_ref().err());
         }
+        checkpoints.committed();
     }
     tracing::debug!("writer stopped");
+}
+
+/// Keeps the WAL short without holding up commits.
+///
+/// After commits, at most every [`CHECKPOINT_INTERVAL`], a PASSIVE pass
+/// copies what is committed into the database file and syncs it; it takes no
+/// lock that a commit needs. Under steady writes such a pass never catches up
+/// with the end of the WAL, and a WAL that is never fully copied never starts
+/// over: it would grow without end. So once it holds more than
+/// [`WAL_RESTART_FRAMES`] frames, one more pass runs while holding the writer's
+/// gate, between two group commits: it only has the tail since the last pass
+/// to copy, and the commit after it writes the WAL from its start again.
+/// A pass that readers keep from finishing is simply tried again later.
+fn checkpoint_loop(conn: Connection, checkpoints: &Checkpoints) {
+    let mut seen = 0;
+    let mut last_pass = Instant::now();
+    loop {
+        {
+            let mut state = lock(&checkpoints.state);
+            while state.commits == seen && !state.stop {
+                state = checkpoints
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if state.stop {
+                break;
+            }
+            seen = state.commits;
+        }
+        if let Some(rest) = CHECKPOINT_INTERVAL.checked_sub(last_pass.elapsed()) {
+            std::thread::sleep(rest);
+        }
+        last_pass = Instant::now();
+        match passive_checkpoint(&conn) {
+            Ok((frames, copied)) if frames > WAL_RESTART_FRAMES && copied < frames => {
+                let _gate = lock(&checkpoints.gate);
+                if let Err(e) = passive_checkpoint(&conn) {
+                    tracing::warn!(error = %e, "checkpoint failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
+        }
+    }
+    tracing::debug!("checkpointer stopped");
+}
+
+/// One PASSIVE checkpoint: the frames in the WAL and how many of them are
+/// now in the database file.
+fn passive_checkpoint(conn: &Connection) -> Result<(i64, i64), StoreError> {
+    Ok(conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(1)?, r.get(2)?))
+    })?)
 }
 
 fn run_batch(

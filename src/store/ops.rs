@@ -63,6 +63,11 @@ pub fn ensure_user(conn: &Connection, name: &str) -> Result<i64, StoreError> {
 /// Appends a log entry and, when it carries a device, updates the device list.
 pub fn insert_log(conn: &Connection, rec: &LogRecord) -> Result<(), StoreError> {
     let uid = ensure_user(conn, &rec.username)?;
+    insert_log_as(conn, uid, rec)
+}
+
+/// [`insert_log`] for a user whose ID is known.
+pub fn insert_log_as(conn: &Connection, uid: i64, rec: &LogRecord) -> Result<(), StoreError> {
     let d = rec.device.as_ref();
     conn.prepare_cached(
         "INSERT INTO user_logs (user_id, ts, log_type, message, service, login_method,
@@ -84,7 +89,7 @@ pub fn insert_log(conn: &Connection, rec: &LogRecord) -> Result<(), StoreError> 
         d.map(|d| d.mobile),
         d.and_then(|d| opt(&d.user_agent)),
     ])?;
-    if let Some(d) = d {
+    if let Some(d) = d.filter(|d| !d.sealed_id.is_empty()) {
         let logins = i64::from(rec.log_type == crate::wire::LOG_TYPE_LOGIN);
         upsert_device(conn, uid, d, rec.ts, logins)?;
     }
@@ -133,15 +138,35 @@ pub fn user_logs(
     since: i64,
     limit: i64,
 ) -> Result<Vec<LogRecord>, StoreError> {
+    query_logs(conn, name, since, None, limit)
+}
+
+/// The user's newest entries of one type.
+pub fn user_logs_of_type(
+    conn: &Connection,
+    name: &str,
+    log_type: &str,
+    limit: i64,
+) -> Result<Vec<LogRecord>, StoreError> {
+    query_logs(conn, name, i64::MIN, Some(log_type), limit)
+}
+
+fn query_logs(
+    conn: &Connection,
+    name: &str,
+    since: i64,
+    log_type: Option<&str>,
+    limit: i64,
+) -> Result<Vec<LogRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT l.ts, l.log_type, l.message, l.service, l.login_method, l.login_authenticator_id,
                 l.device_id, l.zone, l.browser, l.os, l.mobile, l.user_agent
          FROM users u JOIN user_logs l ON l.user_id = u.id
-         WHERE u.name = ?1 AND l.ts >= ?2
+         WHERE u.name = ?1 AND l.ts >= ?2 AND (?4 IS NULL OR l.log_type = ?4)
          ORDER BY l.ts DESC, l.id DESC
          LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![name, since, limit], |r| {
+    let rows = stmt.query_map(params![name, since, limit, log_type], |r| {
         let sealed: Option<Vec<u8>> = r.get(6)?;
         let text = |i: usize| -> rusqlite::Result<String> {
             Ok(r.get::<_, Option<String>>(i)?.unwrap_or_default())
@@ -287,18 +312,20 @@ pub struct Deleted {
     pub user_logs: u64,
     pub devices: u64,
     pub last_logins: u64,
+    pub alerts: u64,
     pub users: u64,
 }
 
 impl Deleted {
     pub fn total(&self) -> u64 {
-        self.user_logs + self.devices + self.last_logins + self.users
+        self.user_logs + self.devices + self.last_logins + self.alerts + self.users
     }
 
     pub fn add(&mut self, other: Deleted) {
         self.user_logs += other.user_logs;
         self.devices += other.devices;
         self.last_logins += other.last_logins;
+        self.alerts += other.alerts;
         self.users += other.users;
     }
 }
@@ -311,10 +338,15 @@ pub fn forget_user(conn: &Connection, name: &str) -> Result<Deleted, StoreError>
     let del = |sql: &str| -> Result<u64, StoreError> {
         Ok(conn.prepare_cached(sql)?.execute([uid])? as u64)
     };
+    del(
+        "DELETE FROM alert_deliveries WHERE alert_id IN (SELECT id FROM alerts WHERE user_id = ?1)",
+    )?;
+    del("DELETE FROM user_countries WHERE user_id = ?1")?;
     Ok(Deleted {
         user_logs: del("DELETE FROM user_logs WHERE user_id = ?1")?,
         devices: del("DELETE FROM devices WHERE user_id = ?1")?,
         last_logins: del("DELETE FROM last_login WHERE user_id = ?1")?,
+        alerts: del("DELETE FROM alerts WHERE user_id = ?1")?,
         users: del("DELETE FROM users WHERE id = ?1")?,
     })
 }
@@ -342,13 +374,30 @@ pub fn prune_step(
                   ORDER BY last_seen LIMIT ?2)",
         )?
         .execute(params![devices_before, batch])? as u64;
-    let users = if user_logs + devices > 0 {
+    // Alerts age out with the logs; countries with the devices.
+    let expired_alerts = "SELECT id FROM alerts WHERE created < ?1 ORDER BY created LIMIT ?2";
+    conn.prepare_cached(&format!(
+        "DELETE FROM alert_deliveries WHERE alert_id IN ({expired_alerts})"
+    ))?
+    .execute(params![logs_before, batch])?;
+    let alerts = conn
+        .prepare_cached(&format!(
+            "DELETE FROM alerts WHERE id IN ({expired_alerts})"
+        ))?
+        .execute(params![logs_before, batch])? as u64;
+    conn.prepare_cached(
+        "DELETE FROM user_countries WHERE (user_id, zone) IN
+             (SELECT user_id, zone FROM user_countries WHERE last_seen < ?1 LIMIT ?2)",
+    )?
+    .execute(params![devices_before, batch])?;
+    let users = if user_logs + devices + alerts > 0 {
         conn.prepare_cached(
             "DELETE FROM users WHERE id IN (
                  SELECT u.id FROM users u
                  WHERE NOT EXISTS (SELECT 1 FROM user_logs l WHERE l.user_id = u.id)
                    AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.user_id = u.id)
                    AND NOT EXISTS (SELECT 1 FROM last_login x WHERE x.user_id = u.id)
+                   AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.user_id = u.id)
                  LIMIT ?1)",
         )?
         .execute([batch])? as u64
@@ -359,6 +408,7 @@ pub fn prune_step(
         user_logs,
         devices,
         last_logins: 0,
+        alerts,
         users,
     })
 }
@@ -475,6 +525,7 @@ mod tests {
                 user_logs: 1,
                 devices: 1,
                 last_logins: 1,
+                alerts: 0,
                 users: 1
             }
         );

@@ -53,6 +53,40 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user_id, service)
     ) WITHOUT ROWID;
     ",
+    // 2: the login monitor: countries seen per user, the alert outbox and its
+    // per-sink delivery state.
+    "
+    CREATE TABLE user_countries (
+        user_id    INTEGER NOT NULL,
+        zone       TEXT NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen  INTEGER NOT NULL,
+        PRIMARY KEY (user_id, zone)
+    ) WITHOUT ROWID;
+    INSERT INTO user_countries (user_id, zone, first_seen, last_seen)
+        SELECT user_id, zone, min(ts), max(ts) FROM user_logs
+        WHERE zone IS NOT NULL AND zone <> '' GROUP BY user_id, zone;
+    CREATE TABLE alerts (
+        id      INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL,
+        kind    TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        details TEXT NOT NULL
+    );
+    CREATE INDEX alerts_by_user ON alerts (user_id, created);
+    CREATE INDEX alerts_by_created ON alerts (created);
+    CREATE TABLE alert_deliveries (
+        alert_id     INTEGER NOT NULL,
+        sink         TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        attempts     INTEGER NOT NULL,
+        next_attempt INTEGER NOT NULL,
+        last_error   TEXT,
+        delivered_at INTEGER,
+        PRIMARY KEY (alert_id, sink)
+    ) WITHOUT ROWID;
+    CREATE INDEX alert_deliveries_due ON alert_deliveries (state, next_attempt);
+    ",
 ];
 
 /// The schema version this build writes.
@@ -93,11 +127,35 @@ mod tests {
         assert_eq!(v, MIGRATIONS.len() as i64);
         assert_eq!(
             current_version(),
-            1,
+            2,
             "a migration was added: update this count"
         );
         // Running again is a no-op.
         migrate(&mut c).unwrap();
+    }
+
+    #[test]
+    fn migration_2_backfills_countries_from_existing_logs() {
+        let mut c = Connection::open_in_memory().unwrap();
+        let tx = c.transaction().unwrap();
+        tx.execute_batch(MIGRATIONS[0]).unwrap();
+        tx.execute_batch(
+            "INSERT INTO users (id, name) VALUES (1, 'u');
+             INSERT INTO user_logs (user_id, ts, log_type, zone) VALUES
+                 (1, 10, 'login', 'IT'), (1, 20, 'login', 'IT'), (1, 30, 'login', 'DE'), (1, 40, 'logout', NULL);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        migrate(&mut c).unwrap();
+        let rows: Vec<(String, i64, i64)> = c
+            .prepare("SELECT zone, first_seen, last_seen FROM user_countries ORDER BY zone")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, vec![("DE".into(), 30, 30), ("IT".into(), 10, 20)]);
     }
 
     #[test]

@@ -6,13 +6,22 @@
 //! - `tls_acl`: certificate failure cases and ACL allow / deny.
 //! - `persistence`: restarts, and `kill -9` of the compiled binary.
 //! - `privacy`: GeoIP, user agents, cookies, erasure, retention, and a raw-bytes audit.
+//! - `monitor`: detections, alert delivery to a real webhook receiver and SMTP server, summaries.
 //! - `config_files`: the shipped configs parse; `check-config` reports problems.
+//! - `admin`: the compiled `user-meta-admin` against a real server: every
+//!   subcommand, exit codes, the stale-account job; `db export|import|backup`.
+//! - `reports`: the aggregate reports, their small-group suppression, and the
+//!   HTML page rendered by headless Chromium.
+//! - `hostile`: the hostile-input catalogue as raw bytes: methods, framing,
+//!   headers, pipelining, malformed JSON, bad fields, paths against the ACL.
 
 mod api;
 mod common;
 mod config_files;
 mod errors;
 mod mmdb;
+mod monitor;
 mod persistence;
 mod privacy;
+mod receivers;
 mod tls_acl;

@@ -221,13 +221,13 @@ async fn forget_user_deletes_every_row_and_says_how_many() {
     let r = c.ok("/api/forget_user", json!({"username": "gone"})).await;
     assert_eq!(
         r,
-        json!({"deleted": {"user_logs": 3, "devices": 3, "last_logins": 1}})
+        json!({"deleted": {"user_logs": 3, "devices": 3, "last_logins": 1, "alerts": 2}})
     );
     assert_eq!(ts.counts(), [1, 1, 1, 0]);
     let r = c.ok("/api/forget_user", json!({"username": "gone"})).await;
     assert_eq!(
         r,
-        json!({"deleted": {"user_logs": 0, "devices": 0, "last_logins": 0}})
+        json!({"deleted": {"user_logs": 0, "devices": 0, "last_logins": 0, "alerts": 0}})
     );
     let mut sso = ts.client("sso-server").await;
     assert_eq!(

@@ -1,0 +1,159 @@
+//! The monitor's endpoints: a user's alerts, and the summary an account panel shows.
+
+use crate::service::{check_days, check_username, ApiError, Service};
+use crate::store::{alerts, ops};
+use crate::wire::*;
+
+use super::text;
+
+/// Alerts answered at most.
+const MAX_ALERTS: i64 = 1000;
+/// How far back the summary looks for alerts and failures.
+const SUMMARY_DAYS: i64 = 30;
+/// Alerts listed in a summary at most.
+const SUMMARY_ALERTS: i64 = 10;
+
+fn alert_info(a: alerts::StoredAlert, deliveries: Vec<alerts::Delivery>) -> AlertInfo {
+    AlertInfo {
+        id: a.id,
+        kind: a.kind.as_str().to_owned(),
+        timestamp: Timestamp::from_unix(a.created),
+        text: text::alert_sentence(a.kind, a.created, &a.details),
+        details: a.details,
+        deliveries: deliveries
+            .into_iter()
+            .map(|d| DeliveryInfo {
+                sink: d.sink,
+                state: d.state,
+                attempts: d.attempts,
+                last_error: d.last_error,
+                delivered_at: d.delivered_at.map(Timestamp::from_unix),
+            })
+            .collect(),
+    }
+}
+
+impl Service {
+    pub async fn get_user_alerts(
+        &self,
+        req: GetUserAlertsRequest,
+        now: i64,
+    ) -> Result<GetUserAlertsResponse, ApiError> {
+        check_username(&req.username)?;
+        check_days("max_days", req.max_days)?;
+        let since = if req.max_days == 0 {
+            i64::MIN
+        } else {
+            now - req.max_days * 86_400
+        };
+        let user = req.username;
+        let found = self
+            .store
+            .read(move |c| alerts::user_alerts(c, &user, since, MAX_ALERTS))
+            .await?;
+        Ok(GetUserAlertsResponse {
+            alerts: found.into_iter().map(|(a, d)| alert_info(a, d)).collect(),
+        })
+    }
+
+    pub async fn get_user_summary(
+        &self,
+        req: GetUserSummaryRequest,
+        now: i64,
+    ) -> Result<GetUserSummaryResponse, ApiError> {
+        check_username(&req.username)?;
+        let user = req.username.clone();
+        let since = now - SUMMARY_DAYS * 86_400;
+        let (last, devices, services, failures, recent) = self
+            .store
+            .read(move |c| {
+                Ok((
+                    alerts::latest_of_type(c, &user, LOG_TYPE_LOGIN)?,
+                    ops::user_devices(c, &user)?,
+                    ops::last_logins(c, &user, None)?,
+                    alerts::count_of_type(c, &user, LOG_TYPE_LOGIN_FAILURE, since)?,
+                    alerts::user_alerts(c, &user, since, SUMMARY_ALERTS)?,
+                ))
+            })
+            .await?;
+        let mut facts = Vec::new();
+        match last {
+            Some(l) => {
+                let d = l.device.unwrap_or_default();
+                facts.push(SummaryFact {
+                    kind: "last_login".into(),
+                    timestamp: Some(Timestamp::from_unix(l.ts)),
+                    text: text::last_login_sentence(now, l.ts, &d.browser, &d.os, &d.zone),
+                    count: None,
+                    details: Some(AlertDetails {
+                        log_type: l.log_type,
+                        service: l.service,
+                        country: d.zone,
+                        browser: d.browser,
+                        os: d.os,
+                        mobile: d.mobile,
+                        ..Default::default()
+                    }),
+                });
+            }
+            None => facts.push(SummaryFact {
+                kind: "last_login".into(),
+                text: "No login recorded".into(),
+                ..Default::default()
+            }),
+        }
+        for (service, ts) in services {
+            facts.push(SummaryFact {
+                kind: "service_login".into(),
+                timestamp: Some(Timestamp::from_unix(ts)),
+                text: format!("Last used {service} on {}", text::date(ts)),
+                details: Some(AlertDetails {
+                    service,
+                    ..Default::default()
+                }),
+                count: None,
+            });
+        }
+        let n = devices.len() as i64;
+        let newest = devices
+            .first()
+            .and_then(|d| text::device_phrase(&d.device.browser, &d.device.os));
+        facts.push(SummaryFact {
+            kind: "devices".into(),
+            text: match (n, newest) {
+                (0, _) => "No known devices".into(),
+                (1, Some(p)) => format!("1 known device: {p}"),
+                (1, None) => "1 known device".into(),
+                (n, Some(p)) => format!("{n} known devices; the most recent is {p}"),
+                (n, None) => format!("{n} known devices"),
+            },
+            count: Some(n),
+            ..Default::default()
+        });
+        if failures > 0 {
+            facts.push(SummaryFact {
+                kind: "failed_logins".into(),
+                text: if failures == 1 {
+                    format!("1 failed login in the last {SUMMARY_DAYS} days")
+                } else {
+                    format!("{failures} failed logins in the last {SUMMARY_DAYS} days")
+                },
+                count: Some(failures),
+                ..Default::default()
+            });
+        }
+        for (a, _) in recent {
+            facts.push(SummaryFact {
+                kind: a.kind.as_str().into(),
+                timestamp: Some(Timestamp::from_unix(a.created)),
+                text: text::alert_sentence(a.kind, a.created, &a.details),
+                count: None,
+                details: Some(a.details),
+            });
+        }
+        Ok(GetUserSummaryResponse {
+            username: req.username,
+            facts,
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! Delivers every queued alert at least once to each of its sinks. The queue
+//! is the `alert_deliveries` table, so retries and their back-off survive
+//! restarts; a delivery that keeps failing keeps its row and last error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use super::sinks::{DeliveryError, Sinks};
+use super::AlertsConfig;
+use crate::store::alerts;
+use crate::store::Store;
+
+/// Deliveries fetched per round.
+const BATCH: i64 = 32;
+/// Longest sleep when nothing is due.
+const IDLE_POLL: i64 = 30;
+
+/// The back-off before attempt `attempts + 1`: doubling from `initial`, capped at `max`.
+pub fn backoff(attempts: i64, initial: Duration, max: Duration) -> Duration {
+    let factor = 2u32.saturating_pow(attempts.clamp(0, 30) as u32);
+    initial.saturating_mul(factor).min(max)
+}
+
+fn record_metric(sink: &str, result: &Result<(), DeliveryError>) {
+    use crate::metrics::{AlertSink, DeliveryOutcome};
+    let sink = match sink {
+        super::SINK_WEBHOOK => AlertSink::Webhook,
+        super::SINK_LOG => AlertSink::Log,
+        _ => AlertSink::Smtp,
+    };
+    let outcome = match result {
+        Ok(()) => DeliveryOutcome::Delivered,
+        Err(DeliveryError::Transient(_)) => DeliveryOutcome::Retry,
+        Err(DeliveryError::Permanent(_)) => DeliveryOutcome::Abandoned,
+    };
+    crate::metrics::alert_delivery(sink, outcome);
+}
+
+pub struct Dispatcher {
+    pub store: Store,
+    pub sinks: Arc<Sinks>,
+    pub cfg: Arc<AlertsConfig>,
+    pub wake: Arc<Notify>,
+    pub clock: fn() -> i64,
+}
+
+impl Dispatcher {
+    /// Runs until the task is dropped.
+    pub async fn run(self) {
+        loop {
+            let now = (self.clock)();
+            let due = match self.store.read(move |c| alerts::due(c, now, BATCH)).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "alert dispatcher cannot read the outbox");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if due.is_empty() {
+                let next = self.store.read(alerts::next_due).await.ok().flatten();
+                let wait = next
+                    .map(|t| (t - now).clamp(1, IDLE_POLL))
+                    .unwrap_or(IDLE_POLL);
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(wait as u64)) => {}
+                }
+                continue;
+            }
+            let mut set = JoinSet::new();
+            for d in due {
+                let sinks = self.sinks.clone();
+                set.spawn(async move {
+                    let result = sinks.deliver(&d.sink, &d.alert).await;
+                    (d, result)
+                });
+            }
+            while let Some(joined) = set.join_next().await {
+                let Ok((d, result)) = joined else { continue };
+                let now = (self.clock)();
+                let (id, sink) = (d.alert.id, d.sink.clone());
+                record_metric(&sink, &result);
+                let write = match result {
+                    Ok(()) => {
+                        tracing::debug!(alert_id = id, sink = %sink, "alert delivered");
+                        self.store
+                            .write(move |c| alerts::mark_delivered(c, id, &sink, now))
+                            .await
+                    }
+                    Err(e) => {
+                        let next = match &e {
+                            DeliveryError::Transient(_) => Some(
+                                now + backoff(
+                                    d.attempts,
+                                    self.cfg.retry_initial,
+                                    self.cfg.retry_max,
+                                )
+                                .as_secs()
+                                .max(1) as i64,
+                            ),
+                            DeliveryError::Permanent(_) => None,
+                        };
+                        tracing::warn!(alert_id = id, sink = %sink, attempt = d.attempts + 1, error = %e, retry_at = ?next, "alert delivery failed");
+                        let msg = e.to_string();
+                        self.store
+                            .write(move |c| alerts::mark_failed(c, id, &sink, &msg, next))
+                            .await
+                    }
+                };
+                if let Err(e) = write {
+                    tracing::warn!(error = %e, "cannot record an alert delivery; it will be retried");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let (i, m) = (Duration::from_secs(5), Duration::from_secs(3600));
+        assert_eq!(backoff(0, i, m), Duration::from_secs(5));
+        assert_eq!(backoff(1, i, m), Duration::from_secs(10));
+        assert_eq!(backoff(4, i, m), Duration::from_secs(80));
+        assert_eq!(backoff(20, i, m), m);
+        assert_eq!(backoff(1000, i, m), m);
+    }
+}
