@@ -402,6 +402,16 @@ impl Service {
             .store
             .write(move |c| ops::forget_user(c, &user))
             .await?;
+        if d.total() > 0 {
+            // Deletion is deletion: no copy of the old pages may stay in the WAL.
+            let path = self.store.path().to_owned();
+            let truncated = tokio::task::spawn_blocking(move || ops::truncate_wal(&path)).await;
+            if !matches!(truncated, Ok(Ok(()))) {
+                tracing::warn!(
+                    "could not truncate the WAL after an erasure; it will be checkpointed later"
+                );
+            }
+        }
         Ok(ForgetUserResponse {
             deleted: DeletedCounts {
                 user_logs: d.user_logs,

@@ -351,6 +351,22 @@ pub fn forget_user(conn: &Connection, name: &str) -> Result<Deleted, StoreError>
     })
 }
 
+/// Copies the WAL into the database and truncates it, so rows just deleted
+/// (overwritten in place by `secure_delete`) leave no older copy in the WAL.
+/// Runs on its own connection; waits for readers up to the busy timeout.
+pub fn truncate_wal(path: &std::path::Path) -> Result<(), StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let (busy, _, _): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    if busy != 0 {
+        return Err(StoreError::Busy);
+    }
+    Ok(())
+}
+
 /// One bounded step of retention: deletes at most `batch` log entries older
 /// than `logs_before` and `batch` devices last seen before `devices_before`,
 /// then users left with no rows at all. Small steps keep each transaction

@@ -432,3 +432,32 @@ async fn mail_reaches_the_admin_and_the_user_over_starttls() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn webhooks_over_tls_verify_the_receiver_and_present_a_client_certificate() {
+    let receiver = WebhookReceiver::start_tls(0, SECRET).await;
+    let alerts_yaml = format!(
+        "alerts:\n  webhook:\n    url: https://127.0.0.1:{}/hook\n    secret: {}\n    ca: {}\n    cert: {}\n    key: {}\n",
+        receiver.addr.port(),
+        std::str::from_utf8(SECRET).unwrap(),
+        cert("ca.pem").display(),
+        cert("client-admin.pem").display(),
+        cert("client-admin.key").display(),
+    );
+    let ts = TestServer::start_with(&alerts_yaml).await;
+    let mut c = ts.client("admin").await;
+    c.ok("/api/add_log", entry("t", "otp_enabled", None, 60))
+        .await;
+    eventually("the alert over TLS", || {
+        let n = receiver.bodies().len();
+        async move { n >= 1 }
+    })
+    .await;
+    let got = receiver.bodies();
+    assert!(got[0].signature_ok);
+    assert_eq!(got[0].body["kind"], "security_change");
+    assert!(got[0].body["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("Two-factor authentication enabled on "));
+}

@@ -238,6 +238,34 @@ async fn forget_user_deletes_every_row_and_says_how_many() {
     );
 }
 
+#[tokio::test]
+async fn an_erased_user_leaves_no_trace_in_the_database_files() {
+    let ts = TestServer::start().await;
+    let mut c = ts.client("admin").await;
+    let canary = "erased-user-7c1f0a";
+    for i in 0..20 {
+        c.ok(
+            "/api/add_log",
+            login(canary, &format!("dev-{i}"), 3600 * (i + 1)),
+        )
+        .await;
+    }
+    c.ok(
+        "/api/set_last_login",
+        json!({"last_login": {"timestamp": ago(60), "username": canary, "service": "mail"}}),
+    )
+    .await;
+    c.ok("/api/add_log", login("someone-else", "d", 60)).await;
+    assert!(contains(&database_bytes(ts.dir.path()), canary.as_bytes()));
+    c.ok("/api/forget_user", json!({"username": canary})).await;
+    let bytes = database_bytes(ts.dir.path());
+    assert!(
+        !contains(&bytes, canary.as_bytes()),
+        "the erased username is still on disk"
+    );
+    assert!(contains(&bytes, b"someone-else"));
+}
+
 /// Every file of the database, concatenated.
 fn database_bytes(dir: &std::path::Path) -> Vec<u8> {
     let mut all = Vec::new();

@@ -55,6 +55,28 @@ impl WebhookReceiver {
     /// Listens on `127.0.0.1:port` (0: any) and answers 200 to correctly
     /// signed POSTs, 401 otherwise.
     pub async fn start(port: u16, secret: &'static [u8]) -> WebhookReceiver {
+        Self::start_with(port, secret, None).await
+    }
+
+    /// Like [`WebhookReceiver::start`], over TLS with the test server
+    /// certificate, requiring a client certificate signed by the test CA.
+    pub async fn start_tls(port: u16, secret: &'static [u8]) -> WebhookReceiver {
+        use crate::common::cert;
+        let cfg = usermetadb::server::tls::server_config(
+            &cert("server.pem"),
+            &cert("server.key"),
+            &cert("ca.pem"),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        Self::start_with(port, secret, Some(acceptor)).await
+    }
+
+    async fn start_with(
+        port: u16,
+        secret: &'static [u8],
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> WebhookReceiver {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
@@ -67,6 +89,7 @@ impl WebhookReceiver {
                     return;
                 };
                 let sink = sink.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let sink = sink.clone();
@@ -97,9 +120,21 @@ impl WebhookReceiver {
                             Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    match tls {
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                    }
                 });
             }
         });
