@@ -111,3 +111,58 @@ async fn acknowledged_writes_survive_kill_9() {
         }
     }
 }
+
+#[tokio::test]
+async fn sigterm_finishes_the_request_in_flight_then_exits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yml");
+    std::fs::write(&config, config_yaml(dir.path(), "")).unwrap();
+    let (mut child, addr, log) = spawn_binary(&config, "info");
+
+    let tls = usermetadb::client::tls_config(
+        &cert("ca.pem"),
+        Some((
+            &cert("client-sso-server.pem"),
+            &cert("client-sso-server.key"),
+        )),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(tls)
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let body = login("inflight", "dev", 60).to_string();
+    let head = format!(
+        "POST /api/add_log HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body.as_bytes()[..10]).await.unwrap();
+    s.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The listener is closed, but the request in flight completes.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    s.write_all(&body.as_bytes()[10..]).await.unwrap();
+    s.flush().await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(s);
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(log.lock().unwrap().contains("SIGTERM received"));
+    assert_eq!(db_counts(&dir.path().join("usermeta.db"))[1], 1);
+}
