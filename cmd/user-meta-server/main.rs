@@ -138,6 +138,13 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         }
     }
     if ok {
+        // Secrets, CA bundles and client certificates of the alert sinks.
+        if let Err(e) = usermetadb::monitor::sinks::Sinks::new(&config.alerts) {
+            println!("{}: {e}", path.display());
+            ok = false;
+        }
+    }
+    if ok {
         println!("{}: ok", path.display());
         ExitCode::SUCCESS
     } else {

@@ -101,3 +101,54 @@ fn check_config_reports_every_problem_with_its_key() {
         );
     }
 }
+
+#[test]
+fn check_config_validates_the_alerts_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_user-meta-server");
+    let path = dir.path().join("alerts.yml");
+    let run = |extra: &str| {
+        std::fs::write(&path, config_yaml(dir.path(), extra)).unwrap();
+        let out = Command::new(bin)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (ok, text) = run(
+        "alerts:\n  rules: [new_device, teleportation]\n  webhook: { url: 'ftp://x', secret: s }\n  smtp: { server: nohost, from: 'not an address', tls: maybe }\n",
+    );
+    assert!(!ok);
+    for key in [
+        "alerts.rules[1]",
+        "alerts.webhook.url",
+        "alerts.smtp.server",
+        "alerts.smtp.from",
+        "alerts.smtp.tls",
+        "alerts.smtp:",
+    ] {
+        assert!(text.contains(key), "{key} not reported:\n{text}");
+    }
+    // A secret file that does not exist is named.
+    let (ok, text) = run("alerts:\n  webhook: { url: 'https://hooks.example.org/x', secret_file: /nonexistent/hook.secret }\n");
+    assert!(!ok);
+    assert!(text.contains("alerts.webhook.secret_file"), "{text}");
+    // A CA bundle that is not one fails when the sinks are prepared.
+    let bogus = dir.path().join("bogus-ca.pem");
+    std::fs::write(&bogus, "not a certificate").unwrap();
+    let (ok, text) = run(&format!(
+        "alerts:\n  webhook: {{ url: 'https://hooks.example.org/x', secret: s, ca: {} }}\n",
+        bogus.display()
+    ));
+    assert!(!ok);
+    assert!(text.contains("alerts.webhook"), "{text}");
+    let (ok, text) = run(&format!(
+        "alerts:\n  webhook: {{ url: 'https://hooks.example.org/x', secret: s, ca: {} }}\n",
+        cert("ca.pem").display()
+    ));
+    assert!(ok, "{text}");
+}
