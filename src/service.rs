@@ -304,7 +304,7 @@ impl Service {
         let user = req.username;
         let seen = self
             .store
-            .read(move |c| Ok(ops::find_device(c, &user, &sealed)?.is_some()))
+            .read(move |c| ops::device_known(c, &user, &sealed))
             .await?;
         Ok(CheckDeviceResponse { seen })
     }

@@ -196,62 +196,46 @@ fn query_logs(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The columns [`device_row`] reads, in its order.
+const DEVICE_COLUMNS: &str = "d.device_id, d.zone, d.browser, d.os, d.mobile, d.user_agent,
+     d.first_seen, d.last_seen, d.num_logins";
+
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+    Ok(DeviceRow {
+        device: DeviceRecord {
+            sealed_id: r.get(0)?,
+            zone: r.get(1)?,
+            browser: r.get(2)?,
+            os: r.get(3)?,
+            mobile: r.get(4)?,
+            user_agent: r.get(5)?,
+        },
+        first_seen: r.get(6)?,
+        last_seen: r.get(7)?,
+        num_logins: r.get(8)?,
+    })
+}
+
 /// The user's devices, most recently seen first.
 pub fn user_devices(conn: &Connection, name: &str) -> Result<Vec<DeviceRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT d.device_id, d.zone, d.browser, d.os, d.mobile, d.user_agent,
-                d.first_seen, d.last_seen, d.num_logins
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {DEVICE_COLUMNS}
          FROM users u JOIN devices d ON d.user_id = u.id
          WHERE u.name = ?1
-         ORDER BY d.last_seen DESC, d.first_seen DESC",
-    )?;
-    let rows = stmt.query_map([name], |r| {
-        Ok(DeviceRow {
-            device: DeviceRecord {
-                sealed_id: r.get(0)?,
-                zone: r.get(1)?,
-                browser: r.get(2)?,
-                os: r.get(3)?,
-                mobile: r.get(4)?,
-                user_agent: r.get(5)?,
-            },
-            first_seen: r.get(6)?,
-            last_seen: r.get(7)?,
-            num_logins: r.get(8)?,
-        })
-    })?;
+         ORDER BY d.last_seen DESC, d.first_seen DESC"
+    ))?;
+    let rows = stmt.query_map([name], device_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The stored row of one device of the user, if known.
-pub fn find_device(
-    conn: &Connection,
-    name: &str,
-    sealed_id: &[u8],
-) -> Result<Option<DeviceRow>, StoreError> {
+/// Whether the user has this device: one index probe per table.
+pub fn device_known(conn: &Connection, name: &str, sealed_id: &[u8]) -> Result<bool, StoreError> {
     Ok(conn
         .prepare_cached(
-            "SELECT d.zone, d.browser, d.os, d.mobile, d.user_agent,
-                    d.first_seen, d.last_seen, d.num_logins
-             FROM users u JOIN devices d ON d.user_id = u.id
+            "SELECT 1 FROM users u JOIN devices d ON d.user_id = u.id
              WHERE u.name = ?1 AND d.device_id = ?2",
         )?
-        .query_row(params![name, sealed_id], |r| {
-            Ok(DeviceRow {
-                device: DeviceRecord {
-                    sealed_id: sealed_id.to_vec(),
-                    zone: r.get(0)?,
-                    browser: r.get(1)?,
-                    os: r.get(2)?,
-                    mobile: r.get(3)?,
-                    user_agent: r.get(4)?,
-                },
-                first_seen: r.get(5)?,
-                last_seen: r.get(6)?,
-                num_logins: r.get(7)?,
-            })
-        })
-        .optional()?)
+        .exists(params![name, sealed_id])?)
 }
 
 /// Records a login to `service`; an older timestamp never replaces a newer one.
@@ -471,9 +455,9 @@ mod tests {
             (devs[0].first_seen, devs[0].last_seen, devs[0].num_logins),
             (100, 300, 2)
         );
-        assert!(find_device(&c, "u", b"d1").unwrap().is_some());
-        assert!(find_device(&c, "u", b"d2").unwrap().is_none());
-        assert!(find_device(&c, "other", b"d1").unwrap().is_none());
+        assert!(device_known(&c, "u", b"d1").unwrap());
+        assert!(!device_known(&c, "u", b"d2").unwrap());
+        assert!(!device_known(&c, "other", b"d1").unwrap());
     }
 
     #[test]

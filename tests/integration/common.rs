@@ -45,6 +45,15 @@ pub fn config_yaml(dir: &Path, extra: &str) -> String {
     )
 }
 
+/// A client TLS configuration presenting `testdata/certs/<name>.pem` / `.key`.
+pub fn identity(name: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    tls_config(
+        &cert("ca.pem"),
+        Some((&cert(&format!("{name}.pem")), &cert(&format!("{name}.key")))),
+    )
+    .unwrap()
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
@@ -94,10 +103,7 @@ impl TestServer {
 
     /// A client presenting `testdata/certs/<name>.pem` / `.key`.
     pub async fn client_cert(&self, name: &str) -> Result<Client, ClientError> {
-        let tls = tls_config(
-            &cert("ca.pem"),
-            Some((&cert(&format!("{name}.pem")), &cert(&format!("{name}.key")))),
-        )?;
+        let tls = identity(name);
         Ok(Client(
             Connection::connect(self.addr, "localhost", Some(tls)).await?,
         ))
@@ -108,16 +114,7 @@ impl TestServer {
         &self,
         name: &str,
     ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        let tls = tls_config(
-            &cert("ca.pem"),
-            Some((&cert(&format!("{name}.pem")), &cert(&format!("{name}.key")))),
-        )
-        .unwrap();
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        tokio_rustls::TlsConnector::from(tls)
-            .connect("localhost".try_into().unwrap(), tcp)
-            .await
-            .unwrap()
+        raw_tls_at(self.addr, name).await
     }
 
     /// Stops the server gracefully and waits for it; the directory stays.
@@ -245,17 +242,22 @@ pub fn spawn_binary(
 
 /// A client of a server started with [`spawn_binary`].
 pub async fn client_at(addr: SocketAddr, cn: &str) -> Client {
-    let tls = tls_config(
-        &cert("ca.pem"),
-        Some((
-            &cert(&format!("client-{cn}.pem")),
-            &cert(&format!("client-{cn}.key")),
-        )),
-    )
-    .unwrap();
+    let tls = identity(&format!("client-{cn}"));
     Client(
         Connection::connect(addr, "localhost", Some(tls))
             .await
             .unwrap(),
     )
+}
+
+/// A TLS stream to `addr` presenting `<name>.pem`, for writing raw HTTP.
+pub async fn raw_tls_at(
+    addr: SocketAddr,
+    name: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(identity(name))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
 }

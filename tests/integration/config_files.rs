@@ -27,128 +27,104 @@ fn dev_config_is_complete_from_the_repository_root() {
     }
 }
 
+/// Runs `user-meta-server check-config` on `yaml`: (success, what it printed).
+fn check_config(yaml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_user-meta-server"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+fn assert_reported(text: &str, keys: &[&str]) {
+    for key in keys {
+        assert!(text.contains(key), "{key} not reported:\n{text}");
+    }
+}
+
 #[test]
 fn check_config_reports_every_problem_with_its_key() {
     let dir = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_user-meta-server");
-    let good = dir.path().join("good.yml");
-    std::fs::write(&good, config_yaml(dir.path(), "")).unwrap();
-    let out = Command::new(bin)
-        .args(["check-config", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let (ok, text) = check_config(&config_yaml(dir.path(), ""));
+    assert!(ok, "{text}");
 
-    let bad = dir.path().join("bad.yml");
-    std::fs::write(
-        &bad,
-        "db_uri: /nonexistent-dir/x.db\nhttp_server:\n  max_connections: 0\n  tls: { cert: /nope.pem, key: /nope.key, ca: /nope-ca.pem, acl: [{path: '(', cn: x}] }\nprivacy:\n  timestamp_granularity: 1y\n",
-    )
-    .unwrap();
-    let out = Command::new(bin)
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
     // A bad duration stops parsing at that key.
-    assert!(
-        text.contains("privacy.timestamp_granularity: invalid duration"),
-        "{text}"
+    let tls_block =
+        "  tls: { cert: /nope.pem, key: /nope.key, ca: /nope-ca.pem, acl: [{path: '(', cn: x}] }\n";
+    let (ok, text) = check_config(&format!(
+        "db_uri: /nonexistent-dir/x.db\nhttp_server:\n  max_connections: 0\n{tls_block}privacy:\n  timestamp_granularity: 1y\n"
+    ));
+    assert!(!ok);
+    assert_reported(&text, &["privacy.timestamp_granularity: invalid duration"]);
+
+    // Value problems are all reported together.
+    let (ok, text) = check_config(&format!(
+        "db_uri: /nonexistent-dir/x.db\nhttp_server:\n  max_connections: 0\n{tls_block}"
+    ));
+    assert!(!ok);
+    assert_reported(
+        &text,
+        &["http_server.max_connections", "http_server.tls.acl[0]"],
     );
 
-    std::fs::write(
-        &bad,
-        "db_uri: /nonexistent-dir/x.db\nhttp_server:\n  max_connections: 0\n  tls: { cert: /nope.pem, key: /nope.key, ca: /nope-ca.pem, acl: [{path: '(', cn: x}] }\n",
-    )
-    .unwrap();
-    let out = Command::new(bin)
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    for key in ["http_server.max_connections", "http_server.tls.acl[0]"] {
-        assert!(text.contains(key), "{key} not reported:\n{text}");
-    }
-    std::fs::write(
-        &bad,
+    // So are missing files.
+    let (ok, text) = check_config(
         "db_uri: /nonexistent-dir/x.db\nhttp_server:\n  tls: { cert: /nope.pem, key: /nope.key, ca: /nope-ca.pem, acl: [{path: x, cn: x}] }\n",
-    )
-    .unwrap();
-    let out = Command::new(bin)
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    for key in [
-        "db_uri",
-        "http_server.tls.cert",
-        "http_server.tls.key",
-        "http_server.tls.ca",
-    ] {
-        assert!(
-            text.contains(&format!(": {key}:")),
-            "{key} not reported:\n{text}"
-        );
-    }
+    );
+    assert!(!ok);
+    assert_reported(
+        &text,
+        &[
+            ": db_uri:",
+            ": http_server.tls.cert:",
+            ": http_server.tls.key:",
+            ": http_server.tls.ca:",
+        ],
+    );
 }
 
 #[test]
 fn check_config_validates_the_alerts_block() {
     let dir = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_user-meta-server");
-    let path = dir.path().join("alerts.yml");
-    let run = |extra: &str| {
-        std::fs::write(&path, config_yaml(dir.path(), extra)).unwrap();
-        let out = Command::new(bin)
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-        )
-    };
+    let run = |extra: &str| check_config(&config_yaml(dir.path(), extra));
     let (ok, text) = run(
         "alerts:\n  rules: [new_device, teleportation]\n  webhook: { url: 'ftp://x', secret: s }\n  smtp: { server: nohost, from: 'not an address', tls: maybe }\n",
     );
     assert!(!ok);
-    for key in [
-        "alerts.rules[1]",
-        "alerts.webhook.url",
-        "alerts.smtp.server",
-        "alerts.smtp.from",
-        "alerts.smtp.tls",
-        "alerts.smtp:",
-    ] {
-        assert!(text.contains(key), "{key} not reported:\n{text}");
-    }
+    assert_reported(
+        &text,
+        &[
+            "alerts.rules[1]",
+            "alerts.webhook.url",
+            "alerts.smtp.server",
+            "alerts.smtp.from",
+            "alerts.smtp.tls",
+            "alerts.smtp:",
+        ],
+    );
     // A secret file that does not exist is named.
     let (ok, text) = run("alerts:\n  webhook: { url: 'https://hooks.example.org/x', secret_file: /nonexistent/hook.secret }\n");
     assert!(!ok);
-    assert!(text.contains("alerts.webhook.secret_file"), "{text}");
+    assert_reported(&text, &["alerts.webhook.secret_file"]);
     // A CA bundle that is not one fails when the sinks are prepared.
     let bogus = dir.path().join("bogus-ca.pem");
     std::fs::write(&bogus, "not a certificate").unwrap();
-    let (ok, text) = run(&format!(
-        "alerts:\n  webhook: {{ url: 'https://hooks.example.org/x', secret: s, ca: {} }}\n",
-        bogus.display()
-    ));
+    let webhook_with_ca = |ca: &std::path::Path| {
+        format!(
+            "alerts:\n  webhook: {{ url: 'https://hooks.example.org/x', secret: s, ca: {} }}\n",
+            ca.display()
+        )
+    };
+    let (ok, text) = run(&webhook_with_ca(&bogus));
     assert!(!ok);
-    assert!(text.contains("alerts.webhook"), "{text}");
-    let (ok, text) = run(&format!(
-        "alerts:\n  webhook: {{ url: 'https://hooks.example.org/x', secret: s, ca: {} }}\n",
-        cert("ca.pem").display()
-    ));
+    assert_reported(&text, &["alerts.webhook"]);
+    let (ok, text) = run(&webhook_with_ca(&cert("ca.pem")));
     assert!(ok, "{text}");
 }

@@ -60,14 +60,7 @@ async fn acknowledged_writes_survive_kill_9() {
         for worker in 0..4 {
             let acked = acked.clone();
             tasks.push(tokio::spawn(async move {
-                let tls = usermetadb::client::tls_config(
-                    &cert("ca.pem"),
-                    Some((
-                        &cert("client-sso-server.pem"),
-                        &cert("client-sso-server.key"),
-                    )),
-                )
-                .unwrap();
+                let tls = identity("client-sso-server");
                 let Ok(mut c) =
                     usermetadb::client::Connection::connect(addr, "localhost", Some(tls)).await
                 else {
@@ -120,19 +113,7 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
     std::fs::write(&config, config_yaml(dir.path(), "")).unwrap();
     let (mut child, addr, log) = spawn_binary(&config, "info");
 
-    let tls = usermetadb::client::tls_config(
-        &cert("ca.pem"),
-        Some((
-            &cert("client-sso-server.pem"),
-            &cert("client-sso-server.key"),
-        )),
-    )
-    .unwrap();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(tls)
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
+    let mut s = raw_tls_at(addr, "client-sso-server").await;
     let body = login("inflight", "dev", 60).to_string();
     let head = format!(
         "POST /api/add_log HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
