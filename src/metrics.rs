@@ -112,10 +112,13 @@ impl TlsFailure {
                 C::InvalidPurpose | C::InvalidPurposeContext { .. } => TlsFailure::WrongKeyUsage,
                 _ => TlsFailure::BadCertificate,
             },
+            // signature_algorithms came with TLS 1.2: a hello without it is
+            // from an older protocol (rustls checks it before the version).
             E::PeerIncompatible(
                 P::Tls12NotOffered
                 | P::Tls12NotOfferedOrEnabled
                 | P::SupportedVersionsExtensionRequired
+                | P::SignatureAlgorithmsExtensionRequired
                 | P::ServerDoesNotSupportTls12Or13,
             ) => TlsFailure::ProtocolVersion,
             E::PeerIncompatible(_) => TlsFailure::Incompatible,
@@ -179,14 +182,16 @@ pub enum StorageFailure {
     Full,
     ReadOnly,
     Busy,
+    Io,
     Other,
 }
 
 impl StorageFailure {
-    const ALL: [StorageFailure; 4] = [
+    const ALL: [StorageFailure; 5] = [
         StorageFailure::Full,
         StorageFailure::ReadOnly,
         StorageFailure::Busy,
+        StorageFailure::Io,
         StorageFailure::Other,
     ];
 
@@ -195,6 +200,7 @@ impl StorageFailure {
             StorageFailure::Full => "full",
             StorageFailure::ReadOnly => "read_only",
             StorageFailure::Busy => "busy",
+            StorageFailure::Io => "io",
             StorageFailure::Other => "other",
         }
     }
@@ -207,6 +213,7 @@ impl From<&crate::store::StoreError> for StorageFailure {
             S::Full => StorageFailure::Full,
             S::ReadOnly => StorageFailure::ReadOnly,
             S::Busy => StorageFailure::Busy,
+            S::Io(_) => StorageFailure::Io,
             _ => StorageFailure::Other,
         }
     }
@@ -281,7 +288,7 @@ pub struct Metrics {
     connections_refused: AtomicU64,
     tls_failures: Row<13>,
     identity_failures: Row<5>,
-    storage_errors: Row<4>,
+    storage_errors: Row<5>,
     alert_deliveries: [Row<3>; 3],
 }
 

@@ -241,10 +241,11 @@ impl Api {
 
     /// A TLS 1.3 server judges the client certificate after the handshake, so
     /// its refusal arrives as an alert on the first read, which the HTTP
-    /// client does not report. A fresh connection that sends a request and
-    /// reads the answer catches it.
+    /// client does not report. A fresh connection that only reads catches it
+    /// (sending anything could make the closing server reset the connection
+    /// before the alert is read).
     async fn probe(&self) -> Option<rustls::Error> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncReadExt;
         let tls = self.tls.clone()?;
         let name = rustls::pki_types::ServerName::try_from(self.host.clone()).ok()?;
         let tcp = tokio::net::TcpStream::connect(self.addr).await.ok()?;
@@ -255,15 +256,8 @@ impl Api {
             Ok(s) => s,
             Err(e) => return find_rustls(&e).cloned(),
         };
-        let req = format!(
-            "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.host
-        );
-        if let Err(e) = s.write_all(req.as_bytes()).await {
-            return find_rustls(&e).cloned();
-        }
         let mut buf = [0u8; 64];
-        match tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await {
+        match tokio::time::timeout(std::time::Duration::from_secs(3), s.read(&mut buf)).await {
             Ok(Err(e)) => find_rustls(&e).cloned(),
             _ => None,
         }
@@ -275,15 +269,18 @@ impl Api {
         conn: &mut Connection,
         path: &str,
     ) -> Result<serde_json::Value, Failure> {
-        let resp = conn
+        let resp = match conn
             .request(hyper::Method::GET, path, None, Default::default())
             .await
-            .map_err(|e| self.failure(e, path))?;
-        let message = || String::from_utf8_lossy(&resp.body).into_owned();
+        {
+            Ok(r) => r,
+            Err(e) => return Err(self.explain(e, path).await),
+        };
+        let text = || String::from_utf8_lossy(&resp.body).into_owned();
         if !resp.status.is_success() {
             let message = serde_json::from_slice::<usermetadb::wire::ErrorResponse>(&resp.body)
                 .map(|e| e.error)
-                .unwrap_or_else(|_| message());
+                .unwrap_or_else(|_| text());
             return Err(self.failure(
                 ClientError::Status {
                     path: path.into(),
@@ -296,7 +293,7 @@ impl Api {
         serde_json::from_slice(&resp.body).map_err(|e| {
             Failure::new(
                 Exit::Server,
-                format!("{path}: invalid response: {e}: {}", message()),
+                format!("{}{path}: invalid response: {e}: {}", self.url, text()),
             )
         })
     }

@@ -44,21 +44,21 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// A round number at or above `v` (1, 2 or 5 times a power of ten).
-fn nice_max(v: i64) -> i64 {
-    if v <= 1 {
-        return 1;
-    }
+/// A round tick step (1, 2 or 5 times a power of ten) and the axis top, for
+/// about four ticks above zero.
+fn axis(max: i64) -> (i64, i64) {
+    let want = (max.max(1) + 3) / 4;
     let mut p = 1i64;
-    while p.saturating_mul(10) < v {
+    loop {
+        for m in [1, 2, 5] {
+            let step = p.saturating_mul(m);
+            if step >= want {
+                let top = (max.max(1) + step - 1) / step * step;
+                return (step, top);
+            }
+        }
         p = p.saturating_mul(10);
     }
-    for m in [1, 2, 5, 10] {
-        if p.saturating_mul(m) >= v {
-            return p.saturating_mul(m);
-        }
-    }
-    p.saturating_mul(10)
 }
 
 fn shorten(s: &str, max: usize) -> String {
@@ -77,18 +77,17 @@ fn column_chart(r: &Report) -> String {
     let (left, right, top, bottom) = (48.0, 12.0, 12.0, 46.0);
     let plot_w = w - left - right;
     let plot_h = h - top - bottom;
-    let max = nice_max(r.rows.iter().map(|x| x.count).max().unwrap_or(0));
+    let (step, max) = axis(r.rows.iter().map(|x| x.count).max().unwrap_or(0));
     let n = r.rows.len().max(1) as f64;
     let slot = plot_w / n;
-    let bar_w = (slot * 0.8).max(1.0);
+    let bar_w = (slot * 0.8).clamp(1.0, 80.0);
     let mut s = String::new();
     let _ = write!(
         s,
         r#"<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{}">"#,
         esc(&r.title)
     );
-    for i in 0..=4 {
-        let v = max * i / 4;
+    for v in (0..=max).step_by(step as usize) {
         let y = top + plot_h - plot_h * (v as f64) / (max as f64);
         let _ = write!(
             s,
@@ -285,11 +284,12 @@ mod tests {
     }
 
     #[test]
-    fn axis_maxima_are_round() {
-        assert_eq!(nice_max(0), 1);
-        assert_eq!(nice_max(7), 10);
-        assert_eq!(nice_max(13), 20);
-        assert_eq!(nice_max(480), 500);
-        assert_eq!(nice_max(1000), 1000);
+    fn axis_ticks_are_round() {
+        assert_eq!(axis(0), (1, 1));
+        assert_eq!(axis(5), (2, 6));
+        assert_eq!(axis(13), (5, 15));
+        assert_eq!(axis(20), (5, 20));
+        assert_eq!(axis(480), (200, 600));
+        assert_eq!(axis(1000), (500, 1000));
     }
 }

@@ -62,7 +62,7 @@ fn progress(total: u64) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     if let Ok(style) =
-        ProgressStyle::with_template("{bar:40} {pos}/{len} names checked, {per_sec}, eta {eta}")
+        ProgressStyle::with_template("{bar:40} {pos}/{len} names checked ({percent}%), eta {eta}")
     {
         bar.set_style(style);
     }

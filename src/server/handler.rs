@@ -200,17 +200,7 @@ async fn serve(
     if req.method() != endpoint.method() {
         return Err(Reject::MethodNotAllowed(endpoint.method()));
     }
-    let _permit = state
-        .inflight
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| Reject::Overloaded)?;
-    if endpoint == Endpoint::Health {
-        return Ok(json_response(
-            StatusCode::OK,
-            br#"{"status":"ok"}"#.to_vec(),
-        ));
-    }
+    // Outside the request slots: an overload is exactly when it must be seen.
     if endpoint == Endpoint::Metrics {
         let max = state.http.max_inflight_requests;
         let inflight = max.saturating_sub(state.inflight.available_permits());
@@ -222,6 +212,17 @@ async fn serve(
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         );
         return Ok(resp);
+    }
+    let _permit = state
+        .inflight
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Reject::Overloaded)?;
+    if endpoint == Endpoint::Health {
+        return Ok(json_response(
+            StatusCode::OK,
+            br#"{"status":"ok"}"#.to_vec(),
+        ));
     }
     if !is_json(&req) {
         return Err(Reject::UnsupportedMediaType);

@@ -196,6 +196,8 @@ impl Server {
             state.service.retention.interval,
         ));
         let connections = Arc::new(Semaphore::new(state.http.max_connections));
+        // A flood of refused connections is one log line per interval, not one each.
+        let mut limit_logged: Option<std::time::Instant> = None;
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
@@ -213,7 +215,13 @@ impl Server {
             };
             let Ok(slot) = connections.clone().try_acquire_owned() else {
                 crate::metrics::global().connection_refused();
-                tracing::warn!("connection limit reached, closing new connection");
+                if limit_logged.map_or(true, |t| t.elapsed() >= Duration::from_secs(10)) {
+                    limit_logged = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        max_connections = state.http.max_connections,
+                        "connection limit reached, closing new connections (counted in usermetadb_connections_refused_total)"
+                    );
+                }
                 drop(stream);
                 continue;
             };

@@ -37,6 +37,10 @@ pub enum StoreError {
     ReadOnly,
     #[error("storage is busy")]
     Busy,
+    /// The OS failed or refused a read or write, for a cause other than a
+    /// full disk or a read-only file, which the writer reports as such.
+    #[error("storage I/O error: {0}")]
+    Io(String),
     #[error("database schema version {found} is newer than this build supports ({supported})")]
     Downgrade { found: i64, supported: i64 },
     #[error("storage is shut down")]
@@ -61,10 +65,12 @@ impl From<rusqlite::Error> for StoreError {
             Some(ErrorCode::ReadOnly) | Some(ErrorCode::CannotOpen) => StoreError::ReadOnly,
             Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => StoreError::Busy,
             _ => {
-                // SQLITE_IOERR covers write failures such as ENOSPC on the WAL.
+                // SQLITE_IOERR: a write refused (read-only file or
+                // filesystem), ENOSPC outside the main write path, or a real
+                // I/O failure. The writer tells them apart with `diagnose`.
                 if let rusqlite::Error::SqliteFailure(f, _) = &e {
                     if f.code == ErrorCode::SystemIoFailure {
-                        return StoreError::Full;
+                        return StoreError::Io(e.to_string());
                     }
                 }
                 StoreError::Other(e.to_string())
@@ -97,7 +103,7 @@ struct Inner {
 /// Least time between two checkpoint passes while commits keep coming.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
 /// WAL frames (pages) beyond which the checkpointer makes the WAL start over.
-const WAL_RESTART_FRAMES: i64 = 4096;
+const WAL_RESTART_FRAMES: i64 = 8192;
 /// A WAL file that grew past this (long readers, bursts) is cut back to it
 /// when it starts over.
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
@@ -337,7 +343,8 @@ fn writer_loop(
         let outcome = {
             let _gate = lock(&checkpoints.gate);
             run_batch(&conn, &mut batch, &mut completions)
-        };
+        }
+        .map_err(|e| diagnose(&conn, e));
         if let Err(e) = &outcome {
             tracing::error!(error = %e, writes = completions.len(), "group commit failed");
         }
@@ -354,14 +361,22 @@ fn writer_loop(
 /// Keeps the WAL short without holding up commits.
 ///
 /// After commits, at most every [`CHECKPOINT_INTERVAL`], a PASSIVE pass
-/// copies what is committed into the database file and syncs it; it takes no
-/// lock that a commit needs. Under steady writes such a pass never catches up
-/// with the end of the WAL, and a WAL that is never fully copied never starts
-/// over: it would grow without end. So once it holds more than
-/// [`WAL_RESTART_FRAMES`] frames, one more pass runs while holding the writer's
-/// gate, between two group commits: it only has the tail since the last pass
-/// to copy, and the commit after it writes the WAL from its start again.
-/// A pass that readers keep from finishing is simply tried again later.
+/// copies what is committed into the database file; it takes no lock that a
+/// commit needs. The WAL starts over only when a commit begins with every
+/// frame already copied, which under steady writes never happens: each pass
+/// ends behind the commits made while it ran, and the WAL would grow without
+/// end. So once it holds more than [`WAL_RESTART_FRAMES`] frames, one more pass
+/// runs while holding the writer's gate, between two group commits: it only
+/// has the tail written during the previous pass to copy, and the commit after
+/// it writes the WAL from its start again. A pass that readers keep from
+/// finishing is simply tried again later.
+///
+/// SQLite syncs the database file only at the end of a pass that reached the
+/// end of the WAL, so under load the pages copied by the passes would pile up
+/// unsynced until the pass under the gate, which would then sync them all
+/// while commits wait (80-180 ms on a virtual disk). Each pass is therefore
+/// followed by a sync here, outside the gate, leaving only the tail for the
+/// gated pass.
 fn checkpoint_loop(conn: Connection, checkpoints: &Checkpoints) {
     let mut seen = 0;
     let mut last_pass = Instant::now();
@@ -383,26 +398,63 @@ fn checkpoint_loop(conn: Connection, checkpoints: &Checkpoints) {
             std::thread::sleep(rest);
         }
         last_pass = Instant::now();
-        match passive_checkpoint(&conn) {
-            Ok((frames, copied)) if frames > WAL_RESTART_FRAMES && copied < frames => {
-                let _gate = lock(&checkpoints.gate);
-                if let Err(e) = passive_checkpoint(&conn) {
-                    tracing::warn!(error = %e, "checkpoint failed");
-                }
+        let frames = match passive_checkpoint(&conn) {
+            Ok(frames) => frames,
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint failed");
+                continue;
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
+        };
+        if let Err(e) = sync_database_file(&conn) {
+            tracing::warn!(error = %e, "syncing the database file failed");
+            continue;
+        }
+        if frames > WAL_RESTART_FRAMES {
+            let _gate = lock(&checkpoints.gate);
+            if let Err(e) = passive_checkpoint(&conn) {
+                tracing::warn!(error = %e, "checkpoint failed");
+            }
         }
     }
     tracing::debug!("checkpointer stopped");
 }
 
-/// One PASSIVE checkpoint: the frames in the WAL and how many of them are
-/// now in the database file.
-fn passive_checkpoint(conn: &Connection) -> Result<(i64, i64), StoreError> {
-    Ok(conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((r.get(1)?, r.get(2)?))
-    })?)
+/// One PASSIVE checkpoint; answers the frames the WAL held when it began.
+fn passive_checkpoint(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?)
+}
+
+/// Syncs the database file through the connection's own SQLite file object.
+/// A descriptor of our own would not do: closing it would drop every POSIX
+/// lock this process holds on the file, SQLite's included.
+fn sync_database_file(conn: &Connection) -> Result<(), StoreError> {
+    use rusqlite::ffi;
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: `conn` is open for the whole call and used by this thread only.
+    // SQLITE_FCNTL_FILE_POINTER stores a pointer to the connection's own file
+    // object, owned by SQLite and valid while the connection is open; `xSync`
+    // is that object's method and takes the object and sync flags.
+    let rc = unsafe {
+        let rc = ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&mut file as *mut *mut ffi::sqlite3_file).cast(),
+        );
+        if rc != ffi::SQLITE_OK || file.is_null() || (*file).pMethods.is_null() {
+            rc
+        } else {
+            match (*(*file).pMethods).xSync {
+                Some(sync) => sync(file, ffi::SQLITE_SYNC_NORMAL),
+                None => ffi::SQLITE_OK,
+            }
+        }
+    };
+    if rc == ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None).into())
+    }
 }
 
 fn run_batch(
@@ -421,7 +473,16 @@ fn run_batch(
         return Err(e.into());
     }
     for job in batch.drain(..) {
-        completions.push(job(Some(conn)));
+        // After an I/O error or a full disk SQLite may roll the whole
+        // transaction back; a job run after that would commit on its own,
+        // outside the group, while being answered with the group's error.
+        let conn = (!conn.is_autocommit()).then_some(conn);
+        completions.push(job(conn));
+    }
+    if conn.is_autocommit() {
+        return Err(StoreError::Io(
+            "the transaction was rolled back after a storage error".into(),
+        ));
     }
     match conn
         .prepare_cached("COMMIT")
@@ -432,6 +493,32 @@ fn run_batch(
             let _ = conn.execute_batch("ROLLBACK");
             Err(e.into())
         }
+    }
+}
+
+/// Names the cause of an I/O error for the operator and the client: a
+/// database or WAL that may not be written (read-only filesystem, immutable
+/// file, permissions) is `ReadOnly`; a filesystem with no space left is
+/// `Full`. Checked by path, without opening the files: closing a descriptor of
+/// the database would drop the locks SQLite holds on it.
+fn diagnose(conn: &Connection, e: StoreError) -> StoreError {
+    use rustix::fs::{access, statvfs, Access};
+    use rustix::io::Errno;
+    if !matches!(e, StoreError::Io(_)) {
+        return e;
+    }
+    let Some(db) = conn.path().filter(|p| !p.is_empty()) else {
+        return e;
+    };
+    let wal = format!("{db}-wal");
+    for path in [db, wal.as_str()] {
+        if let Err(Errno::ROFS | Errno::PERM | Errno::ACCESS) = access(path, Access::WRITE_OK) {
+            return StoreError::ReadOnly;
+        }
+    }
+    match statvfs(db) {
+        Ok(st) if st.f_bavail == 0 => StoreError::Full,
+        _ => e,
     }
 }
 

@@ -340,15 +340,27 @@ pub fn forget_user(conn: &Connection, name: &str) -> Result<Deleted, StoreError>
 /// Runs on its own connection; waits for readers up to the busy timeout.
 pub fn truncate_wal(path: &std::path::Path) -> Result<(), StoreError> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    let (busy, _, _): (i64, i64, i64) =
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
-    if busy != 0 {
-        return Err(StoreError::Busy);
+    conn.busy_timeout(std::time::Duration::from_secs(1))?;
+    // Another checkpoint in progress makes this one return at once, busy:
+    // try again for a few seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let outcome = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        });
+        match outcome {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => match StoreError::from(e) {
+                StoreError::Busy => {}
+                other => return Err(other),
+            },
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(StoreError::Busy);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Ok(())
 }
 
 /// One bounded step of retention: deletes at most `batch` log entries older

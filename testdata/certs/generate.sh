@@ -12,6 +12,7 @@
 #   bad-server-eku.*         CN=sso-server, EKU serverAuth only
 #   bad-no-cn.*              no CommonName at all
 #   bad-two-cn.*             two CommonNames
+#   bad-self-signed.*        CN=admin, self-signed (a trusted name without the CA)
 set -euo pipefail
 cd "$(dirname "$0")"
 rm -f ./*.pem ./*.key ./*.srl
@@ -82,6 +83,10 @@ keyUsage=critical,digitalSignature
 extendedKeyUsage=serverAuth"
 sign bad-no-cn "/O=usermetadb test/OU=no common name" "$client_ext"
 sign bad-two-cn "/O=usermetadb test/CN=sso-server/CN=accounts-panel" "$client_ext"
+key bad-self-signed.key
+openssl req -x509 -new -key bad-self-signed.key -subj "/O=usermetadb test/CN=admin" -days 36500 -sha256 \
+  -addext "basicConstraints=CA:FALSE" -addext "keyUsage=critical,digitalSignature" \
+  -addext "extendedKeyUsage=clientAuth" -out bad-self-signed.pem
 
 # The server reads PKCS#8 or SEC1 keys; keep PKCS#8 everywhere.
 for k in ./*.key; do openssl pkey -in "$k" -out "$k.tmp" && mv "$k.tmp" "$k"; done

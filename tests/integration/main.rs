@@ -14,14 +14,29 @@
 //!   HTML page rendered by headless Chromium.
 //! - `hostile`: the hostile-input catalogue as raw bytes: methods, framing,
 //!   headers, pipelining, malformed JSON, bad fields, paths against the ACL.
+//! - `tls_matrix`: every TLS refusal of the compiled server, its logged reason
+//!   and its counter.
+//! - `faults`: `kill -9` during writes (`.ci/crash-test`), a full filesystem,
+//!   a read-only database.
+//! - `overload`: slow-header clients, idle / half-open connections, the
+//!   connection cap, and 503s beyond `max_inflight_requests`.
+//! - `properties`: property tests of decoding, validation, timestamps,
+//!   cookies, ACLs and config loading.
 
+mod admin;
 mod api;
 mod common;
 mod config_files;
 mod errors;
+mod faults;
+mod hostile;
 mod mmdb;
 mod monitor;
+mod overload;
 mod persistence;
 mod privacy;
+mod properties;
 mod receivers;
+mod reports;
 mod tls_acl;
+mod tls_matrix;
