@@ -207,7 +207,7 @@ impl Service {
                 alerts::record_log(c, uid, &rec)?;
                 let drafts = monitor::evaluate(&cfg, &history, &event, now);
                 for d in &drafts {
-                    alerts::insert_alert(c, uid, d, &sinks, now)?;
+                    alerts::insert_alert(c, uid, d, &sinks)?;
                 }
                 Ok(drafts.len())
             })

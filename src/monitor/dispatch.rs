@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 
 use super::sinks::{DeliveryError, Sinks};
 use super::AlertsConfig;
+use crate::privacy::quantize;
 use crate::store::alerts;
 use crate::store::Store;
 
@@ -45,6 +46,8 @@ pub struct Dispatcher {
     pub cfg: Arc<AlertsConfig>,
     pub wake: Arc<Notify>,
     pub clock: fn() -> i64,
+    /// Delivery times are floored to this many seconds before they are stored.
+    pub granularity: u64,
 }
 
 impl Dispatcher {
@@ -83,12 +86,15 @@ impl Dispatcher {
                 let Ok((d, result)) = joined else { continue };
                 let now = (self.clock)();
                 let (id, sink) = (d.alert.id, d.sink.clone());
+                let granularity = self.granularity;
                 record_metric(&sink, &result);
                 let write = match result {
                     Ok(()) => {
                         tracing::debug!(alert_id = id, sink = %sink, "alert delivered");
                         self.store
-                            .write(move |c| alerts::mark_delivered(c, id, &sink, now))
+                            .write(move |c| {
+                                alerts::mark_delivered(c, id, &sink, quantize(now, granularity))
+                            })
                             .await
                     }
                     Err(e) => {
@@ -104,7 +110,9 @@ impl Dispatcher {
                             ),
                             DeliveryError::Permanent(_) => None,
                         };
-                        tracing::warn!(alert_id = id, sink = %sink, attempt = d.attempts + 1, error = %e, retry_at = ?next, "alert delivery failed");
+                        // The error may quote a recipient address: debug only.
+                        tracing::warn!(sink = %sink, attempt = d.attempts + 1, will_retry = next.is_some(), "alert delivery failed");
+                        tracing::debug!(alert_id = id, error = %e, "alert delivery error");
                         let msg = e.to_string();
                         self.store
                             .write(move |c| alerts::mark_failed(c, id, &sink, &msg, next))

@@ -187,6 +187,7 @@ impl Server {
                 cfg: state.service.alerts.clone(),
                 wake: state.service.wake.clone(),
                 clock: handler::now_unix,
+                granularity: state.service.privacy.config.timestamp_granularity.as_secs(),
             }
             .run(),
         );

@@ -84,7 +84,6 @@ pub fn insert_alert(
     uid: i64,
     a: &AlertDraft,
     sinks: &[&str],
-    now: i64,
 ) -> Result<i64, StoreError> {
     let details =
         serde_json::to_string(&a.details).map_err(|e| StoreError::Other(e.to_string()))?;
@@ -95,10 +94,12 @@ pub fn insert_alert(
     let id = conn.last_insert_rowid();
     let mut stmt = conn.prepare_cached(
         "INSERT INTO alert_deliveries (alert_id, sink, state, attempts, next_attempt)
-         VALUES (?1, ?2, 'pending', 0, ?3)",
+         VALUES (?1, ?2, 'pending', 0, 0)",
     )?;
+    // Due at once; stored as 0 rather than the clock, which would record the
+    // exact time of the event behind the alert.
     for sink in sinks {
-        stmt.execute(params![id, sink, now])?;
+        stmt.execute(params![id, sink])?;
     }
     Ok(id)
 }
@@ -171,23 +172,26 @@ pub fn next_due(conn: &Connection) -> Result<Option<i64>, StoreError> {
         .query_row([], |r| r.get(0))?)
 }
 
+/// Records a delivery; `delivered_at` is quantized by the caller like every
+/// stored time.
 pub fn mark_delivered(
     conn: &Connection,
     alert_id: i64,
     sink: &str,
-    now: i64,
+    delivered_at: i64,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
         "UPDATE alert_deliveries SET state = 'delivered', attempts = attempts + 1,
-             delivered_at = ?3, last_error = NULL
+             delivered_at = ?3, next_attempt = 0, last_error = NULL
          WHERE alert_id = ?1 AND sink = ?2",
     )?
-    .execute(params![alert_id, sink, now])?;
+    .execute(params![alert_id, sink, delivered_at])?;
     Ok(())
 }
 
 /// Records a failed attempt: retried at `next` or, when `next` is `None`,
-/// kept as failed for good (the alert and its error stay visible).
+/// kept as failed for good (the alert and its error stay visible). Only a
+/// pending retry keeps a precise time, which the schedule needs.
 pub fn mark_failed(
     conn: &Connection,
     alert_id: i64,
@@ -198,7 +202,7 @@ pub fn mark_failed(
     let state = if next.is_some() { "pending" } else { "failed" };
     conn.prepare_cached(
         "UPDATE alert_deliveries SET state = ?3, attempts = attempts + 1,
-             next_attempt = coalesce(?4, next_attempt), last_error = ?5
+             next_attempt = coalesce(?4, 0), last_error = ?5
          WHERE alert_id = ?1 AND sink = ?2",
     )?
     .execute(params![alert_id, sink, state, next, error])?;

@@ -352,6 +352,10 @@ async fn webhook_deliveries_are_signed_retried_and_survive_a_restart() {
             .find(|d| d["sink"] == "webhook")
             .unwrap();
         assert_eq!(hook["state"], "delivered");
+        assert!(
+            hook["delivered_at"].as_str().unwrap().ends_with(":00:00Z"),
+            "delivery times are stored quantized: {hook}"
+        );
         assert!(hook.get("last_error").is_none());
     }
     receiver.stop();
