@@ -3,9 +3,11 @@
 //! dropped, user agents reduced to browser / OS / mobile and dropped, device IDs
 //! sealed under the server key.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use serde::Deserialize;
 
@@ -140,8 +142,37 @@ fn parse_public_ip(addr: &str) -> Option<IpAddr> {
 /// Browser, OS and whether the device is mobile, from a user agent string.
 pub fn parse_user_agent(ua: &str) -> (String, String, bool) {
     let ua = truncate(ua, MAX_USER_AGENT);
-    let parser = woothee::parser::Parser::new();
-    match parser.parse(ua) {
+    // An auth service sees the same few agents again and again, and parsing
+    // is the dearest step of the write path: remember recent answers, keyed
+    // by a keyed hash so that the agents themselves are not kept.
+    static CACHE: LazyLock<Mutex<(RandomState, HashMap<u64, (String, String, bool)>)>> =
+        LazyLock::new(|| Mutex::new((RandomState::new(), HashMap::new())));
+    let key = match CACHE.lock() {
+        Ok(cache) => {
+            let key = cache.0.hash_one(ua);
+            if let Some(hit) = cache.1.get(&key) {
+                return hit.clone();
+            }
+            Some(key)
+        }
+        Err(_) => None,
+    };
+    let parsed = parse_user_agent_uncached(ua);
+    if let (Some(key), Ok(mut cache)) = (key, CACHE.lock()) {
+        if cache.1.len() >= UA_CACHE_ENTRIES {
+            cache.1.clear();
+        }
+        cache.1.insert(key, parsed.clone());
+    }
+    parsed
+}
+
+/// Distinct user agents remembered by [`parse_user_agent`].
+const UA_CACHE_ENTRIES: usize = 4096;
+
+fn parse_user_agent_uncached(ua: &str) -> (String, String, bool) {
+    static PARSER: LazyLock<woothee::parser::Parser> = LazyLock::new(woothee::parser::Parser::new);
+    match PARSER.parse(ua) {
         Some(r) => {
             let known = |s: &str| {
                 if s.is_empty() || s == "UNKNOWN" {
@@ -317,5 +348,9 @@ mod tests {
         let long = "é".repeat(5000);
         assert!(truncate(&long, MAX_USER_AGENT).len() <= MAX_USER_AGENT);
         parse_user_agent(&long);
+        // Cached answers are the same as fresh ones.
+        let ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
+        assert_eq!(parse_user_agent(ua), parse_user_agent_uncached(ua));
+        assert_eq!(parse_user_agent(ua), parse_user_agent_uncached(ua));
     }
 }
