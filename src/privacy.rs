@@ -145,7 +145,7 @@ pub fn parse_user_agent(ua: &str) -> (String, String, bool) {
     // An auth service sees the same few agents again and again, and parsing
     // is the dearest step of the write path: remember recent answers, keyed
     // by a keyed hash so that the agents themselves are not kept.
-    static CACHE: LazyLock<Mutex<(RandomState, HashMap<u64, (String, String, bool)>)>> =
+    static CACHE: LazyLock<Mutex<(RandomState, HashMap<u64, Parsed>)>> =
         LazyLock::new(|| Mutex::new((RandomState::new(), HashMap::new())));
     let key = match CACHE.lock() {
         Ok(cache) => {
@@ -166,6 +166,9 @@ pub fn parse_user_agent(ua: &str) -> (String, String, bool) {
     }
     parsed
 }
+
+/// Browser, OS, mobile.
+type Parsed = (String, String, bool);
 
 /// Distinct user agents remembered by [`parse_user_agent`].
 const UA_CACHE_ENTRIES: usize = 4096;
