@@ -87,6 +87,8 @@ pub struct Outcome {
     pub service_time: Option<Histogram<u64>>,
     pub server_cpu_seconds: Option<f64>,
     pub client_cpu_seconds: f64,
+    /// CPU time the hypervisor took away during the window (all CPUs).
+    pub steal_seconds: Option<f64>,
     pub statuses: BTreeMap<u16, u64>,
     pub failures: Vec<String>,
     pub tally: u64,
@@ -181,9 +183,11 @@ pub async fn run(sc: &Scenario, target: &Target) -> Result<Outcome> {
     tokio::time::sleep_until(window.measure_from).await;
     let server_cpu0 = target.server_pid.map(|p| procfs::cpu_seconds(Some(p)));
     let client_cpu0 = procfs::cpu_seconds(None)?;
+    let steal0 = procfs::steal_seconds().ok();
     tokio::time::sleep_until(window.end).await;
     let server_cpu1 = target.server_pid.map(|p| procfs::cpu_seconds(Some(p)));
     let client_cpu1 = procfs::cpu_seconds(None)?;
+    let steal1 = procfs::steal_seconds().ok();
 
     let mut all = WorkerResult::default();
     let mut latency = histogram()?;
@@ -238,6 +242,7 @@ pub async fn run(sc: &Scenario, target: &Target) -> Result<Outcome> {
         service_time,
         server_cpu_seconds,
         client_cpu_seconds: client_cpu1 - client_cpu0,
+        steal_seconds: steal0.zip(steal1).map(|(a, b)| b - a),
         statuses: all.statuses,
         failures: all.failures,
         tally: all.tally,

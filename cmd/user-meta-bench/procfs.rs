@@ -25,6 +25,20 @@ fn parse_stat_ticks(text: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPU time the hypervisor gave to others while this machine wanted it, in
+/// seconds summed over all CPUs (the `steal` column of /proc/stat).
+pub fn steal_seconds() -> Result<f64> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    parse_steal_ticks(&text)
+        .map(|ticks| ticks as f64 / clock_ticks_per_second())
+        .ok_or_else(|| anyhow!("/proc/stat: unexpected format"))
+}
+
+fn parse_steal_ticks(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    line.split_whitespace().nth(8)?.parse().ok()
+}
+
 fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf only reads a constant of the running system.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -100,6 +114,14 @@ mod tests {
     fn stat_with_odd_command_name() {
         let line = "1234 (a) b) c) S 1 2 3 4 5 6 7 8 9 10 250 17 0 0 20 0 3 0 100 0 0";
         assert_eq!(parse_stat_ticks(line), Some(267));
+    }
+
+    #[test]
+    fn steal_is_the_eighth_cpu_column() {
+        let stat =
+            "cpu  405670 415 100147 375946 41327 0 25940 10033 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
+        assert_eq!(parse_steal_ticks(stat), Some(10033));
+        assert!(steal_seconds().unwrap() >= 0.0);
     }
 
     #[test]

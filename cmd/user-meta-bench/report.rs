@@ -73,6 +73,9 @@ pub struct ScenarioReport {
     pub server_cores_busy: Option<f64>,
     pub client_cpu_us_per_request: f64,
     pub client_cores_busy: f64,
+    /// CPU time per wall second the hypervisor took away (all CPUs): a run
+    /// with steal is not comparable with one without.
+    pub steal_cores: Option<f64>,
     /// What the answers said, on average: devices seen, entries returned, names unused.
     pub answer_mean: Option<f64>,
     pub answer_meaning: Option<String>,
@@ -110,6 +113,7 @@ impl ScenarioReport {
             server_cores_busy: o.server_cpu_seconds.map(|c| c / secs),
             client_cpu_us_per_request: o.client_cpu_seconds * 1e6 / served,
             client_cores_busy: o.client_cpu_seconds / secs,
+            steal_cores: o.steal_seconds.map(|s| s / secs),
             answer_mean: (o.tallied > 0).then(|| o.tally as f64 / o.tallied as f64),
             answer_meaning: meaning.filter(|_| o.tallied > 0).map(str::to_owned),
             ratio_to_ceiling: Ratios::default(),
@@ -309,7 +313,7 @@ impl Report {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "{:<20} {:<16} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>6}",
+            "{:<20} {:<16} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>6} {:>6}",
             "scenario",
             "mode",
             "conns",
@@ -323,12 +327,13 @@ impl Report {
             "max ms",
             "srv µs/req",
             "srv %",
-            "cli %"
+            "cli %",
+            "steal%"
         );
         for s in &self.scenarios {
             let _ = writeln!(
                 out,
-                "{:<20} {:<16} {:>5} {:>9} {:>7} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>6} {:>6.0}",
+                "{:<20} {:<16} {:>5} {:>9} {:>7} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>6} {:>6.0} {:>6}",
                 s.name,
                 s.mode(),
                 s.connections,
@@ -347,6 +352,9 @@ impl Report {
                     .map(|v| format!("{:.0}", v * 100.0))
                     .unwrap_or_else(|| "n/a".into()),
                 s.client_cores_busy * 100.0,
+                s.steal_cores
+                    .map(|v| format!("{:.1}", v * 100.0))
+                    .unwrap_or_else(|| "n/a".into()),
             );
         }
         let _ = writeln!(out);
