@@ -21,11 +21,23 @@ pub async fn prune(
     let devices_before = now.saturating_sub(retention.devices.as_secs() as i64);
     let mut total = Deleted::default();
     loop {
+        // Find expired devices and countries with a scan on a reader, then
+        // delete them by key in a short write.
+        let expired = store
+            .read(move |c| {
+                Ok(ops::Expired {
+                    devices: ops::expired_devices(c, devices_before, BATCH)?,
+                    countries: ops::expired_countries(c, devices_before, BATCH)?,
+                })
+            })
+            .await?;
+        let more_expired =
+            expired.devices.len() as i64 == BATCH || expired.countries.len() as i64 == BATCH;
         let step = store
-            .write(move |c| ops::prune_step(c, logs_before, devices_before, BATCH))
+            .write(move |c| ops::prune_step(c, logs_before, devices_before, BATCH, &expired))
             .await?;
         total.add(step);
-        if step.user_logs < BATCH as u64 && step.devices < BATCH as u64 {
+        if step.user_logs < BATCH as u64 && step.alerts < BATCH as u64 && !more_expired {
             return Ok(total);
         }
         // Let queued requests in between batches.

@@ -194,7 +194,7 @@ fn device_key_path(config: &Config) -> PathBuf {
 }
 
 fn is_stdio(p: Option<&std::path::Path>) -> bool {
-    p.map_or(true, |p| p == std::path::Path::new("-"))
+    p.is_none_or(|p| p == std::path::Path::new("-"))
 }
 
 fn db_export(config: &Config, output: Option<&std::path::Path>) -> anyhow::Result<()> {

@@ -216,7 +216,7 @@ impl Server {
             };
             let Ok(slot) = connections.clone().try_acquire_owned() else {
                 crate::metrics::global().connection_refused();
-                if limit_logged.map_or(true, |t| t.elapsed() >= Duration::from_secs(10)) {
+                if limit_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                     limit_logged = Some(std::time::Instant::now());
                     tracing::warn!(
                         max_connections = state.http.max_connections,

@@ -67,13 +67,17 @@ pub fn record_log(conn: &Connection, uid: i64, rec: &LogRecord) -> Result<(), St
         .map(|d| &d.zone)
         .filter(|z| !z.is_empty())
     {
+        // Kept to the day: it only ages countries out, and so the row is
+        // rewritten once a day per country rather than on every login.
+        let day = crate::privacy::quantize(rec.ts, 86_400);
         conn.prepare_cached(
             "INSERT INTO user_countries (user_id, zone, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
              ON CONFLICT (user_id, zone) DO UPDATE SET
                  first_seen = min(first_seen, excluded.first_seen),
-                 last_seen = max(last_seen, excluded.last_seen)",
+                 last_seen = max(last_seen, excluded.last_seen)
+             WHERE excluded.first_seen < first_seen OR excluded.last_seen > last_seen",
         )?
-        .execute(params![uid, zone, rec.ts])?;
+        .execute(params![uid, zone, day])?;
     }
     Ok(())
 }

@@ -363,15 +363,51 @@ pub fn truncate_wal(path: &std::path::Path) -> Result<(), StoreError> {
     }
 }
 
-/// One bounded step of retention: deletes at most `batch` log entries older
-/// than `logs_before` and `batch` devices last seen before `devices_before`,
-/// then users left with no rows at all. Small steps keep each transaction
-/// short, so writers queued behind it wait little.
+/// Devices (user, sealed ID) last seen before `before`, at most `limit`. A
+/// plain scan, meant for a read-only connection: `devices` carries no index
+/// on `last_seen`, which every login would otherwise move.
+pub fn expired_devices(
+    conn: &Connection,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT user_id, device_id FROM devices WHERE last_seen < ?1 LIMIT ?2")?;
+    let rows = stmt.query_map(params![before, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Countries of users last seen before `before`, at most `limit`; a scan, as
+/// [`expired_devices`].
+pub fn expired_countries(
+    conn: &Connection,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<(i64, String)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT user_id, zone FROM user_countries WHERE last_seen < ?1 LIMIT ?2")?;
+    let rows = stmt.query_map(params![before, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Rows found expired by the scans above, to delete in a short write.
+#[derive(Debug, Clone, Default)]
+pub struct Expired {
+    pub devices: Vec<(i64, Vec<u8>)>,
+    pub countries: Vec<(i64, String)>,
+}
+
+/// One bounded step of retention: deletes at most `batch` log entries and
+/// alerts older than `logs_before`, the devices and countries in `expired`
+/// that are still last seen before `devices_before`, then users left with
+/// no rows at all. Small steps keep each transaction short, so writers
+/// queued behind it wait little.
 pub fn prune_step(
     conn: &Connection,
     logs_before: i64,
     devices_before: i64,
     batch: i64,
+    expired: &Expired,
 ) -> Result<Deleted, StoreError> {
     let user_logs = conn
         .prepare_cached(
@@ -379,13 +415,13 @@ pub fn prune_step(
                  (SELECT id FROM user_logs WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
         )?
         .execute(params![logs_before, batch])? as u64;
-    let devices = conn
-        .prepare_cached(
-            "DELETE FROM devices WHERE (user_id, device_id) IN
-                 (SELECT user_id, device_id FROM devices WHERE last_seen < ?1
-                  ORDER BY last_seen LIMIT ?2)",
-        )?
-        .execute(params![devices_before, batch])? as u64;
+    let mut devices = 0;
+    let mut stmt = conn.prepare_cached(
+        "DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2 AND last_seen < ?3",
+    )?;
+    for (uid, id) in &expired.devices {
+        devices += stmt.execute(params![uid, id, devices_before])? as u64;
+    }
     // Alerts age out with the logs; countries with the devices.
     let expired_alerts = "SELECT id FROM alerts WHERE created < ?1 ORDER BY created LIMIT ?2";
     conn.prepare_cached(&format!(
@@ -397,11 +433,12 @@ pub fn prune_step(
             "DELETE FROM alerts WHERE id IN ({expired_alerts})"
         ))?
         .execute(params![logs_before, batch])? as u64;
-    conn.prepare_cached(
-        "DELETE FROM user_countries WHERE (user_id, zone) IN
-             (SELECT user_id, zone FROM user_countries WHERE last_seen < ?1 LIMIT ?2)",
-    )?
-    .execute(params![devices_before, batch])?;
+    let mut stmt = conn.prepare_cached(
+        "DELETE FROM user_countries WHERE user_id = ?1 AND zone = ?2 AND last_seen < ?3",
+    )?;
+    for (uid, zone) in &expired.countries {
+        stmt.execute(params![uid, zone, devices_before])?;
+    }
     let users = if user_logs + devices + alerts > 0 {
         conn.prepare_cached(
             "DELETE FROM users WHERE id IN (
@@ -504,11 +541,18 @@ mod tests {
             )
             .unwrap();
         }
-        let first = prune_step(&c, 500, 500, 2).unwrap();
+        let step = |c: &Connection| {
+            let expired = Expired {
+                devices: expired_devices(c, 500, 2).unwrap(),
+                countries: expired_countries(c, 500, 2).unwrap(),
+            };
+            prune_step(c, 500, 500, 2, &expired).unwrap()
+        };
+        let first = step(&c);
         assert_eq!((first.user_logs, first.devices), (2, 1));
-        let second = prune_step(&c, 500, 500, 2).unwrap();
+        let second = step(&c);
         assert_eq!((second.user_logs, second.devices, second.users), (1, 0, 1));
-        assert_eq!(prune_step(&c, 500, 500, 2).unwrap(), Deleted::default());
+        assert_eq!(step(&c), Deleted::default());
         assert!(user_id(&c, "old").unwrap().is_none());
         assert_eq!(user_logs(&c, "new", 0, 10).unwrap().len(), 1);
     }
