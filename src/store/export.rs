@@ -23,7 +23,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use super::ops::{ensure_user, DeviceRecord};
+use super::ops::{ensure_user, insert_log_row, LogRecord};
 use super::{schema, StoreError};
 use crate::privacy::Privacy;
 use crate::service::check_username;
@@ -284,35 +284,20 @@ fn insert_record(conn: &Connection, privacy: &Privacy, rec: Record) -> Result<()
             let uid = user(&log.username)?;
             check_log_type(&log.log_type)?;
             let ts = privacy.quantize_log(check_time(&log.timestamp, "timestamp")?);
-            let d: Option<DeviceRecord> = log
-                .device_info
-                .as_ref()
-                .map(|d| privacy.reduce_device(&log.username, d));
-            let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-            let d = d.as_ref();
-            conn.prepare_cached(
-                "INSERT INTO user_logs (user_id, ts, log_type, message, service, login_method,
-                     login_authenticator_id, device_id, zone, browser, os, mobile, user_agent)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    uid,
-                    ts,
-                    log.log_type,
-                    opt(&log.message),
-                    opt(&log.service),
-                    opt(&log.login_method),
-                    opt(&log.login_authenticator_id),
-                    d.map(|d| &d.sealed_id),
-                    d.and_then(|d| opt(&d.zone)),
-                    d.and_then(|d| opt(&d.browser)),
-                    d.and_then(|d| opt(&d.os)),
-                    d.map(|d| d.mobile),
-                    d.and_then(|d| opt(&d.user_agent)),
-                ])
-            })
-            .map_err(sql)?;
+            let rec = LogRecord {
+                username: log.username.clone(),
+                ts,
+                log_type: log.log_type.clone(),
+                message: log.message.clone(),
+                service: log.service.clone(),
+                login_method: log.login_method.clone(),
+                login_authenticator_id: log.login_authenticator_id.clone(),
+                device: log
+                    .device_info
+                    .as_ref()
+                    .map(|d| privacy.reduce_device(&log.username, d)),
+            };
+            insert_log_row(conn, uid, &rec).map_err(sql)?;
         }
         Record::Device { username, device } => {
             let uid = user(&username)?;

@@ -68,6 +68,17 @@ pub fn insert_log(conn: &Connection, rec: &LogRecord) -> Result<(), StoreError> 
 
 /// [`insert_log`] for a user whose ID is known.
 pub fn insert_log_as(conn: &Connection, uid: i64, rec: &LogRecord) -> Result<(), StoreError> {
+    insert_log_row(conn, uid, rec)?;
+    if let Some(d) = rec.device.as_ref().filter(|d| !d.sealed_id.is_empty()) {
+        let logins = i64::from(rec.log_type == crate::wire::LOG_TYPE_LOGIN);
+        upsert_device(conn, uid, d, rec.ts, logins)?;
+    }
+    Ok(())
+}
+
+/// The log row alone, leaving the device list as it is (for imports, which
+/// carry the device list themselves).
+pub fn insert_log_row(conn: &Connection, uid: i64, rec: &LogRecord) -> rusqlite::Result<()> {
     let d = rec.device.as_ref();
     conn.prepare_cached(
         "INSERT INTO user_logs (user_id, ts, log_type, message, service, login_method,
@@ -89,10 +100,6 @@ pub fn insert_log_as(conn: &Connection, uid: i64, rec: &LogRecord) -> Result<(),
         d.map(|d| d.mobile),
         d.and_then(|d| opt(&d.user_agent)),
     ])?;
-    if let Some(d) = d.filter(|d| !d.sealed_id.is_empty()) {
-        let logins = i64::from(rec.log_type == crate::wire::LOG_TYPE_LOGIN);
-        upsert_device(conn, uid, d, rec.ts, logins)?;
-    }
     Ok(())
 }
 
