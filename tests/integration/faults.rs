@@ -308,6 +308,28 @@ async fn recovers(c: &mut Client, prefix: &str, within: Duration) -> Option<Dura
     None
 }
 
+/// Every refused write got 503 with `error`; the process is up, still
+/// serves reads, and logged `log_line`.
+async fn refused_but_serving(
+    bin: &mut Binary,
+    c: &mut Client,
+    refused: &[(String, u16, serde_json::Value)],
+    error: &str,
+    log_line: &str,
+) {
+    for (user, status, v) in refused {
+        assert_eq!(*status, 503, "{user}: {v}");
+        assert_eq!(v["error"], error, "{user}");
+    }
+    assert!(bin.alive());
+    assert_eq!(health(bin.addr).await, 200);
+    let (status, v) = c
+        .post("/api/get_user_logs", json!({"username": "before"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(bin.log_text().contains(log_line), "{}", bin.log_text());
+}
+
 async fn health(addr: SocketAddr) -> u16 {
     let mut c = client_at(addr, "admin").await;
     c.0.request(hyper::Method::GET, "/health", None, bytes::Bytes::new())
@@ -331,22 +353,14 @@ async fn a_full_filesystem_gives_503s_and_heals_when_space_returns() {
     let filler = fill(fs.path());
     let (acked, refused) = write_until_refused(&mut c, "full-", 3000).await;
     assert!(!refused.is_empty(), "3000 writes fit on a full filesystem");
-    for (user, status, v) in &refused {
-        assert_eq!(*status, 503, "{user}: {v}");
-        assert_eq!(v["error"], "storage full, retry later", "{user}");
-    }
-    // Up, and still reading.
-    assert!(bin.alive());
-    assert_eq!(health(bin.addr).await, 200);
-    let (status, v) = c
-        .post("/api/get_user_logs", json!({"username": "before"}))
-        .await;
-    assert_eq!(status, 200, "{v}");
-    assert!(
-        bin.log_text().contains("storage is full"),
-        "{}",
-        bin.log_text()
-    );
+    refused_but_serving(
+        &mut bin,
+        &mut c,
+        &refused,
+        "storage full, retry later",
+        "storage is full",
+    )
+    .await;
 
     // Space returns: writes go through again without a restart.
     std::fs::remove_file(&filler).unwrap();
@@ -416,21 +430,14 @@ async fn a_read_only_database_gives_503s_and_heals_when_writable() {
         !refused.is_empty(),
         "writes to an immutable database succeeded"
     );
-    for (user, status, v) in &refused {
-        assert_eq!(*status, 503, "{user}: {v}");
-        assert_eq!(v["error"], "storage read-only, retry later", "{user}");
-    }
-    assert!(bin.alive());
-    assert_eq!(health(bin.addr).await, 200);
-    let (status, v) = c
-        .post("/api/get_user_logs", json!({"username": "before"}))
-        .await;
-    assert_eq!(status, 200, "{v}");
-    assert!(
-        bin.log_text().contains("storage is read-only"),
-        "{}",
-        bin.log_text()
-    );
+    refused_but_serving(
+        &mut bin,
+        &mut c,
+        &refused,
+        "storage read-only, retry later",
+        "storage is read-only",
+    )
+    .await;
 
     chattr("-i", &files).unwrap();
     drop(guard);
