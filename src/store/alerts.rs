@@ -148,17 +148,20 @@ fn alert_from_row(r: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<Stored
     })
 }
 
+/// Pending deliveries due at `now`, oldest first. The order is the one of
+/// the `alert_deliveries_due` index (whose entries end with the primary key),
+/// so a backlog of any size is read without sorting it.
+const DUE_SQL: &str = "SELECT a.id, u.name, a.kind, a.created, a.details, d.sink, d.attempts
+     FROM alert_deliveries d
+     JOIN alerts a ON a.id = d.alert_id
+     JOIN users u ON u.id = a.user_id
+     WHERE d.state = 'pending' AND d.next_attempt <= ?1
+     ORDER BY d.next_attempt, d.alert_id
+     LIMIT ?2";
+
 /// Pending deliveries due at `now`, oldest first.
 pub fn due(conn: &Connection, now: i64, limit: i64) -> Result<Vec<Due>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT a.id, u.name, a.kind, a.created, a.details, d.sink, d.attempts
-         FROM alert_deliveries d
-         JOIN alerts a ON a.id = d.alert_id
-         JOIN users u ON u.id = a.user_id
-         WHERE d.state = 'pending' AND d.next_attempt <= ?1
-         ORDER BY d.next_attempt, a.id
-         LIMIT ?2",
-    )?;
+    let mut stmt = conn.prepare_cached(DUE_SQL)?;
     let rows = stmt.query_map(params![now, limit], |r| {
         Ok(Due {
             alert: alert_from_row(r, 0)?,
@@ -276,4 +279,30 @@ pub fn count_of_type(
              WHERE u.name = ?1 AND l.ts >= ?2 AND l.log_type = ?3",
         )?
         .query_row(params![name, since, log_type], |r| r.get(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_due_query_reads_the_outbox_in_index_order_without_sorting() {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut c).unwrap();
+        let plan: Vec<String> = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {DUE_SQL}"))
+            .unwrap()
+            .query_map(params![0, 32], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|s| s.contains("alert_deliveries_due")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|s| s.contains("TEMP B-TREE")),
+            "a backlog would be sorted on every poll: {plan:?}"
+        );
+    }
 }
