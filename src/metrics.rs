@@ -282,6 +282,9 @@ pub struct Metrics {
     batch_sum: AtomicU64,
     batch_count: AtomicU64,
     batch_failures: AtomicU64,
+    wal_syncs: AtomicU64,
+    wal_sync_us: AtomicU64,
+    wal_sync_failures: AtomicU64,
     writer_queue: AtomicI64,
     reader_queue: AtomicI64,
     open_connections: AtomicI64,
@@ -342,6 +345,9 @@ impl Metrics {
             batch_sum: AtomicU64::new(0),
             batch_count: AtomicU64::new(0),
             batch_failures: AtomicU64::new(0),
+            wal_syncs: AtomicU64::new(0),
+            wal_sync_us: AtomicU64::new(0),
+            wal_sync_failures: AtomicU64::new(0),
             writer_queue: AtomicI64::new(0),
             reader_queue: AtomicI64::new(0),
             open_connections: AtomicI64::new(0),
@@ -372,6 +378,16 @@ impl Metrics {
         self.batch_count.fetch_add(1, Relaxed);
         if !ok {
             self.batch_failures.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// One sync of the WAL, made for the commits waiting for it.
+    pub fn wal_sync(&self, elapsed: std::time::Duration, ok: bool) {
+        self.wal_syncs.fetch_add(1, Relaxed);
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.wal_sync_us.fetch_add(us, Relaxed);
+        if !ok {
+            self.wal_sync_failures.fetch_add(1, Relaxed);
         }
     }
 
@@ -521,6 +537,31 @@ impl Metrics {
             "usermetadb_write_batch_failures_total",
             "Group commits that failed (every write in them was answered with an error).",
             self.batch_failures.load(Relaxed),
+        );
+
+        counter(
+            o,
+            "usermetadb_wal_syncs_total",
+            "Syncs of the WAL that made group commits durable (synchronous: full).",
+            self.wal_syncs.load(Relaxed),
+        );
+        head(
+            o,
+            "usermetadb_wal_sync_seconds_total",
+            "counter",
+            "Time spent in those syncs.",
+        );
+        line(
+            o,
+            "usermetadb_wal_sync_seconds_total",
+            &[],
+            seconds(self.wal_sync_us.load(Relaxed)),
+        );
+        counter(
+            o,
+            "usermetadb_wal_sync_failures_total",
+            "WAL syncs that failed (every write waiting for them was answered with an error).",
+            self.wal_sync_failures.load(Relaxed),
         );
 
         gauge(

@@ -7,9 +7,12 @@
 //! small pool of threads, each with a read-only connection. WAL mode lets the
 //! readers run while the writer commits.
 //!
-//! Checkpoints (copying committed pages from the WAL into the database file)
-//! run on a thread of their own, so a commit never waits for one; see
-//! `checkpoint_loop` for how the WAL stays bounded.
+//! Under `synchronous: full` the WAL is synced by a thread of its own, not by
+//! the commit: the writer goes on with the next group while the previous
+//! groups' sync runs, and a caller is answered once a sync begun after its
+//! commit has finished (see `sync_loop`). Checkpoints (copying committed pages
+//! from the WAL into the database file) run on another thread, so a commit
+//! never waits for one; see `checkpoint_loop` for how the WAL stays bounded.
 
 pub mod alerts;
 pub mod export;
@@ -104,6 +107,10 @@ struct Inner {
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
 /// WAL frames (pages) beyond which the checkpointer makes the WAL start over.
 const WAL_RESTART_FRAMES: i64 = 8192;
+/// Before the pass under the gate, passes outside it run until one has
+/// copied at most this many frames, or this many passes have run.
+const GATED_TAIL_FRAMES: i64 = 256;
+const MAX_CATCH_UP_PASSES: usize = 4;
 /// A WAL file that grew past this (long readers, bursts) is cut back to it
 /// when it starts over.
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
@@ -141,14 +148,14 @@ impl Checkpoints {
     }
 }
 
-fn configure(conn: &Connection, synchronous_full: bool) -> Result<(), StoreError> {
+/// Sets up a read-write connection. The writer's commits never sync the WAL
+/// themselves (`NORMAL`): under `synchronous: full` the sync thread does, and
+/// answers the commits it covers. `NORMAL` still syncs the WAL before every
+/// checkpoint, and its header whenever it starts over.
+fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(
-        None,
-        "synchronous",
-        if synchronous_full { "FULL" } else { "NORMAL" },
-    )?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Deleted rows are overwritten, not left in free pages.
     conn.pragma_update(None, "secure_delete", "ON")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
@@ -160,13 +167,13 @@ impl Store {
     /// writer and reader threads.
     pub fn open(cfg: &DbConfig) -> Result<Store, StoreError> {
         let mut conn = Connection::open(&cfg.path)?;
-        configure(&conn, cfg.synchronous_full)?;
+        configure(&conn)?;
         schema::migrate(&mut conn)?;
         // Checkpoints are the checkpointer's job, never a commit's.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         let ckpt_conn = Connection::open(&cfg.path)?;
-        configure(&ckpt_conn, cfg.synchronous_full)?;
+        configure(&ckpt_conn)?;
         ckpt_conn.pragma_update(None, "wal_autocheckpoint", 0)?;
 
         let checkpoints = Arc::new(Checkpoints::default());
@@ -174,12 +181,23 @@ impl Store {
         let (wtx, wrx) = mpsc::channel::<WriteJob>();
         let max_batch = cfg.max_batch;
         let ck = checkpoints.clone();
+        let syncs = cfg.synchronous_full.then(|| Arc::new(Syncs::default()));
+        let writer_syncs = syncs.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("db-writer".into())
-                .spawn(move || writer_loop(conn, wrx, max_batch, &ck))
+                .spawn(move || writer_loop(conn, wrx, max_batch, &ck, writer_syncs.as_deref()))
                 .map_err(|e| StoreError::Other(e.to_string()))?,
         );
+        if let Some(syncs) = syncs {
+            let wal = wal_path(&cfg.path);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("db-sync".into())
+                    .spawn(move || sync_loop(&wal, &syncs))
+                    .map_err(|e| StoreError::Other(e.to_string()))?,
+            );
+        }
         let ck = checkpoints.clone();
         threads.push(
             std::thread::Builder::new()
@@ -329,6 +347,7 @@ fn writer_loop(
     rx: mpsc::Receiver<WriteJob>,
     max_batch: usize,
     checkpoints: &Checkpoints,
+    syncs: Option<&Syncs>,
 ) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(max_batch);
     let mut completions: Vec<Completion> = Vec::with_capacity(max_batch);
@@ -350,12 +369,121 @@ fn writer_loop(
         }
         tracing::trace!(writes = completions.len(), "group commit");
         crate::metrics::global().write_batch(completions.len(), outcome.is_ok());
-        for done in completions.drain(..) {
-            done(outcome.as_ref().err());
+        match (syncs, &outcome) {
+            // Durable only once the WAL is synced: the sync thread answers.
+            (Some(syncs), Ok(())) => syncs.committed(&mut completions),
+            _ => {
+                for done in completions.drain(..) {
+                    done(outcome.as_ref().err());
+                }
+            }
         }
         checkpoints.committed();
     }
+    if let Some(syncs) = syncs {
+        syncs.stop();
+    }
     tracing::debug!("writer stopped");
+}
+
+/// Commits waiting for a WAL sync, handed from the writer to the sync thread.
+#[derive(Default)]
+struct Syncs {
+    state: Mutex<SyncState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    waiting: Vec<Completion>,
+    stop: bool,
+}
+
+impl Syncs {
+    fn committed(&self, completions: &mut Vec<Completion>) {
+        lock(&self.state).waiting.append(completions);
+        self.wake.notify_one();
+    }
+
+    fn stop(&self) {
+        lock(&self.state).stop = true;
+        self.wake.notify_one();
+    }
+}
+
+fn wal_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
+}
+
+/// Makes commits durable and answers them: takes every commit waiting, syncs
+/// the WAL, answers them all, and starts again. Each sync covers every WAL
+/// write finished before it began, so a caller is answered only after its
+/// frames are on disk, which is what `synchronous = FULL` gives; but the writer
+/// goes on committing while a sync runs, and one sync answers every group
+/// committed during the one before.
+///
+/// The WAL is synced through a descriptor of this thread's own. SQLite keeps
+/// no POSIX locks on the WAL file (they are on the database and the `-shm`
+/// file), so opening and closing it here cannot drop one. The descriptor is
+/// opened again if the WAL file was replaced, and the directory is synced
+/// each time, so a WAL file created since is durable by name too.
+fn sync_loop(wal: &Path, syncs: &Syncs) {
+    let mut file: Option<std::fs::File> = None;
+    let mut waiting = Vec::new();
+    loop {
+        {
+            let mut state = lock(&syncs.state);
+            while state.waiting.is_empty() && !state.stop {
+                state = syncs
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if state.waiting.is_empty() {
+                break;
+            }
+            std::mem::swap(&mut waiting, &mut state.waiting);
+        }
+        let started = Instant::now();
+        let outcome = sync_wal(wal, &mut file);
+        crate::metrics::global().wal_sync(started.elapsed(), outcome.is_ok());
+        let outcome = outcome.map_err(|e| {
+            file = None;
+            tracing::error!(error = %e, writes = waiting.len(), "syncing the WAL failed");
+            StoreError::Io(format!("syncing the WAL: {e}"))
+        });
+        for done in waiting.drain(..) {
+            done(outcome.as_ref().err());
+        }
+    }
+    tracing::debug!("WAL sync stopped");
+}
+
+fn sync_wal(wal: &Path, file: &mut Option<std::fs::File>) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let current = std::fs::metadata(wal)?;
+    let same = match file {
+        Some(f) => {
+            let open = f.metadata()?;
+            (open.dev(), open.ino()) == (current.dev(), current.ino())
+        }
+        None => false,
+    };
+    if !same {
+        let f = std::fs::File::open(wal)?;
+        if let Some(dir) = wal.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        *file = Some(f);
+    }
+    match file {
+        // fdatasync: the data and the size; a changed mtime is not needed to
+        // read the frames back.
+        Some(f) => f.sync_data(),
+        None => Ok(()),
+    }
 }
 
 /// Keeps the WAL short without holding up commits.
@@ -398,20 +526,36 @@ fn checkpoint_loop(conn: Connection, checkpoints: &Checkpoints) {
             std::thread::sleep(rest);
         }
         last_pass = Instant::now();
-        let frames = match passive_checkpoint(&conn) {
-            Ok(frames) => frames,
+        let pass = match checkpoint_and_sync(&conn) {
+            Ok(pass) => pass,
             Err(e) => {
                 tracing::warn!(error = %e, "checkpoint failed");
                 continue;
             }
         };
-        if let Err(e) = sync_database_file(&conn) {
-            tracing::warn!(error = %e, "syncing the database file failed");
-            continue;
-        }
-        if frames > WAL_RESTART_FRAMES {
+        if pass.frames > WAL_RESTART_FRAMES {
+            // Catch up outside the gate first: each pass has only what was
+            // committed during the one before to copy, so after a few the
+            // tail left for the pass under the gate is short.
+            let (mut prev, mut copied) = (pass, i64::MAX);
+            for _ in 0..MAX_CATCH_UP_PASSES {
+                match checkpoint_and_sync(&conn) {
+                    Ok(p) => {
+                        copied = p.copied_since(prev);
+                        prev = p;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "checkpoint failed");
+                        break;
+                    }
+                }
+                if copied <= GATED_TAIL_FRAMES {
+                    break;
+                }
+            }
+            tracing::trace!(tail = copied, "WAL restart");
             let _gate = lock(&checkpoints.gate);
-            if let Err(e) = passive_checkpoint(&conn) {
+            if let Err(e) = checkpoint_and_sync(&conn) {
                 tracing::warn!(error = %e, "checkpoint failed");
             }
         }
@@ -419,9 +563,37 @@ fn checkpoint_loop(conn: Connection, checkpoints: &Checkpoints) {
     tracing::debug!("checkpointer stopped");
 }
 
-/// One PASSIVE checkpoint; answers the frames the WAL held when it began.
-fn passive_checkpoint(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?)
+/// Where a checkpoint pass left the WAL.
+#[derive(Clone, Copy)]
+struct Pass {
+    /// Frames in the WAL.
+    frames: i64,
+    /// Frames of it copied into the database file so far.
+    done: i64,
+}
+
+impl Pass {
+    /// Frames copied by this pass, the one before it being `prev`. The WAL
+    /// may have started over in between, and then counts from zero.
+    fn copied_since(&self, prev: Pass) -> i64 {
+        if self.done >= prev.done {
+            self.done - prev.done
+        } else {
+            self.done
+        }
+    }
+}
+
+/// One PASSIVE checkpoint, then a sync of the database file.
+fn checkpoint_and_sync(conn: &Connection) -> Result<Pass, StoreError> {
+    let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok(Pass {
+            frames: r.get(1)?,
+            done: r.get(2)?,
+        })
+    })?;
+    sync_database_file(conn)?;
+    Ok(pass)
 }
 
 /// Syncs the database file through the connection's own SQLite file object.
@@ -532,5 +704,73 @@ fn reader_loop(conn: Connection, rx: Arc<Mutex<mpsc::Receiver<ReadJob>>>) {
             Err(_) => break,
         };
         job(&conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path, synchronous_full: bool) -> Store {
+        Store::open(&DbConfig {
+            path: dir.join("t.db"),
+            readers: 1,
+            max_batch: 64,
+            synchronous_full,
+        })
+        .unwrap()
+    }
+
+    async fn add_user(store: &Store, name: &'static str) -> Result<i64, StoreError> {
+        store.write(move |c| ops::ensure_user(c, name)).await
+    }
+
+    #[tokio::test]
+    async fn under_synchronous_full_a_write_is_answered_only_once_the_wal_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), true);
+        add_user(&store, "a").await.unwrap();
+        // A WAL that can no longer be synced: the commit goes through in
+        // SQLite, but it is not known to be durable, so it is not a success.
+        let wal = wal_path(store.path());
+        std::fs::remove_file(&wal).unwrap();
+        let e = add_user(&store, "b").await.unwrap_err();
+        assert!(matches!(e, StoreError::Io(_)), "{e:?}");
+        assert!(e.to_string().contains("syncing the WAL"), "{e}");
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn under_synchronous_normal_a_write_is_answered_after_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), false);
+        add_user(&store, "a").await.unwrap();
+        std::fs::remove_file(wal_path(store.path())).unwrap();
+        // Nothing syncs at commit time, so the missing WAL file goes unnoticed.
+        add_user(&store, "b").await.unwrap();
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn every_write_answered_before_close_is_in_the_database_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), true);
+        let mut answers = Vec::new();
+        for i in 0..200 {
+            let s = store.clone();
+            answers.push(tokio::spawn(async move {
+                s.write(move |c| ops::ensure_user(c, &format!("u{i}")))
+                    .await
+            }));
+        }
+        for a in answers {
+            a.await.unwrap().unwrap();
+        }
+        store.close();
+        let c = Connection::open(dir.path().join("t.db")).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 200);
     }
 }
