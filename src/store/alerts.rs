@@ -148,9 +148,9 @@ fn alert_from_row(r: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<Stored
     })
 }
 
-/// Pending deliveries due at `now`, oldest first. The order is the one of
-/// the `alert_deliveries_due` index (whose entries end with the primary key),
-/// so a backlog of any size is read without sorting it.
+/// The order is the one of the `alert_deliveries_due` index (whose entries
+/// end with the primary key), so a backlog of any size is read without
+/// sorting it.
 const DUE_SQL: &str = "SELECT a.id, u.name, a.kind, a.created, a.details, d.sink, d.attempts
      FROM alert_deliveries d
      JOIN alerts a ON a.id = d.alert_id

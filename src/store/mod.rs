@@ -428,7 +428,7 @@ fn wal_path(db: &Path) -> PathBuf {
 /// no POSIX locks on the WAL file (they are on the database and the `-shm`
 /// file), so opening and closing it here cannot drop one. The descriptor is
 /// opened again if the WAL file was replaced, and the directory is synced
-/// each time, so a WAL file created since is durable by name too.
+/// whenever it is opened, so a WAL file created since is durable by name too.
 fn sync_loop(wal: &Path, syncs: &Syncs) {
     let mut file: Option<std::fs::File> = None;
     let mut waiting = Vec::new();
@@ -464,26 +464,23 @@ fn sync_loop(wal: &Path, syncs: &Syncs) {
 fn sync_wal(wal: &Path, file: &mut Option<std::fs::File>) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let current = std::fs::metadata(wal)?;
-    let same = match file {
-        Some(f) => {
-            let open = f.metadata()?;
-            (open.dev(), open.ino()) == (current.dev(), current.ino())
-        }
-        None => false,
+    let same = |f: &std::fs::File| -> std::io::Result<bool> {
+        let open = f.metadata()?;
+        Ok((open.dev(), open.ino()) == (current.dev(), current.ino()))
     };
-    if !same {
-        let f = std::fs::File::open(wal)?;
-        if let Some(dir) = wal.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)?.sync_all()?;
+    let f = match file.take() {
+        Some(f) if same(&f)? => f,
+        _ => {
+            let f = std::fs::File::open(wal)?;
+            if let Some(dir) = wal.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            f
         }
-        *file = Some(f);
-    }
-    match file {
-        // fdatasync: the data and the size; a changed mtime is not needed to
-        // read the frames back.
-        Some(f) => f.sync_data(),
-        None => Ok(()),
-    }
+    };
+    // fdatasync: the data and the size; a changed mtime is not needed to read
+    // the frames back.
+    file.insert(f).sync_data()
 }
 
 /// Keeps the WAL short without holding up commits.
@@ -682,8 +679,8 @@ fn diagnose(conn: &Connection, e: StoreError) -> StoreError {
     let Some(db) = conn.path().filter(|p| !p.is_empty()) else {
         return e;
     };
-    let wal = format!("{db}-wal");
-    for path in [db, wal.as_str()] {
+    let wal = wal_path(Path::new(db));
+    for path in [Path::new(db), wal.as_path()] {
         if let Err(Errno::ROFS | Errno::PERM | Errno::ACCESS) = access(path, Access::WRITE_OK) {
             return StoreError::ReadOnly;
         }
