@@ -193,7 +193,7 @@ pub fn db_size(db: &Path) -> Result<DbSize> {
     let free = count("PRAGMA freelist_count")?;
     let user_logs_bytes = count(
         "SELECT coalesce(sum(pgsize), 0) FROM dbstat
-         WHERE name IN ('user_logs', 'user_logs_by_user', 'user_logs_by_ts')",
+         WHERE name IN (SELECT name FROM sqlite_schema WHERE tbl_name = 'user_logs')",
     )?;
     let total_bytes = (pages - free) * page_size;
     let per = |b: u64| {

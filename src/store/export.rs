@@ -130,13 +130,17 @@ pub fn export(
         })
     };
 
-    let mut stmt = tx.prepare(
+    // Entries of one hour keep their order of arrival: `seq` from schema 4
+    // on, the row ID before (a database not yet opened by this version).
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let arrival = if version >= 4 { "l.seq" } else { "l.id" };
+    let mut stmt = tx.prepare(&format!(
         "SELECT u.name, l.ts, l.log_type, l.message, l.service, l.login_method,
                 l.login_authenticator_id, l.device_id, l.zone, l.browser, l.os, l.mobile,
                 l.user_agent
          FROM user_logs l JOIN users u ON u.id = l.user_id
-         ORDER BY u.name, l.ts, l.id",
-    )?;
+         ORDER BY u.name, l.ts, {arrival}"
+    ))?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let username: String = r.get(0)?;
@@ -512,6 +516,29 @@ mod tests {
             "{err}"
         );
         assert!(is_empty(&c).unwrap());
+    }
+
+    #[test]
+    fn a_database_of_an_older_schema_exports_in_arrival_order() {
+        let mut c = Connection::open_in_memory().unwrap();
+        let tx = c.transaction().unwrap();
+        for sql in &schema::MIGRATIONS[..3] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.execute_batch(
+            "INSERT INTO users (id, name) VALUES (1, 'bob');
+             INSERT INTO user_logs (id, user_id, ts, log_type, message) VALUES
+                 (7, 1, 3600, 'login', 'later'), (3, 1, 3600, 'login', 'earlier');
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        let mut out = Vec::new();
+        let counts = export(&c, &privacy(1), &mut out).unwrap();
+        assert_eq!(counts.logs, 2);
+        let out = String::from_utf8(out).unwrap();
+        let earlier = out.find("earlier").unwrap();
+        assert!(earlier < out.find("later").unwrap(), "{out}");
     }
 
     #[test]

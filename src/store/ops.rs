@@ -81,9 +81,11 @@ pub fn insert_log_as(conn: &Connection, uid: i64, rec: &LogRecord) -> Result<(),
 pub fn insert_log_row(conn: &Connection, uid: i64, rec: &LogRecord) -> rusqlite::Result<()> {
     let d = rec.device.as_ref();
     conn.prepare_cached(
-        "INSERT INTO user_logs (user_id, ts, log_type, message, service, login_method,
+        "INSERT INTO user_logs (user_id, ts, seq, log_type, message, service, login_method,
              login_authenticator_id, device_id, zone, browser, os, mobile, user_agent)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+         VALUES (?1, ?2,
+             (SELECT ifnull(max(seq), 0) + 1 FROM user_logs WHERE ts = ?2),
+             ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         uid,
@@ -170,7 +172,7 @@ fn query_logs(
                 l.device_id, l.zone, l.browser, l.os, l.mobile, l.user_agent
          FROM users u JOIN user_logs l ON l.user_id = u.id
          WHERE u.name = ?1 AND l.ts >= ?2 AND (?4 IS NULL OR l.log_type = ?4)
-         ORDER BY l.ts DESC, l.id DESC
+         ORDER BY l.ts DESC, l.seq DESC
          LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![name, since, limit, log_type], |r| {
@@ -418,8 +420,8 @@ pub fn prune_step(
 ) -> Result<Deleted, StoreError> {
     let user_logs = conn
         .prepare_cached(
-            "DELETE FROM user_logs WHERE id IN
-                 (SELECT id FROM user_logs WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
+            "DELETE FROM user_logs WHERE (user_id, ts, seq) IN
+                 (SELECT user_id, ts, seq FROM user_logs WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
         )?
         .execute(params![logs_before, batch])? as u64;
     let mut devices = 0;

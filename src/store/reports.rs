@@ -185,7 +185,7 @@ const SESSIONS: &str = "
                lead(ts) OVER w AS next_ts
         FROM user_logs
         WHERE ts >= ?1 AND ts < ?2 AND log_type IN ('login', 'logout')
-        WINDOW w AS (PARTITION BY user_id, ifnull(service, '') ORDER BY ts, id)
+        WINDOW w AS (PARTITION BY user_id, ifnull(service, '') ORDER BY ts, seq)
     ),
     s AS (
         SELECT user_id, next_ts - ts AS d FROM ev
