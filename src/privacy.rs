@@ -280,11 +280,17 @@ impl Privacy {
         }
     }
 
+    /// A stored device ID in clear; one that does not open (another key) is
+    /// answered empty rather than as ciphertext.
+    pub fn open_device_id(&self, user: &str, sealed: &[u8]) -> String {
+        self.key.open_id(user, sealed).unwrap_or_default()
+    }
+
     /// The wire form of a stored device; an ID that does not open (another
     /// key) is answered empty rather than as ciphertext.
     pub fn restore_device(&self, user: &str, rec: DeviceRecord) -> DeviceInfo {
         DeviceInfo {
-            id: self.key.open_id(user, &rec.sealed_id).unwrap_or_default(),
+            id: self.open_device_id(user, &rec.sealed_id),
             remote_addr: String::new(),
             remote_zone: rec.zone,
             user_agent: rec.user_agent,

@@ -218,11 +218,12 @@ impl Service {
         Ok(EmptyResponse {})
     }
 
+    /// The user's log, as the JSON body of the answer.
     pub async fn get_user_logs(
         &self,
         req: GetUserLogsRequest,
         now: i64,
-    ) -> Result<GetUserLogsResponse, ApiError> {
+    ) -> Result<Vec<u8>, ApiError> {
         check_username(&req.username)?;
         check_days("max_days", req.max_days)?;
         if !(0..=MAX_LOG_LIMIT).contains(&req.limit) {
@@ -242,26 +243,49 @@ impl Service {
         };
         let user = req.username;
         let privacy = self.privacy.clone();
-        let results = self
+        // Encoded on the reader, straight from the rows: no owned copy of
+        // each entry is built only to be serialized and dropped.
+        let body = self
             .store
             .read(move |c| {
-                let rows = ops::user_logs(c, &user, since, limit)?;
-                Ok(rows
-                    .into_iter()
-                    .map(|r| LogEntry {
-                        timestamp: Timestamp::from_unix(r.ts),
-                        device_info: r.device.map(|d| privacy.restore_device(&user, d)),
-                        username: r.username,
-                        log_type: r.log_type,
-                        message: r.message,
-                        service: r.service,
-                        login_method: r.login_method,
-                        login_authenticator_id: r.login_authenticator_id,
-                    })
-                    .collect())
+                let mut out = Vec::with_capacity(1024);
+                out.extend_from_slice(br#"{"result":["#);
+                let mut first = true;
+                ops::for_each_log(c, &user, since, None, limit, |l| {
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    let id = l
+                        .device
+                        .as_ref()
+                        .map(|d| privacy.open_device_id(&user, d.sealed_id));
+                    let entry = LogEntryRef {
+                        timestamp: Timestamp::from_unix(l.ts),
+                        username: &user,
+                        log_type: l.log_type,
+                        message: l.message,
+                        service: l.service,
+                        login_method: l.login_method,
+                        login_authenticator_id: l.login_authenticator_id,
+                        device_info: l.device.as_ref().map(|d| DeviceInfoRef {
+                            id: id.as_deref().unwrap_or_default(),
+                            remote_addr: "",
+                            remote_zone: d.zone,
+                            user_agent: d.user_agent,
+                            browser: d.browser,
+                            os: d.os,
+                            mobile: d.mobile,
+                        }),
+                    };
+                    serde_json::to_writer(&mut out, &entry)
+                        .map_err(|e| StoreError::Other(e.to_string()))
+                })?;
+                out.extend_from_slice(b"]}");
+                Ok(out)
             })
             .await?;
-        Ok(GetUserLogsResponse { results })
+        Ok(body)
     }
 
     pub async fn get_user_devices(

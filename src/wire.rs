@@ -6,7 +6,8 @@
 //! `encoding/json` would fill it. Encoding follows the Go struct tags, including
 //! `omitempty` and fields that are always present.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
+use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// `log_type` values defined by the Go package.
@@ -51,7 +52,35 @@ impl Default for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        match self.whole_seconds() {
+            Some(buf) => s.serialize_str(std::str::from_utf8(&buf).map_err(S::Error::custom)?),
+            None => s.serialize_str(&self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+        }
+    }
+}
+
+impl Timestamp {
+    /// `YYYY-MM-DDTHH:MM:SSZ` without going through a formatter, for a time
+    /// of whole seconds in years 0–9999 (every stored time is one); `None`
+    /// otherwise.
+    fn whole_seconds(&self) -> Option<[u8; 20]> {
+        if self.0.timestamp_subsec_nanos() != 0 {
+            return None;
+        }
+        let year = u32::try_from(self.0.year()).ok().filter(|y| *y <= 9999)?;
+        let mut b = *b"0000-00-00T00:00:00Z";
+        let mut put = |at: usize, v: u32, digits: u32| {
+            for i in 0..digits {
+                b[at + i as usize] = b'0' + (v / 10u32.pow(digits - 1 - i) % 10) as u8;
+            }
+        };
+        put(0, year, 4);
+        put(5, self.0.month(), 2);
+        put(8, self.0.day(), 2);
+        put(11, self.0.hour(), 2);
+        put(14, self.0.minute(), 2);
+        put(17, self.0.second(), 2);
+        Some(b)
     }
 }
 
@@ -144,6 +173,86 @@ pub struct LogEntry {
     pub login_authenticator_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_info: Option<DeviceInfo>,
+}
+
+/// [`LogEntry`] over borrowed text, for answers written straight from the
+/// stored rows. Serializes exactly as the `LogEntry` with the same content.
+#[derive(Debug, Serialize)]
+pub struct LogEntryRef<'a> {
+    pub timestamp: Timestamp,
+    pub username: &'a str,
+    pub log_type: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub message: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub service: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub login_method: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub login_authenticator_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_info: Option<DeviceInfoRef<'a>>,
+}
+
+/// [`DeviceInfo`] over borrowed text.
+#[derive(Debug, Serialize)]
+pub struct DeviceInfoRef<'a> {
+    pub id: &'a str,
+    pub remote_addr: &'a str,
+    pub remote_zone: &'a str,
+    pub user_agent: &'a str,
+    pub browser: &'a str,
+    pub os: &'a str,
+    pub mobile: bool,
+}
+
+impl<'a> From<&'a DeviceInfo> for DeviceInfoRef<'a> {
+    fn from(d: &'a DeviceInfo) -> Self {
+        // No `..`: a field added to `DeviceInfo` must be added here too.
+        let DeviceInfo {
+            id,
+            remote_addr,
+            remote_zone,
+            user_agent,
+            browser,
+            os,
+            mobile,
+        } = d;
+        DeviceInfoRef {
+            id,
+            remote_addr,
+            remote_zone,
+            user_agent,
+            browser,
+            os,
+            mobile: *mobile,
+        }
+    }
+}
+
+impl<'a> From<&'a LogEntry> for LogEntryRef<'a> {
+    fn from(e: &'a LogEntry) -> Self {
+        let LogEntry {
+            timestamp,
+            username,
+            log_type,
+            message,
+            service,
+            login_method,
+            login_authenticator_id,
+            device_info,
+        } = e;
+        LogEntryRef {
+            timestamp: *timestamp,
+            username,
+            log_type,
+            message,
+            service,
+            login_method,
+            login_authenticator_id,
+            device_info: device_info.as_ref().map(DeviceInfoRef::from),
+        }
+    }
 }
 
 /// A device as the user's device list holds it.
@@ -405,6 +514,71 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&t).unwrap(),
             "\"2026-11-20T10:00:00Z\""
+        );
+    }
+
+    #[test]
+    fn a_borrowed_log_entry_serializes_as_the_owned_one() {
+        let full = LogEntry {
+            timestamp: Timestamp::from_unix(1_763_820_000),
+            username: "bob \"b\"".into(),
+            log_type: "login".into(),
+            message: "via \u{e8}\n".into(),
+            service: "mail".into(),
+            login_method: "password".into(),
+            login_authenticator_id: "otp-1".into(),
+            device_info: Some(DeviceInfo {
+                id: "dev".into(),
+                remote_addr: String::new(),
+                remote_zone: "IT".into(),
+                user_agent: "Firefox on Linux".into(),
+                browser: "Firefox".into(),
+                os: "Linux".into(),
+                mobile: true,
+            }),
+        };
+        let sparse = LogEntry {
+            timestamp: Timestamp::from_unix(3600),
+            username: "u".into(),
+            log_type: "logout".into(),
+            ..Default::default()
+        };
+        for e in [full, sparse] {
+            assert_eq!(
+                serde_json::to_string(&LogEntryRef::from(&e)).unwrap(),
+                serde_json::to_string(&e).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn whole_second_timestamps_are_formatted_as_chrono_formats_them() {
+        let mut secs = vec![
+            -62_135_596_800,
+            0,
+            1,
+            59,
+            3600,
+            951_782_400,
+            253_402_300_799,
+        ];
+        // Every hour and odd second across a few years, leap days included.
+        secs.extend((0..40_000).map(|h| 946_684_800 + h * 3_600 + (h % 61)));
+        for t in secs {
+            let ts = Timestamp::from_unix(t);
+            assert_eq!(
+                serde_json::to_string(&ts).unwrap(),
+                format!("\"{}\"", ts.0.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+                "{t}"
+            );
+        }
+        // Before year 0 and with a fraction: chrono's own format.
+        let t = Timestamp(DateTime::from_timestamp(-62_200_000_000, 0).unwrap());
+        assert!(t.whole_seconds().is_none());
+        let t = Timestamp(DateTime::from_timestamp(10, 5).unwrap());
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            "\"1970-01-01T00:00:10.000000005Z\""
         );
     }
 

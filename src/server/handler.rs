@@ -237,7 +237,10 @@ async fn serve(
     let now = now_unix();
     Ok(match endpoint {
         Endpoint::AddLog => encode(&svc.add_log(decode(&body)?, now).await?),
-        Endpoint::GetUserLogs => encode(&svc.get_user_logs(decode(&body)?, now).await?),
+        Endpoint::GetUserLogs => json_response(
+            StatusCode::OK,
+            svc.get_user_logs(decode(&body)?, now).await?,
+        ),
         Endpoint::GetUserDevices => encode(&svc.get_user_devices(decode(&body)?).await?),
         Endpoint::CheckDevice => encode(&svc.check_device(decode(&body)?).await?),
         Endpoint::SetLastLogin => encode(&svc.set_last_login(decode(&body)?, now).await?),

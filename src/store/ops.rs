@@ -2,6 +2,7 @@
 //! read-only one) and privacy-reduced records: nothing here sees an address, a
 //! raw timestamp or a device ID in clear.
 
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::StoreError;
@@ -167,6 +168,72 @@ fn query_logs(
     log_type: Option<&str>,
     limit: i64,
 ) -> Result<Vec<LogRecord>, StoreError> {
+    let mut out = Vec::new();
+    for_each_log(conn, name, since, log_type, limit, |l| {
+        out.push(LogRecord {
+            username: name.to_owned(),
+            ts: l.ts,
+            log_type: l.log_type.to_owned(),
+            message: l.message.to_owned(),
+            service: l.service.to_owned(),
+            login_method: l.login_method.to_owned(),
+            login_authenticator_id: l.login_authenticator_id.to_owned(),
+            device: l.device.as_ref().map(|d| DeviceRecord {
+                sealed_id: d.sealed_id.to_vec(),
+                zone: d.zone.to_owned(),
+                browser: d.browser.to_owned(),
+                os: d.os.to_owned(),
+                mobile: d.mobile,
+                user_agent: d.user_agent.to_owned(),
+            }),
+        });
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// A stored log entry with its text borrowed from the row being read; an
+/// absent text column reads as "".
+pub struct LogRow<'a> {
+    pub ts: i64,
+    pub log_type: &'a str,
+    pub message: &'a str,
+    pub service: &'a str,
+    pub login_method: &'a str,
+    pub login_authenticator_id: &'a str,
+    pub device: Option<LogDevice<'a>>,
+}
+
+/// The device columns of a [`LogRow`].
+pub struct LogDevice<'a> {
+    pub sealed_id: &'a [u8],
+    pub zone: &'a str,
+    pub browser: &'a str,
+    pub os: &'a str,
+    pub mobile: bool,
+    pub user_agent: &'a str,
+}
+
+fn text_ref<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'a str> {
+    match r.get_ref(i)? {
+        ValueRef::Null => Ok(""),
+        v => v
+            .as_str()
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(e))),
+    }
+}
+
+/// Calls `f` on the user's entries, newest first, at most `limit` at or
+/// after `since` (of `log_type` only, if given), without copying them out
+/// of SQLite: for answers written straight from the rows.
+pub fn for_each_log(
+    conn: &Connection,
+    name: &str,
+    since: i64,
+    log_type: Option<&str>,
+    limit: i64,
+    mut f: impl FnMut(&LogRow<'_>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT l.ts, l.log_type, l.message, l.service, l.login_method, l.login_authenticator_id,
                 l.device_id, l.zone, l.browser, l.os, l.mobile, l.user_agent
@@ -175,34 +242,32 @@ fn query_logs(
          ORDER BY l.ts DESC, l.seq DESC
          LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![name, since, limit, log_type], |r| {
-        let sealed: Option<Vec<u8>> = r.get(6)?;
-        let text = |i: usize| -> rusqlite::Result<String> {
-            Ok(r.get::<_, Option<String>>(i)?.unwrap_or_default())
-        };
-        let device = match sealed {
-            Some(sealed_id) => Some(DeviceRecord {
-                sealed_id,
-                zone: text(7)?,
-                browser: text(8)?,
-                os: text(9)?,
+    let mut rows = stmt.query(params![name, since, limit, log_type])?;
+    while let Some(r) = rows.next()? {
+        let device = match r.get_ref(6)? {
+            ValueRef::Null => None,
+            v => Some(LogDevice {
+                sealed_id: v.as_blob().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(6, v.data_type(), Box::new(e))
+                })?,
+                zone: text_ref(r, 7)?,
+                browser: text_ref(r, 8)?,
+                os: text_ref(r, 9)?,
                 mobile: r.get::<_, Option<bool>>(10)?.unwrap_or(false),
-                user_agent: text(11)?,
+                user_agent: text_ref(r, 11)?,
             }),
-            None => None,
         };
-        Ok(LogRecord {
-            username: name.to_owned(),
+        f(&LogRow {
             ts: r.get(0)?,
-            log_type: r.get(1)?,
-            message: text(2)?,
-            service: text(3)?,
-            login_method: text(4)?,
-            login_authenticator_id: text(5)?,
+            log_type: text_ref(r, 1)?,
+            message: text_ref(r, 2)?,
+            service: text_ref(r, 3)?,
+            login_method: text_ref(r, 4)?,
+            login_authenticator_id: text_ref(r, 5)?,
             device,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        })?;
+    }
+    Ok(())
 }
 
 /// The columns [`device_row`] reads, in its order.
