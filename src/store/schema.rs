@@ -146,6 +146,28 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.commit()?;
         tracing::info!(version = i + 1, "database migrated");
     }
+    if version > 0 && version < current_version() {
+        compact_if_mostly_free(conn)?;
+    }
+    Ok(())
+}
+
+/// A migration that rebuilds a table leaves the old one's pages free in the
+/// file; when they are a quarter of it or more, the file is rewritten
+/// without them (once, at the upgrade), rather than kept at its old size
+/// plus the new table's until the log grows into the space.
+fn compact_if_mostly_free(conn: &Connection) -> Result<(), StoreError> {
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    if free * 4 >= pages && free > 0 {
+        let started = std::time::Instant::now();
+        conn.execute_batch("VACUUM")?;
+        tracing::info!(
+            freed_pages = free,
+            seconds = started.elapsed().as_secs_f64(),
+            "database compacted after the upgrade"
+        );
+    }
     Ok(())
 }
 
@@ -210,6 +232,11 @@ mod tests {
                  (3, 1, 7200, 'logout', 'third', NULL, NULL),
                  (4, 2, 3600, 'login', 'other user', NULL, NULL),
                  (9, 1, 3600, 'login', 'first', NULL, NULL);
+             -- Enough of another user's history that the old table is a
+             -- good part of the file.
+             WITH RECURSIVE n(i) AS (SELECT 10 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+             INSERT INTO user_logs (id, user_id, ts, log_type, message)
+                 SELECT i, 2, 0, 'login', 'filler ' || i FROM n;
              PRAGMA user_version = 3;",
         )
         .unwrap();
@@ -228,7 +255,7 @@ mod tests {
         assert_eq!(first.device.as_ref().unwrap().sealed_id, [1]);
         assert_eq!(first.device.as_ref().unwrap().zone, "IT");
         assert_eq!(
-            crate::store::ops::user_logs(&c, "v", 0, 10).unwrap().len(),
+            crate::store::ops::user_logs(&c, "v", 1, 10).unwrap().len(),
             1
         );
 
@@ -242,6 +269,11 @@ mod tests {
         };
         crate::store::ops::insert_log(&c, &rec).unwrap();
         assert_eq!(messages(&c), ["fourth", "third", "second", "first"]);
+        // The old table's pages went back to the file system.
+        let free: i64 = c
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(free, 0);
         let indexes: Vec<String> = c
             .prepare(
                 "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'user_logs'",
