@@ -92,6 +92,47 @@ async fn logs_are_newest_first_quantized_and_bounded() {
 }
 
 #[tokio::test]
+async fn every_log_entry_answers_its_own_device_id() {
+    let ts = TestServer::start().await;
+    let mut sso = ts.client("sso-server").await;
+    let mut panel = ts.client("accounts-panel").await;
+    // More devices than an answer keeps opened, each used twice, interleaved,
+    // one hour apart so the order is known; entries without a device between.
+    let mut sent = Vec::new();
+    for round in 0..2 {
+        for d in 0..20 {
+            let hours_ago = 100 - (round * 20 + d);
+            sso.ok(
+                "/api/add_log",
+                login("many", &format!("device-{d}"), hours_ago * 3_600),
+            )
+            .await;
+            sent.push(Some(format!("device-{d}")));
+            if d % 7 == 0 {
+                let mut bare = login("many", "", hours_ago * 3_600 - 1);
+                bare["log"].as_object_mut().unwrap().remove("device_info");
+                sso.ok("/api/add_log", bare).await;
+                sent.push(None);
+            }
+        }
+    }
+    let got = panel
+        .ok(
+            "/api/get_user_logs",
+            json!({"username": "many", "max_days": 0, "limit": 0}),
+        )
+        .await;
+    let got: Vec<Option<String>> = got["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| e["device_info"]["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(got, sent);
+}
+
+#[tokio::test]
 async fn devices_track_first_and_last_seen_and_logins() {
     let ts = TestServer::start().await;
     let mut sso = ts.client("sso-server").await;
