@@ -737,6 +737,49 @@ mod tests {
         store.close();
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_read_holds_up_no_reads_while_another_reader_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&DbConfig {
+            path: dir.path().join("t.db"),
+            readers: 2,
+            max_batch: 64,
+            synchronous_full: false,
+        })
+        .unwrap();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let long = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .read(move |_| {
+                        started.send(()).unwrap();
+                        held.recv().unwrap();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        running.recv().unwrap();
+        // Every short read goes to the free reader, none behind the long one.
+        let short = async {
+            for _ in 0..20 {
+                let one: i64 = store
+                    .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get(0))?))
+                    .await
+                    .unwrap();
+                assert_eq!(one, 1);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), short)
+            .await
+            .expect("short reads waited behind the long one");
+        release.send(()).unwrap();
+        long.await.unwrap().unwrap();
+        store.close();
+    }
+
     #[tokio::test]
     async fn under_synchronous_normal_a_write_is_answered_after_its_commit() {
         let dir = tempfile::tempdir().unwrap();
