@@ -252,30 +252,16 @@ impl Service {
                 let mut out = Vec::with_capacity(1024);
                 out.extend_from_slice(br#"{"result":["#);
                 let mut first = true;
-                // A user's log comes from a few devices: each sealed ID is
-                // opened once per answer (the first few kept, so that a
-                // user of many devices costs no more than one open per entry).
-                const KEEP_OPENED: usize = 16;
-                let mut opened: Vec<(Vec<u8>, String)> = Vec::new();
+                let mut opened = OpenedIds::default();
                 ops::for_each_log(c, &user, since, None, limit, |l| {
                     if !first {
                         out.push(b',');
                     }
                     first = false;
-                    let id = l.device.as_ref().map(|d| {
-                        match opened.iter().position(|(s, _)| s == d.sealed_id) {
-                            Some(at) => Cow::Borrowed(opened[at].1.as_str()),
-                            None => {
-                                let id = privacy.open_device_id(&user, d.sealed_id);
-                                if opened.len() < KEEP_OPENED {
-                                    opened.push((d.sealed_id.to_vec(), id));
-                                    Cow::Borrowed(opened[opened.len() - 1].1.as_str())
-                                } else {
-                                    Cow::Owned(id)
-                                }
-                            }
-                        }
-                    });
+                    let id = l
+                        .device
+                        .as_ref()
+                        .map(|d| opened.open(&privacy, &user, d.sealed_id));
                     let entry = LogEntryRef {
                         timestamp: Timestamp::from_unix(l.ts),
                         username: &user,
@@ -493,5 +479,29 @@ impl Service {
         Ok(GetUnusedAccountsResponse {
             unused_usernames: unused,
         })
+    }
+}
+
+/// The device IDs opened for one answer. A user's log comes from a few
+/// devices, so each sealed ID is opened once; only the first few are kept,
+/// so that a user of many devices costs no more than one open per entry.
+#[derive(Default)]
+struct OpenedIds {
+    kept: Vec<(Vec<u8>, String)>,
+}
+
+impl OpenedIds {
+    const KEEP: usize = 16;
+
+    fn open(&mut self, privacy: &Privacy, user: &str, sealed: &[u8]) -> Cow<'_, str> {
+        if let Some(at) = self.kept.iter().position(|(s, _)| s == sealed) {
+            return Cow::Borrowed(&self.kept[at].1);
+        }
+        let id = privacy.open_device_id(user, sealed);
+        if self.kept.len() == Self::KEEP {
+            return Cow::Owned(id);
+        }
+        self.kept.push((sealed.to_vec(), id));
+        Cow::Borrowed(&self.kept[self.kept.len() - 1].1)
     }
 }

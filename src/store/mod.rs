@@ -709,9 +709,13 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path, synchronous_full: bool) -> Store {
+        open_with_readers(dir, synchronous_full, 1)
+    }
+
+    fn open_with_readers(dir: &Path, synchronous_full: bool, readers: usize) -> Store {
         Store::open(&DbConfig {
             path: dir.join("t.db"),
-            readers: 1,
+            readers,
             max_batch: 64,
             synchronous_full,
         })
@@ -740,13 +744,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_long_read_holds_up_no_reads_while_another_reader_is_free() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&DbConfig {
-            path: dir.path().join("t.db"),
-            readers: 2,
-            max_batch: 64,
-            synchronous_full: false,
-        })
-        .unwrap();
+        let store = open_with_readers(dir.path(), false, 2);
         let (release, held) = std::sync::mpsc::channel::<()>();
         let (started, running) = std::sync::mpsc::channel::<()>();
         let long = tokio::spawn({

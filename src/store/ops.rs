@@ -2,7 +2,7 @@
 //! read-only one) and privacy-reduced records: nothing here sees an address, a
 //! raw timestamp or a device ID in clear.
 
-use rusqlite::types::ValueRef;
+use rusqlite::types::{FromSqlError, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::StoreError;
@@ -214,12 +214,15 @@ pub struct LogDevice<'a> {
     pub user_agent: &'a str,
 }
 
+/// Column `i` of `r` when it is not of the type asked for.
+fn wrong_type(i: usize, v: ValueRef<'_>, e: FromSqlError) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(e))
+}
+
 fn text_ref<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'a str> {
     match r.get_ref(i)? {
         ValueRef::Null => Ok(""),
-        v => v
-            .as_str()
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(e))),
+        v => v.as_str().map_err(|e| wrong_type(i, v, e)),
     }
 }
 
@@ -247,9 +250,7 @@ pub fn for_each_log(
         let device = match r.get_ref(6)? {
             ValueRef::Null => None,
             v => Some(LogDevice {
-                sealed_id: v.as_blob().map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(6, v.data_type(), Box::new(e))
-                })?,
+                sealed_id: v.as_blob().map_err(|e| wrong_type(6, v, e))?,
                 zone: text_ref(r, 7)?,
                 browser: text_ref(r, 8)?,
                 os: text_ref(r, 9)?,
