@@ -214,7 +214,7 @@ pub struct LogDevice<'a> {
     pub user_agent: &'a str,
 }
 
-/// Column `i` of `r` when it is not of the type asked for.
+/// Column `i`, holding `v`, when it is not of the type asked for.
 fn wrong_type(i: usize, v: ValueRef<'_>, e: FromSqlError) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(e))
 }
