@@ -140,6 +140,9 @@ pub struct RawDb {
     pub max_batch: Option<usize>,
     /// `full` (default: a 2xx survives power loss) or `normal` (survives a process crash).
     pub synchronous: Option<String>,
+    /// Keep every (user, device) pair in memory to answer check_device
+    /// without a database read (default true).
+    pub device_index: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -237,6 +240,8 @@ pub struct DbConfig {
     pub readers: usize,
     pub max_batch: usize,
     pub synchronous_full: bool,
+    /// Every (user, device) pair in memory, for check_device.
+    pub device_index: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -533,6 +538,7 @@ impl Config {
                 readers,
                 max_batch,
                 synchronous_full,
+                device_index: raw.db.device_index.unwrap_or(true),
             },
             http: HttpConfig {
                 tls,

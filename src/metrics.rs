@@ -670,6 +670,32 @@ fn seconds(us: u64) -> String {
         .to_owned()
 }
 
+/// The device index's lines, for a server whose store keeps one.
+pub fn render_device_index(o: &mut String, stats: crate::store::known::KnownStats) {
+    head(
+        o,
+        "usermetadb_device_index_devices",
+        "gauge",
+        "(user, device) pairs held in memory for check_device; -1 while the index is being read.",
+    );
+    let held = stats
+        .devices
+        .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+    line(o, "usermetadb_device_index_devices", &[], held);
+    head(
+        o,
+        "usermetadb_device_index_reads_total",
+        "counter",
+        "Times the device index was read from the database: at start, after devices were removed, after changes by another process.",
+    );
+    line(
+        o,
+        "usermetadb_device_index_reads_total",
+        &[],
+        stats.rebuilds,
+    );
+}
+
 fn head(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }

@@ -84,6 +84,7 @@ mod tests {
             readers: 1,
             max_batch: 64,
             synchronous_full: false,
+            device_index: true,
         })
         .unwrap();
         let now = 1_800_000_000;

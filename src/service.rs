@@ -327,6 +327,9 @@ impl Service {
             return Err(invalid("device_info.id is required"));
         }
         let sealed = self.privacy.key.seal_id(&req.username, &d.id);
+        if let Some(seen) = self.store.known_device(&req.username, &sealed) {
+            return Ok(CheckDeviceResponse { seen });
+        }
         let user = req.username;
         let seen = self
             .store

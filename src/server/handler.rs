@@ -204,9 +204,11 @@ async fn serve(
     if endpoint == Endpoint::Metrics {
         let max = state.http.max_inflight_requests;
         let inflight = max.saturating_sub(state.inflight.available_permits());
-        let mut resp = Response::new(Full::new(Bytes::from(
-            crate::metrics::global().render(inflight, max),
-        )));
+        let mut text = crate::metrics::global().render(inflight, max);
+        if let Some(stats) = state.service.store.known_stats() {
+            crate::metrics::render_device_index(&mut text, stats);
+        }
+        let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

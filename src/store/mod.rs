@@ -13,9 +13,13 @@
 //! commit has finished (see `sync_loop`). Checkpoints (copying committed pages
 //! from the WAL into the database file) run on another thread, so a commit
 //! never waits for one; see `checkpoint_loop` for how the WAL stays bounded.
+//!
+//! The device index (`known`) holds every (user, device) pair in memory for
+//! `check_device`; the writer keeps it in step with each commit.
 
 pub mod alerts;
 pub mod export;
+pub mod known;
 pub mod ops;
 pub mod reports;
 pub mod schema;
@@ -29,6 +33,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::config::DbConfig;
+use known::KnownDevices;
 
 /// What went wrong in storage, in a form that can be sent to every request of a
 /// failed group commit.
@@ -100,6 +105,7 @@ struct Inner {
     readers: Mutex<Option<mpsc::Sender<ReadJob>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     checkpoints: Arc<Checkpoints>,
+    known: Option<Arc<KnownDevices>>,
     path: PathBuf,
 }
 
@@ -172,6 +178,12 @@ impl Store {
         // Checkpoints are the checkpointer's job, never a commit's.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+        let known = if cfg.device_index {
+            conn.execute_batch(known::INSTALL)?;
+            Some(Arc::new(KnownDevices::new()))
+        } else {
+            None
+        };
         let ckpt_conn = Connection::open(&cfg.path)?;
         configure(&ckpt_conn)?;
         ckpt_conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -183,12 +195,31 @@ impl Store {
         let ck = checkpoints.clone();
         let syncs = cfg.synchronous_full.then(|| Arc::new(Syncs::default()));
         let writer_syncs = syncs.clone();
+        let writer_known = known.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("db-writer".into())
-                .spawn(move || writer_loop(conn, wrx, max_batch, &ck, writer_syncs.as_deref()))
+                .spawn(move || {
+                    writer_loop(
+                        conn,
+                        wrx,
+                        max_batch,
+                        &ck,
+                        writer_syncs.as_deref(),
+                        writer_known.as_deref(),
+                    )
+                })
                 .map_err(|e| StoreError::Other(e.to_string()))?,
         );
+        if let Some(k) = known.clone() {
+            let path = cfg.path.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("db-device-index".into())
+                    .spawn(move || k.run_rebuilds(&path))
+                    .map_err(|e| StoreError::Other(e.to_string()))?,
+            );
+        }
         if let Some(syncs) = syncs {
             let wal = wal_path(&cfg.path);
             threads.push(
@@ -224,6 +255,7 @@ impl Store {
                 readers: Mutex::new(Some(rtx)),
                 threads: Mutex::new(threads),
                 checkpoints,
+                known,
                 path: cfg.path.clone(),
             }),
         })
@@ -231,6 +263,18 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Whether the user has this device, from the in-memory device index;
+    /// `None` when the index is off or not in step with the table yet, and
+    /// the database must be asked.
+    pub fn known_device(&self, name: &str, sealed_id: &[u8]) -> Option<bool> {
+        self.inner.known.as_ref()?.lookup(name, sealed_id)
+    }
+
+    /// The device index's counts, when it is on.
+    pub fn known_stats(&self) -> Option<known::KnownStats> {
+        self.inner.known.as_ref().map(|k| k.stats())
     }
 
     /// Runs `f` inside the next group transaction on the writer thread. The
@@ -309,6 +353,9 @@ impl Store {
             let _ = writer.join();
         }
         self.inner.checkpoints.stop();
+        if let Some(k) = &self.inner.known {
+            k.stop();
+        }
         for t in threads {
             let _ = t.join();
         }
@@ -348,10 +395,23 @@ fn writer_loop(
     max_batch: usize,
     checkpoints: &Checkpoints,
     syncs: Option<&Syncs>,
+    known: Option<&KnownDevices>,
 ) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(max_batch);
     let mut completions: Vec<Completion> = Vec::with_capacity(max_batch);
-    while let Ok(first) = rx.recv() {
+    let mut others = known.map(|_| OtherWriters::new(&conn));
+    loop {
+        let first = match rx.recv_timeout(OTHER_WRITERS_POLL) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Idle: look for changes made by another process now and then.
+                if let (Some(k), Some(o)) = (known, others.as_mut()) {
+                    o.check(&conn, k);
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         batch.push(first);
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -361,7 +421,7 @@ fn writer_loop(
         }
         let outcome = {
             let _gate = lock(&checkpoints.gate);
-            run_batch(&conn, &mut batch, &mut completions)
+            run_batch(&conn, &mut batch, &mut completions, known, others.as_mut())
         }
         .map_err(|e| diagnose(&conn, e));
         if let Err(e) = &outcome {
@@ -626,10 +686,48 @@ fn sync_database_file(conn: &Connection) -> Result<(), StoreError> {
     }
 }
 
+/// How often an idle writer looks for commits made by other processes.
+const OTHER_WRITERS_POLL: Duration = Duration::from_secs(1);
+
+/// Notices commits made to the database by another connection (another
+/// process: `db prune`, `db import`, the sqlite3 shell), which the device
+/// index cannot follow: `PRAGMA data_version` on the writer's connection moves
+/// only for those.
+struct OtherWriters {
+    seen: Option<i64>,
+}
+
+impl OtherWriters {
+    fn new(conn: &Connection) -> OtherWriters {
+        OtherWriters {
+            seen: data_version(conn),
+        }
+    }
+
+    fn check(&mut self, conn: &Connection, known: &KnownDevices) {
+        let now = data_version(conn);
+        if now.is_none() || now != self.seen {
+            tracing::info!(
+                "the database was changed by another process; reading the device index again"
+            );
+            known.invalidate();
+        }
+        self.seen = now;
+    }
+}
+
+fn data_version(conn: &Connection) -> Option<i64> {
+    conn.prepare_cached("PRAGMA data_version")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .ok()
+}
+
 fn run_batch(
     conn: &Connection,
     batch: &mut Vec<WriteJob>,
     completions: &mut Vec<Completion>,
+    known: Option<&KnownDevices>,
+    others: Option<&mut OtherWriters>,
 ) -> Result<(), StoreError> {
     if let Err(e) = conn
         .prepare_cached("BEGIN IMMEDIATE")
@@ -641,6 +739,9 @@ fn run_batch(
         }
         return Err(e.into());
     }
+    if let (Some(k), Some(o)) = (known, others) {
+        o.check(conn, k);
+    }
     for job in batch.drain(..) {
         // After an I/O error or a full disk SQLite may roll the whole
         // transaction back; a job run after that would commit on its own,
@@ -649,17 +750,32 @@ fn run_batch(
         completions.push(job(conn));
     }
     if conn.is_autocommit() {
+        if let Some(k) = known {
+            k.invalidate();
+        }
         return Err(StoreError::Io(
             "the transaction was rolled back after a storage error".into(),
         ));
     }
+    // What the group did to the device index, read inside the transaction.
+    let changes = known.map(|k| k.take_changes(conn));
     match conn
         .prepare_cached("COMMIT")
         .and_then(|mut s| s.execute([]))
     {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            match (known, changes) {
+                (Some(k), Some(Ok(changes))) => k.committed(changes),
+                (Some(k), Some(Err(_))) => k.invalidate(),
+                _ => {}
+            }
+            Ok(())
+        }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
+            if let Some(k) = known {
+                k.invalidate();
+            }
             Err(e.into())
         }
     }
@@ -712,14 +828,18 @@ mod tests {
         open_with_readers(dir, synchronous_full, 1)
     }
 
-    fn open_with_readers(dir: &Path, synchronous_full: bool, readers: usize) -> Store {
-        Store::open(&DbConfig {
+    fn config(dir: &Path, synchronous_full: bool, readers: usize) -> DbConfig {
+        DbConfig {
             path: dir.join("t.db"),
             readers,
             max_batch: 64,
             synchronous_full,
-        })
-        .unwrap()
+            device_index: true,
+        }
+    }
+
+    fn open_with_readers(dir: &Path, synchronous_full: bool, readers: usize) -> Store {
+        Store::open(&config(dir, synchronous_full, readers)).unwrap()
     }
 
     async fn add_user(store: &Store, name: &'static str) -> Result<i64, StoreError> {
@@ -810,5 +930,120 @@ mod tests {
             .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 200);
+    }
+
+    fn login(user: &str, sealed: &[u8]) -> ops::LogRecord {
+        ops::LogRecord {
+            username: user.into(),
+            ts: 3600,
+            log_type: "login".into(),
+            device: Some(ops::DeviceRecord {
+                sealed_id: sealed.to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn until_in_step(store: &Store, user: &str, id: &[u8]) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(seen) = store.known_device(user, id) {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the device index never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_device_index_follows_the_writer_and_other_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), true);
+        let rec = login("u", b"one");
+        store
+            .write(move |c| ops::insert_log(c, &rec))
+            .await
+            .unwrap();
+        assert!(until_in_step(&store, "u", b"one").await);
+        assert!(!until_in_step(&store, "u", b"two").await);
+        assert!(!until_in_step(&store, "v", b"one").await);
+        let rebuilds = store.known_stats().unwrap().rebuilds;
+
+        // An added device is in the index by the time its write is answered,
+        // and a write rolled back adds nothing.
+        let rec = login("u", b"two");
+        store
+            .write(move |c| ops::insert_log(c, &rec))
+            .await
+            .unwrap();
+        assert_eq!(store.known_device("u", b"two"), Some(true));
+        let rec = login("u", b"three");
+        let failed = store
+            .write(move |c| {
+                ops::insert_log(c, &rec)?;
+                Err::<(), _>(StoreError::Other("refused".into()))
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(store.known_device("u", b"three"), Some(false));
+
+        // Many commits and the checkpoints between them leave it in step.
+        for i in 0..300 {
+            let rec = login(&format!("w{i}"), b"x");
+            store
+                .write(move |c| ops::insert_log(c, &rec))
+                .await
+                .unwrap();
+            if i % 50 == 0 {
+                tokio::time::sleep(CHECKPOINT_INTERVAL * 2).await;
+            }
+        }
+        assert_eq!(store.known_device("w299", b"x"), Some(true));
+        assert_eq!(store.known_stats().unwrap().rebuilds, rebuilds);
+        assert_eq!(store.known_stats().unwrap().devices, Some(302));
+
+        // A removal is never answered before the index forgets the device.
+        store.write(|c| ops::forget_user(c, "u")).await.unwrap();
+        assert_ne!(store.known_device("u", b"one"), Some(true));
+        assert!(!until_in_step(&store, "u", b"one").await);
+        assert!(!until_in_step(&store, "u", b"two").await);
+        assert!(until_in_step(&store, "w0", b"x").await);
+
+        // Another process adds a device: an idle writer notices.
+        let other = Connection::open(dir.path().join("t.db")).unwrap();
+        other.busy_timeout(Duration::from_secs(5)).unwrap();
+        let rec = login("v", b"one");
+        ops::insert_log(&other, &rec).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.known_device("v", b"one") != Some(true) {
+            assert!(
+                Instant::now() < deadline,
+                "another process's device never showed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn without_the_device_index_nothing_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&DbConfig {
+            device_index: false,
+            ..config(dir.path(), false, 1)
+        })
+        .unwrap();
+        let rec = login("u", b"one");
+        store
+            .write(move |c| ops::insert_log(c, &rec))
+            .await
+            .unwrap();
+        assert_eq!(store.known_device("u", b"one"), None);
+        assert!(store.known_stats().is_none());
+        store.close();
     }
 }

@@ -219,7 +219,7 @@ fn wrong_type(i: usize, v: ValueRef<'_>, e: FromSqlError) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(e))
 }
 
-fn text_ref<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'a str> {
+pub(super) fn text_ref<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'a str> {
     match r.get_ref(i)? {
         ValueRef::Null => Ok(""),
         v => v.as_str().map_err(|e| wrong_type(i, v, e)),

@@ -177,6 +177,74 @@ async fn devices_track_first_and_last_seen_and_logins() {
     assert_eq!(status, 400);
 }
 
+/// The device index's gauge from `/metrics`, once the index is in step with
+/// the table.
+async fn device_index_held(admin: &mut Client) -> f64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = admin
+            .0
+            .request(hyper::Method::GET, "/metrics", None, bytes::Bytes::new())
+            .await
+            .unwrap();
+        let text = String::from_utf8(r.body.to_vec()).unwrap();
+        let held: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("usermetadb_device_index_devices "))
+            .expect("the device index gauge")
+            .parse()
+            .unwrap();
+        if held >= 0.0 {
+            return held;
+        }
+        assert!(std::time::Instant::now() < deadline, "never in step");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn check_device_sees_a_new_device_and_a_forgotten_user_at_once() {
+    let ts = TestServer::start().await;
+    let mut sso = ts.client("sso-server").await;
+    let mut admin = ts.client("admin").await;
+    sso.ok("/api/add_log", login("k1", "phone", 7200)).await;
+    let seen = |id: &str| json!({"username": "k1", "device_info": {"id": id}});
+    assert_eq!(device_index_held(&mut admin).await, 1.0);
+    assert_eq!(
+        sso.ok("/api/check_device", seen("phone")).await,
+        json!({"seen": true})
+    );
+    assert_eq!(
+        sso.ok("/api/check_device", seen("laptop")).await,
+        json!({"seen": false})
+    );
+    // Known as soon as the login that brought it is answered.
+    sso.ok("/api/add_log", login("k1", "laptop", 60)).await;
+    assert_eq!(
+        sso.ok("/api/check_device", seen("laptop")).await,
+        json!({"seen": true})
+    );
+    assert_eq!(device_index_held(&mut admin).await, 2.0);
+    // Unknown as soon as the user is forgotten, whether the index is being
+    // read again or not.
+    admin
+        .ok("/api/forget_user", json!({"username": "k1"}))
+        .await;
+    for id in ["phone", "laptop"] {
+        assert_eq!(
+            sso.ok("/api/check_device", seen(id)).await,
+            json!({"seen": false})
+        );
+    }
+    assert_eq!(device_index_held(&mut admin).await, 0.0);
+    for id in ["phone", "laptop"] {
+        assert_eq!(
+            sso.ok("/api/check_device", seen(id)).await,
+            json!({"seen": false})
+        );
+    }
+}
+
 #[tokio::test]
 async fn last_login_per_service_and_unused_accounts() {
     let ts = TestServer::start().await;
