@@ -280,8 +280,8 @@ impl Service {
                             mobile: d.mobile,
                         }),
                     };
-                    serde_json::to_writer(&mut out, &entry)
-                        .map_err(|e| StoreError::Other(e.to_string()))
+                    entry.write_json(&mut out);
+                    Ok(())
                 })?;
                 out.extend_from_slice(b"]}");
                 Ok(out)
