@@ -686,7 +686,7 @@ pub fn render_device_index(o: &mut String, stats: crate::store::known::KnownStat
         o,
         "usermetadb_device_index_reads_total",
         "counter",
-        "Times the device index was read from the database: at start, after devices were removed, after changes by another process.",
+        "Times the device index was read from the database: at start, and after changes it could not follow (another process's).",
     );
     line(
         o,

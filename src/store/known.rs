@@ -6,8 +6,9 @@
 //! writer's connection (`INSTALL`) note every device added and every device
 //! removed in a temporary table, inside the transaction: a write rolled back,
 //! alone or with its group, takes its notes with it. After each commit the
-//! writer adds the new pairs before anyone is answered; a removal, a commit
-//! whose outcome is unknown, or a change made by another process (`PRAGMA
+//! writer applies the notes, in order, before anyone is answered. A change it
+//! cannot follow pair by pair (a key or a user renamed), a commit whose
+//! outcome is unknown, or a change made by another process (`PRAGMA
 //! data_version` moved on the writer's connection) instead drops the whole
 //! index, and a thread of its own reads it again from the table. Until that
 //! read is done, lookups go to the database as before.
@@ -26,38 +27,56 @@ use rusqlite::Connection;
 
 use super::{lock, StoreError};
 
-/// Makes the writer's connection note device changes in `temp.device_changes`:
-/// a name and sealed ID for a device added, NULLs for any other change to the
-/// pairs. The temporary schema lives only in that connection.
+/// Makes the writer's connection note device changes in `temp.device_changes`,
+/// in order: `added` or `removed` with the user's name and the sealed ID, or
+/// `other` for a change that cannot be followed pair by pair (also when the
+/// user's row is already gone). The temporary schema lives only in that
+/// connection.
 pub(super) const INSTALL: &str = "
     PRAGMA temp_store = MEMORY;
-    CREATE TEMP TABLE device_changes (name TEXT, device_id BLOB);
+    CREATE TEMP TABLE device_changes (kind TEXT NOT NULL, name TEXT, device_id BLOB);
     CREATE TEMP TRIGGER device_added AFTER INSERT ON main.devices BEGIN
         INSERT INTO device_changes
-            VALUES ((SELECT name FROM main.users WHERE id = NEW.user_id), NEW.device_id);
+            VALUES ('added', (SELECT name FROM main.users WHERE id = NEW.user_id), NEW.device_id);
     END;
     CREATE TEMP TRIGGER device_removed AFTER DELETE ON main.devices BEGIN
-        INSERT INTO device_changes VALUES (NULL, NULL);
+        INSERT INTO device_changes
+            VALUES ('removed', (SELECT name FROM main.users WHERE id = OLD.user_id), OLD.device_id);
     END;
     CREATE TEMP TRIGGER device_rekeyed AFTER UPDATE OF user_id, device_id ON main.devices BEGIN
-        INSERT INTO device_changes VALUES (NULL, NULL);
+        INSERT INTO device_changes VALUES ('other', NULL, NULL);
     END;
     CREATE TEMP TRIGGER user_renamed AFTER UPDATE OF name ON main.users BEGIN
-        INSERT INTO device_changes VALUES (NULL, NULL);
+        INSERT INTO device_changes VALUES ('other', NULL, NULL);
     END;
 ";
+
+/// One pair added (`true`) or removed (`false`).
+pub(super) type Change = (bool, u128);
 
 /// What a group transaction did to the pairs, read just before its commit.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Changes {
-    pub added: Vec<u128>,
-    /// A pair was removed or changed: the index must be read again.
+    /// In the order they were made.
+    pub pairs: Vec<Change>,
+    /// A change that cannot be followed pair by pair: the index must be read
+    /// again.
     pub other: bool,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && !self.other
+        self.pairs.is_empty() && !self.other
+    }
+}
+
+fn apply(set: &mut KeySet, changes: &[Change]) {
+    for &(added, key) in changes {
+        if added {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
     }
 }
 
@@ -94,8 +113,9 @@ type KeySet = HashSet<u128, PreHashed>;
 struct State {
     /// `None` while the index is not in step with the table.
     set: Option<KeySet>,
-    /// `Some` while the table is being read: pairs added since the read began.
-    pending: Option<Vec<u128>>,
+    /// `Some` while the table is being read: changes committed since the
+    /// read began, applied to what it read.
+    pending: Option<Vec<Change>>,
     /// Moves on every drop of the index; a read begun before is discarded.
     generation: u64,
 }
@@ -156,13 +176,19 @@ impl KnownDevices {
     /// pairs, and clears the notes.
     pub(super) fn take_changes(&self, conn: &Connection) -> Result<Changes, StoreError> {
         let mut changes = Changes::default();
-        let mut stmt = conn.prepare_cached("SELECT name, device_id FROM temp.device_changes")?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT kind, name, device_id FROM temp.device_changes ORDER BY rowid",
+        )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let name: Option<String> = r.get(0)?;
-            let id: Option<Vec<u8>> = r.get(1)?;
-            match (name, id) {
-                (Some(name), Some(id)) => changes.added.push(self.key(&name, &id)),
+            let kind = super::ops::text_ref(r, 0)?;
+            let name: Option<&str> = r.get_ref(1)?.as_str_or_null().ok().flatten();
+            let id: Option<&[u8]> = r.get_ref(2)?.as_blob_or_null().ok().flatten();
+            match (kind, name, id) {
+                ("added", Some(name), Some(id)) => changes.pairs.push((true, self.key(name, id))),
+                ("removed", Some(name), Some(id)) => {
+                    changes.pairs.push((false, self.key(name, id)))
+                }
                 _ => changes.other = true,
             }
         }
@@ -180,16 +206,16 @@ impl KnownDevices {
             self.invalidate();
             return;
         }
-        if changes.added.is_empty() {
+        if changes.pairs.is_empty() {
             return;
         }
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         let State { set, pending, .. } = &mut *state;
         if let Some(set) = set {
-            set.extend(changes.added.iter().copied());
+            apply(set, &changes.pairs);
         }
         if let Some(p) = pending {
-            p.extend(changes.added);
+            p.extend(changes.pairs);
         }
     }
 
@@ -254,7 +280,7 @@ impl KnownDevices {
                         // Dropped while it was read: the next round reads it again.
                         continue;
                     }
-                    set.extend(state.pending.take().unwrap_or_default());
+                    apply(&mut set, &state.pending.take().unwrap_or_default());
                     let n = set.len();
                     state.set = Some(set);
                     drop(state);
@@ -326,21 +352,32 @@ mod tests {
     }
 
     #[test]
-    fn the_triggers_note_new_pairs_and_any_removal_but_not_updates() {
+    fn the_triggers_note_pairs_added_and_removed_in_order_but_not_updates() {
         let (c, k) = writer();
         c.execute_batch("BEGIN").unwrap();
         add_device(&c, "a", b"one");
         add_device(&c, "b", b"one");
         add_device(&c, "a", b"one"); // an update of the same pair
         let ch = k.take_changes(&c).unwrap();
-        assert_eq!(ch.added, vec![k.key("a", b"one"), k.key("b", b"one")]);
+        let (a1, b1) = (k.key("a", b"one"), k.key("b", b"one"));
+        assert_eq!(ch.pairs, vec![(true, a1), (true, b1)]);
         assert!(!ch.other);
         // Read and cleared.
         assert!(k.take_changes(&c).unwrap().is_empty());
         c.execute("DELETE FROM devices WHERE device_id = ?1", [b"one"])
             .unwrap();
+        add_device(&c, "a", b"one");
         let ch = k.take_changes(&c).unwrap();
-        assert!(ch.other && ch.added.is_empty());
+        assert_eq!(ch.pairs, vec![(false, a1), (false, b1), (true, a1)]);
+        assert!(!ch.other);
+        let mut set = KeySet::default();
+        apply(&mut set, &[(true, a1), (true, b1)]);
+        apply(&mut set, &ch.pairs);
+        assert!(set.contains(&a1) && !set.contains(&b1));
+        // A key changed in place cannot be followed.
+        c.execute("UPDATE devices SET device_id = x'00' WHERE user_id = 1", [])
+            .unwrap();
+        assert!(k.take_changes(&c).unwrap().other);
         c.execute_batch("COMMIT").unwrap();
     }
 
@@ -353,7 +390,7 @@ mod tests {
         add_device(&c, "a", b"dropped");
         c.execute_batch("ROLLBACK TO job; RELEASE job").unwrap();
         let ch = k.take_changes(&c).unwrap();
-        assert_eq!(ch.added, vec![k.key("a", b"kept")]);
+        assert_eq!(ch.pairs, vec![(true, k.key("a", b"kept"))]);
         c.execute_batch("COMMIT").unwrap();
     }
 
@@ -392,13 +429,13 @@ mod tests {
         let reader = crate::store::open_reader(&path).unwrap();
         let mut set = k.read_all(&reader).unwrap();
         k.committed(Changes {
-            added: vec![k.key("a", b"2")],
+            pairs: vec![(true, k.key("a", b"2"))],
             other: false,
         });
         {
             let mut s = k.state.write().unwrap();
             assert_eq!(s.generation, generation);
-            set.extend(s.pending.take().unwrap());
+            apply(&mut set, &s.pending.take().unwrap());
             s.set = Some(set);
         }
         assert_eq!(k.lookup("a", b"1"), Some(true));

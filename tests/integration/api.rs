@@ -225,8 +225,7 @@ async fn check_device_sees_a_new_device_and_a_forgotten_user_at_once() {
         json!({"seen": true})
     );
     assert_eq!(device_index_held(&mut admin).await, 2.0);
-    // Unknown as soon as the user is forgotten, whether the index is being
-    // read again or not.
+    // Unknown as soon as the user is forgotten.
     admin
         .ok("/api/forget_user", json!({"username": "k1"}))
         .await;
