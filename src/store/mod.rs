@@ -766,7 +766,11 @@ fn run_batch(
         Ok(_) => {
             match (known, changes) {
                 (Some(k), Some(Ok(changes))) => k.committed(changes),
-                (Some(k), Some(Err(_))) => k.invalidate(),
+                (Some(k), Some(Err(_))) => {
+                    // Notes left behind must not be taken for the next group's.
+                    let _ = conn.execute_batch("DELETE FROM temp.device_changes");
+                    k.invalidate();
+                }
                 _ => {}
             }
             Ok(())
