@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rusqlite::Connection;
 use usermetadb::privacy::Privacy;
 use usermetadb::store::ops::{self, DeviceRecord, LogRecord};
-use usermetadb::store::schema;
+use usermetadb::store::{alerts, schema};
 
 use crate::data::{Kind, Population, DORMANT_DAYS, SERVICES};
 
@@ -100,7 +100,12 @@ pub fn seed(
                 device,
                 ..Default::default()
             };
-            ops::insert_log(&tx, &rec).map_err(|e| anyhow::anyhow!("insert_log: {e}"))?;
+            // As the server stores an entry, countries seen included: a
+            // history without them would make the monitor take every
+            // login's country for a new one.
+            let uid =
+                ops::ensure_user(&tx, &rec.username).map_err(|e| anyhow::anyhow!("user: {e}"))?;
+            alerts::record_log(&tx, uid, &rec).map_err(|e| anyhow::anyhow!("record_log: {e}"))?;
         }
         tx.commit()?;
     }
