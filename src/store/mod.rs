@@ -21,6 +21,7 @@ pub mod alerts;
 pub mod export;
 pub mod known;
 pub mod ops;
+mod readq;
 pub mod reports;
 pub mod schema;
 
@@ -34,6 +35,7 @@ use tokio::sync::oneshot;
 
 use crate::config::DbConfig;
 use known::KnownDevices;
+use readq::ReadQueue;
 
 /// What went wrong in storage, in a form that can be sent to every request of a
 /// failed group commit.
@@ -102,7 +104,7 @@ pub struct Store {
 
 struct Inner {
     writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
-    readers: Mutex<Option<mpsc::Sender<ReadJob>>>,
+    readers: Arc<ReadQueue<ReadJob>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     checkpoints: Arc<Checkpoints>,
     known: Option<Arc<KnownDevices>>,
@@ -237,11 +239,10 @@ impl Store {
                 .map_err(|e| StoreError::Other(e.to_string()))?,
         );
 
-        let (rtx, rrx) = mpsc::channel::<ReadJob>();
-        let rrx = Arc::new(Mutex::new(rrx));
+        let readers = Arc::new(ReadQueue::new());
         for i in 0..cfg.readers {
             let conn = open_reader(&cfg.path)?;
-            let rrx = rrx.clone();
+            let rrx = readers.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("db-reader-{i}"))
@@ -252,7 +253,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 writer: Mutex::new(Some(wtx)),
-                readers: Mutex::new(Some(rtx)),
+                readers,
                 threads: Mutex::new(threads),
                 checkpoints,
                 known,
@@ -323,15 +324,11 @@ impl Store {
             crate::metrics::global().reader_queue(-1);
             let _ = tx.send(f(conn));
         });
-        {
-            let guard = self.inner.readers.lock().map_err(|_| StoreError::Closed)?;
-            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-            crate::metrics::global().reader_queue(1);
-            sender.send(job).map_err(|_| {
-                crate::metrics::global().reader_queue(-1);
-                StoreError::Closed
-            })?;
-        }
+        crate::metrics::global().reader_queue(1);
+        self.inner.readers.push(job).map_err(|_| {
+            crate::metrics::global().reader_queue(-1);
+            StoreError::Closed
+        })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -340,9 +337,7 @@ impl Store {
         if let Ok(mut w) = self.inner.writer.lock() {
             w.take();
         }
-        if let Ok(mut r) = self.inner.readers.lock() {
-            r.take();
-        }
+        self.inner.readers.close();
         let threads = match self.inner.threads.lock() {
             Ok(mut t) => std::mem::take(&mut *t),
             Err(_) => Vec::new(),
@@ -811,15 +806,8 @@ fn diagnose(conn: &Connection, e: StoreError) -> StoreError {
     }
 }
 
-fn reader_loop(conn: Connection, rx: Arc<Mutex<mpsc::Receiver<ReadJob>>>) {
-    loop {
-        let job = match rx.lock() {
-            Ok(guard) => match guard.recv() {
-                Ok(job) => job,
-                Err(_) => break,
-            },
-            Err(_) => break,
-        };
+fn reader_loop(conn: Connection, queue: Arc<ReadQueue<ReadJob>>) {
+    while let Some(job) = queue.pop() {
         job(&conn);
     }
 }
