@@ -242,11 +242,11 @@ impl Store {
         let readers = Arc::new(ReadQueue::new());
         for i in 0..cfg.readers {
             let conn = open_reader(&cfg.path)?;
-            let rrx = readers.clone();
+            let queue = readers.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("db-reader-{i}"))
-                    .spawn(move || reader_loop(conn, rrx))
+                    .spawn(move || reader_loop(conn, queue))
                     .map_err(|e| StoreError::Other(e.to_string()))?,
             );
         }

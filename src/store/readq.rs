@@ -2,10 +2,10 @@
 //!
 //! One queue for all readers, so that a busy reader takes the next job
 //! without sleeping. An idle reader waits on a condition variable: a job
-//! wakes exactly one of them, and only when one is waiting, so a queue whose
-//! readers are all busy costs no system call. (A `Mutex<Receiver>` shared by
-//! the readers also woke the second idle reader, blocked on the mutex, every
-//! time the first one took a job.)
+//! wakes exactly one of them, and only when one is waiting: while every
+//! reader is busy, queueing a job wakes no thread. (A `Mutex<Receiver>`
+//! shared by the readers also woke the second idle reader, blocked on the
+//! mutex, every time the first one took a job.)
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
