@@ -701,7 +701,8 @@ impl OtherWriters {
 
     fn check(&mut self, conn: &Connection, known: &KnownDevices) {
         let now = data_version(conn);
-        if now != self.seen {
+        // A version that cannot be read cannot vouch for the index either.
+        if now.is_none() || now != self.seen {
             tracing::info!(
                 "the database was changed by another process; reading the device index again"
             );
