@@ -21,6 +21,7 @@ pub mod alerts;
 pub mod export;
 pub mod known;
 pub mod ops;
+pub mod pcache;
 mod readq;
 pub mod reports;
 pub mod schema;
