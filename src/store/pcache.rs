@@ -8,10 +8,11 @@
 //!
 //! A B-tree split that puts its new pages back in file order swaps their
 //! numbers through a temporary one, the page of the lock byte (262,145 with
-//! 4 KiB pages). From then on `iMaxKey` is far past the end of any database
-//! under 1 GiB. So the writer, whose transactions split pages all the time,
-//! walked its whole cache at the end of nearly every transaction, though
-//! nothing lay past the end. A larger cache made each walk longer.
+//! 4 KiB pages). Until the next truncation, `iMaxKey` is then far past the
+//! end of any database under 1 GiB. So the writer, whose transactions split
+//! pages all the time, walked its whole cache at the end of nearly every
+//! transaction, though nothing lay past the end. A larger cache made each
+//! walk longer.
 //!
 //! This wrapper forwards every call to the default cache. It also keeps its
 //! own bound on the page numbers a cache can hold, one that moves back when a
