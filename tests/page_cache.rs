@@ -2,8 +2,8 @@
 //! workload of page splits, rollbacks and a shrinking database gives the same
 //! rows as a `BTreeMap`, and SQLite's integrity check passes.
 //!
-//! A test binary of its own: the wrapper goes in before the process opens
-//! its first SQLite connection.
+//! A test binary of its own: the wrapper goes in, and SQLite's memory
+//! statistics go off, before the process opens its first SQLite connection.
 
 use rand::{Rng, SeedableRng};
 use rusqlite::{params, Connection};
@@ -34,7 +34,10 @@ fn random_bytes(rng: &mut impl Rng, n: usize) -> Vec<u8> {
 
 #[test]
 fn a_random_workload_reads_back_as_the_model_with_the_wrapper_in_place() {
-    assert!(pcache::install(), "installed before any connection");
+    assert!(
+        usermetadb::store::configure_sqlite(),
+        "installed before any connection"
+    );
     assert!(pcache::installed());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
@@ -112,4 +115,17 @@ fn a_random_workload_reads_back_as_the_model_with_the_wrapper_in_place() {
         passed > passed0,
         "rollbacks and VACUUM had pages to drop, and the truncation reached SQLite"
     );
+}
+
+#[test]
+fn memory_statistics_are_off() {
+    // Both tests in this binary call `configure_sqlite` first; whichever
+    // runs first configures the process.
+    usermetadb::store::configure_sqlite();
+    let conn = rusqlite::Connection::open_in_memory().unwrap();
+    conn.execute_batch("CREATE TABLE t (v BLOB); INSERT INTO t VALUES (zeroblob(100000));")
+        .unwrap();
+    // SAFETY: a plain query of SQLite's counters.
+    let used = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+    assert_eq!(used, 0, "SQLite counts its memory: the statistics are on");
 }

@@ -200,7 +200,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     // Before `seed` opens a database.
-    usermetadb::store::pcache::install();
+    usermetadb::store::configure_sqlite();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Seed(args)) => seed_command(args).map(|()| true),

@@ -91,7 +91,7 @@ fn init_logging(filter: Option<&str>) {
 
 fn main() -> ExitCode {
     // Before anything opens a database.
-    usermetadb::store::pcache::install();
+    usermetadb::store::configure_sqlite();
     let cli = Cli::parse();
     init_logging(cli.log.as_deref());
     let result = match cli.command.unwrap_or(Command::Serve) {

@@ -38,6 +38,30 @@ use crate::config::DbConfig;
 use known::KnownDevices;
 use readq::ReadQueue;
 
+/// Process-wide SQLite settings. Call it first thing in `main`, before
+/// anything opens a database and while no other thread uses SQLite (its
+/// configuration is not thread-safe). Returns whether the page cache wrapper
+/// ([`pcache`]) is in place.
+///
+/// Besides the wrapper, it turns off SQLite's memory statistics, which take
+/// a global mutex on every allocation and free of every connection; nothing
+/// here reads them.
+pub fn configure_sqlite() -> bool {
+    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DONE.get_or_init(|| {
+        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int. Called before SQLite
+        // is initialized; afterwards it is refused with SQLITE_MISUSE and
+        // nothing changes.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS,
+                0 as std::ffi::c_int,
+            );
+        }
+        pcache::install()
+    })
+}
+
 /// What went wrong in storage, in a form that can be sent to every request of a
 /// failed group commit.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -817,6 +841,28 @@ fn reader_loop(conn: Connection, queue: Arc<ReadQueue<ReadJob>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlite_keeps_a_page_cache_per_connection() {
+        let conn = Connection::open_in_memory().unwrap();
+        let options: Vec<String> = conn
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o.starts_with("THREADSAFE=1")),
+            "{options:?}"
+        );
+        // Set in .cargo/config.toml (LIBSQLITE3_FLAGS): with it, every
+        // connection's pages share one cache under a global mutex.
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "SQLite built with ENABLE_MEMORY_MANAGEMENT: {options:?}"
+        );
+    }
 
     fn open(dir: &Path, synchronous_full: bool) -> Store {
         open_with_readers(dir, synchronous_full, 1)
