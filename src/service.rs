@@ -249,7 +249,8 @@ impl Service {
         let body = self
             .store
             .read(move |c| {
-                let mut out = Vec::with_capacity(1024);
+                // Ten entries, a typical answer, take about 3 KB.
+                let mut out = Vec::with_capacity(4096);
                 out.extend_from_slice(br#"{"result":["#);
                 let mut first = true;
                 let mut opened = OpenedIds::default();

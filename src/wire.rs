@@ -67,7 +67,9 @@ impl Timestamp {
         if self.0.timestamp_subsec_nanos() != 0 {
             return None;
         }
-        let year = u32::try_from(self.0.year()).ok().filter(|y| *y <= 9999)?;
+        // Once: each accessor of a `DateTime` converts it to local time anew.
+        let t = self.0.naive_utc();
+        let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
         let mut b = *b"0000-00-00T00:00:00Z";
         // Constant divisors: the compiler multiplies instead of dividing.
         let mut two = |at: usize, v: u32| {
@@ -76,11 +78,11 @@ impl Timestamp {
         };
         two(0, year / 100);
         two(2, year % 100);
-        two(5, self.0.month());
-        two(8, self.0.day());
-        two(11, self.0.hour());
-        two(14, self.0.minute());
-        two(17, self.0.second());
+        two(5, t.month());
+        two(8, t.day());
+        two(11, t.hour());
+        two(14, t.minute());
+        two(17, t.second());
         Some(b)
     }
 }
