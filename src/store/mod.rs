@@ -20,6 +20,7 @@
 pub mod alerts;
 pub mod export;
 pub mod known;
+mod logrows;
 pub mod ops;
 pub mod pcache;
 mod readq;
@@ -833,6 +834,14 @@ fn diagnose(conn: &Connection, e: StoreError) -> StoreError {
 }
 
 fn reader_loop(conn: Connection, queue: Arc<ReadQueue<ReadJob>>) {
+    // Without it, each call prepares its own statement.
+    let _kept = match logrows::Kept::new(&conn) {
+        Ok(kept) => Some(kept),
+        Err(e) => {
+            tracing::warn!(error = %e, "reader: preparing the log query");
+            None
+        }
+    };
     while let Some(job) = queue.pop() {
         job(&conn);
     }

@@ -226,50 +226,7 @@ pub(super) fn text_ref<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Resu
     }
 }
 
-/// Calls `f` on the user's entries, newest first, at most `limit` at or
-/// after `since` (of `log_type` only, if given), without copying them out
-/// of SQLite: for answers written straight from the rows.
-pub fn for_each_log(
-    conn: &Connection,
-    name: &str,
-    since: i64,
-    log_type: Option<&str>,
-    limit: i64,
-    mut f: impl FnMut(&LogRow<'_>) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT l.ts, l.log_type, l.message, l.service, l.login_method, l.login_authenticator_id,
-                l.device_id, l.zone, l.browser, l.os, l.mobile, l.user_agent
-         FROM users u JOIN user_logs l ON l.user_id = u.id
-         WHERE u.name = ?1 AND l.ts >= ?2 AND (?4 IS NULL OR l.log_type = ?4)
-         ORDER BY l.ts DESC, l.seq DESC
-         LIMIT ?3",
-    )?;
-    let mut rows = stmt.query(params![name, since, limit, log_type])?;
-    while let Some(r) = rows.next()? {
-        let device = match r.get_ref(6)? {
-            ValueRef::Null => None,
-            v => Some(LogDevice {
-                sealed_id: v.as_blob().map_err(|e| wrong_type(6, v, e))?,
-                zone: text_ref(r, 7)?,
-                browser: text_ref(r, 8)?,
-                os: text_ref(r, 9)?,
-                mobile: r.get::<_, Option<bool>>(10)?.unwrap_or(false),
-                user_agent: text_ref(r, 11)?,
-            }),
-        };
-        f(&LogRow {
-            ts: r.get(0)?,
-            log_type: text_ref(r, 1)?,
-            message: text_ref(r, 2)?,
-            service: text_ref(r, 3)?,
-            login_method: text_ref(r, 4)?,
-            login_authenticator_id: text_ref(r, 5)?,
-            device,
-        })?;
-    }
-    Ok(())
-}
+pub use super::logrows::for_each_log;
 
 /// The columns [`device_row`] reads, in its order.
 const DEVICE_COLUMNS: &str = "d.device_id, d.zone, d.browser, d.os, d.mobile, d.user_agent,
