@@ -28,6 +28,7 @@ pub mod reports;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -155,6 +156,10 @@ struct Checkpoints {
     /// Held by the writer for each group commit. The checkpointer takes it to
     /// finish a pass while no commit runs.
     gate: Mutex<()>,
+    /// Moves on after every group commit and every checkpoint pass: a
+    /// reader's snapshot taken before it moved may miss a write, or keep
+    /// the WAL from starting over (see `reader_loop`).
+    epoch: AtomicU64,
     state: Mutex<CheckpointState>,
     wake: Condvar,
 }
@@ -171,6 +176,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Checkpoints {
+    fn moved(&self) {
+        self.epoch.fetch_add(1, Ordering::Release);
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     fn committed(&self) {
         lock(&self.state).commits += 1;
         self.wake.notify_one();
@@ -269,10 +282,11 @@ impl Store {
         for i in 0..cfg.readers {
             let conn = open_reader(&cfg.path)?;
             let queue = readers.clone();
+            let ck = checkpoints.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("db-reader-{i}"))
-                    .spawn(move || reader_loop(conn, queue))
+                    .spawn(move || reader_loop(conn, queue, &ck))
                     .map_err(|e| StoreError::Other(e.to_string()))?,
             );
         }
@@ -445,6 +459,9 @@ fn writer_loop(
             run_batch(&conn, &mut batch, &mut completions, known, others.as_mut())
         }
         .map_err(|e| diagnose(&conn, e));
+        // Before anyone is answered: a read sent after the answer must see
+        // the write.
+        checkpoints.moved();
         if let Err(e) = &outcome {
             tracing::error!(error = %e, writes = completions.len(), "group commit failed");
         }
@@ -584,6 +601,13 @@ fn sync_wal(wal: &Path, file: &mut Option<std::fs::File>) -> std::io::Result<()>
 /// followed by a sync here, outside the gate, leaving only the tail for the
 /// gated pass.
 fn checkpoint_loop(conn: Connection, checkpoints: &Checkpoints) {
+    // Readers then take new snapshots: those of a WAL copied to its end
+    // read the database file alone and let the WAL start over.
+    let checkpoint_and_sync = |conn: &Connection| {
+        let pass = checkpoint_and_sync(conn);
+        checkpoints.moved();
+        pass
+    };
     let mut seen = 0;
     let mut last_pass = Instant::now();
     loop {
@@ -833,7 +857,19 @@ fn diagnose(conn: &Connection, e: StoreError) -> StoreError {
     }
 }
 
-fn reader_loop(conn: Connection, queue: Arc<ReadQueue<ReadJob>>) {
+/// Longest a reader keeps one snapshot while the epoch stands still: how
+/// late it may see a write made by another process.
+const SNAPSHOT_MAX_AGE: Duration = Duration::from_millis(5);
+
+/// Runs the read jobs. While jobs keep coming, one read transaction serves
+/// them one after another, sparing each the start and end of its own (the
+/// WAL index and file locks, sizing the file). A job gets a new snapshot
+/// when the epoch moved since the last one was taken (a group commit, so
+/// that a read sent after a write was answered sees it; a checkpoint pass,
+/// so that the WAL can start over), when the last is older than
+/// [`SNAPSHOT_MAX_AGE`], or after the reader was idle: no snapshot is held
+/// while there is nothing to read.
+fn reader_loop(conn: Connection, queue: Arc<ReadQueue<ReadJob>>, checkpoints: &Checkpoints) {
     // Without it, each call prepares its own statement.
     let _kept = match logrows::Kept::new(&conn) {
         Ok(kept) => Some(kept),
@@ -842,8 +878,56 @@ fn reader_loop(conn: Connection, queue: Arc<ReadQueue<ReadJob>>) {
             None
         }
     };
-    while let Some(job) = queue.pop() {
+    let mut snapshot = Snapshot::default();
+    loop {
+        let job = match queue.try_pop() {
+            Some(job) => job,
+            None => {
+                snapshot.end(&conn);
+                match queue.pop() {
+                    Some(job) => job,
+                    None => break,
+                }
+            }
+        };
+        snapshot.refresh(&conn, checkpoints.epoch());
         job(&conn);
+    }
+    snapshot.end(&conn);
+}
+
+/// The read transaction a reader holds across jobs.
+#[derive(Default)]
+struct Snapshot {
+    /// The epoch it was begun at, and when.
+    open: Option<(u64, Instant)>,
+}
+
+impl Snapshot {
+    fn refresh(&mut self, conn: &Connection, epoch: u64) {
+        if let Some((at, since)) = self.open {
+            if at == epoch && since.elapsed() < SNAPSHOT_MAX_AGE && !conn.is_autocommit() {
+                return;
+            }
+            self.end(conn);
+        }
+        // Deferred: the snapshot is taken by the job's first read.
+        match conn.prepare_cached("BEGIN").and_then(|mut s| s.execute([])) {
+            Ok(_) => self.open = Some((epoch, Instant::now())),
+            Err(e) => tracing::warn!(error = %e, "reader: beginning a read transaction"),
+        }
+    }
+
+    fn end(&mut self, conn: &Connection) {
+        if self.open.take().is_some() && !conn.is_autocommit() {
+            if let Err(e) = conn
+                .prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]))
+            {
+                tracing::warn!(error = %e, "reader: ending a read transaction");
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+        }
     }
 }
 
@@ -944,6 +1028,111 @@ mod tests {
             .expect("short reads waited behind the long one");
         release.send(()).unwrap();
         long.await.unwrap().unwrap();
+        store.close();
+    }
+
+    fn count_users(c: &Connection) -> Result<i64, StoreError> {
+        Ok(c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
+    }
+
+    /// Occupies the store's one reader with a job that first reads (taking
+    /// a snapshot) and then waits; sending on the returned channel lets it
+    /// finish. Jobs queued meanwhile run right after it, with no idle
+    /// moment in between.
+    async fn hold_reader(
+        store: &Store,
+    ) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<i64>) {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel::<()>();
+        let job = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .read(move |c| {
+                        let n = count_users(c)?;
+                        started.send(()).unwrap();
+                        held.recv().unwrap();
+                        Ok(n)
+                    })
+                    .await
+                    .unwrap()
+            }
+        });
+        running.await.unwrap();
+        (release, job)
+    }
+
+    /// Queues a count of the users and waits until it is in the queue.
+    async fn queue_count(store: &Store) -> tokio::task::JoinHandle<i64> {
+        let next = tokio::spawn({
+            let store = store.clone();
+            async move { store.read(count_users).await.unwrap() }
+        });
+        while store.inner.readers.lock_len() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        next
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_sent_after_a_write_was_answered_sees_it_from_a_busy_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), true);
+        add_user(&store, "a").await.unwrap();
+        let (release, first) = hold_reader(&store).await;
+        // Answered while the reader holds a snapshot without it.
+        add_user(&store, "b").await.unwrap();
+        let next = queue_count(&store).await;
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), 1);
+        assert_eq!(next.await.unwrap(), 2, "the answered write is seen");
+        store.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_reader_sees_another_process_write_within_the_snapshot_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), false);
+        add_user(&store, "a").await.unwrap();
+        let (release, first) = hold_reader(&store).await;
+        let other = Connection::open(store.path()).unwrap();
+        other
+            .execute("INSERT INTO users (name) VALUES ('b')", [])
+            .unwrap();
+        let next = queue_count(&store).await;
+        // No commit of the store's own moves the epoch: only the age does.
+        tokio::time::sleep(SNAPSHOT_MAX_AGE * 2).await;
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), 1);
+        assert_eq!(next.await.unwrap(), 2);
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn an_idle_reader_holds_no_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), false);
+        add_user(&store, "a").await.unwrap();
+        assert_eq!(store.read(count_users).await.unwrap(), 1);
+        // A checkpoint that must copy the whole WAL and empty it fails while
+        // any reader holds a snapshot of it.
+        let other = Connection::open(store.path()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (busy, log): (i64, i64) = other
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .unwrap();
+            if busy == 0 && log == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the WAL stays held: busy {busy}, log {log}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         store.close();
     }
 

@@ -54,6 +54,11 @@ impl<T> ReadQueue<T> {
         Ok(())
     }
 
+    /// The next job if one is queued, without waiting.
+    pub fn try_pop(&self) -> Option<T> {
+        self.lock().jobs.pop_front()
+    }
+
     /// The next job, waiting for one; `None` once the queue is closed and
     /// every job queued before was taken.
     pub fn pop(&self) -> Option<T> {
@@ -69,6 +74,12 @@ impl<T> ReadQueue<T> {
             s = self.ready.wait(s).unwrap_or_else(PoisonError::into_inner);
             s.idle -= 1;
         }
+    }
+
+    /// Jobs queued and not yet taken.
+    #[cfg(test)]
+    pub fn lock_len(&self) -> usize {
+        self.lock().jobs.len()
     }
 
     /// Refuses new jobs; the readers drain what is queued, then stop.
