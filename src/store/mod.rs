@@ -1068,7 +1068,7 @@ mod tests {
             let store = store.clone();
             async move { store.read(count_users).await.unwrap() }
         });
-        while store.inner.readers.lock_len() == 0 {
+        while store.inner.readers.queued() == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         next

@@ -78,7 +78,7 @@ impl<T> ReadQueue<T> {
 
     /// Jobs queued and not yet taken.
     #[cfg(test)]
-    pub fn lock_len(&self) -> usize {
+    pub fn queued(&self) -> usize {
         self.lock().jobs.len()
     }
 
