@@ -204,8 +204,8 @@ impl Service {
                     .map(|d| d.sealed_id.as_slice())
                     .unwrap_or(&[]);
                 let window = cfg.burst_window.as_secs() as i64;
-                let history = alerts::history(c, uid, &event, sealed, window)?;
-                alerts::record_log(c, uid, &rec)?;
+                let (history, country_current) = alerts::history(c, uid, &event, sealed, window)?;
+                alerts::record_log(c, uid, &rec, country_current)?;
                 let drafts = monitor::evaluate(&cfg, &history, &event, now);
                 for d in &drafts {
                     alerts::insert_alert(c, uid, d, &sinks)?;

@@ -105,7 +105,8 @@ pub fn seed(
             // login's country for a new one.
             let uid =
                 ops::ensure_user(&tx, &rec.username).map_err(|e| anyhow::anyhow!("user: {e}"))?;
-            alerts::record_log(&tx, uid, &rec).map_err(|e| anyhow::anyhow!("record_log: {e}"))?;
+            alerts::record_log(&tx, uid, &rec, false)
+                .map_err(|e| anyhow::anyhow!("record_log: {e}"))?;
         }
         tx.commit()?;
     }

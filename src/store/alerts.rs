@@ -1,36 +1,45 @@
 //! The monitor's SQL: the history a detection reads, the alert outbox, and
 //! the delivery state of each alert per sink.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use super::ops::{self, LogRecord};
 use super::StoreError;
 use crate::monitor::{AlertDetails, AlertDraft, AlertKind, Event, History};
 use crate::wire::LOG_TYPE_LOGIN_FAILURE;
 
-/// What the rules need to know about a user before `e` is stored.
+/// The user's newest login, whether the device is in the user's list, and
+/// whether the user's row for the country covers the day (NULL: no row).
+const HISTORY_SQL: &str = "SELECT
+     (SELECT ts FROM user_logs WHERE user_id = ?1 AND log_type = 'login'
+      ORDER BY ts DESC LIMIT 1),
+     EXISTS (SELECT 1 FROM devices WHERE user_id = ?1 AND device_id = ?2),
+     (SELECT first_seen <= ?4 AND last_seen >= ?4 FROM user_countries
+      WHERE user_id = ?1 AND zone = ?3)";
+
+/// What the rules need to know about a user before `e` is stored, and
+/// whether the user's row for `e`'s country already covers its day (so that
+/// [`record_log`] need not touch it).
+///
+/// The three lookups every entry needs are one statement: each statement run
+/// on the writer has a fixed cost (the statement cache, binding, the VM's
+/// set-up and reset) about as large as one of these indexed probes.
 pub fn history(
     conn: &Connection,
     uid: i64,
     e: &Event,
     sealed_id: &[u8],
     burst_window: i64,
-) -> Result<History, StoreError> {
-    let last_login: Option<i64> = conn
-        .prepare_cached(
-            "SELECT ts FROM user_logs WHERE user_id = ?1 AND log_type = 'login'
-             ORDER BY ts DESC LIMIT 1",
-        )?
-        .query_row([uid], |r| r.get(0))
-        .optional()?;
-    let device_known = !sealed_id.is_empty()
-        && conn
-            .prepare_cached("SELECT 1 FROM devices WHERE user_id = ?1 AND device_id = ?2")?
-            .exists(params![uid, sealed_id])?;
-    let country_known = !e.zone.is_empty()
-        && conn
-            .prepare_cached("SELECT 1 FROM user_countries WHERE user_id = ?1 AND zone = ?2")?
-            .exists(params![uid, e.zone])?;
+) -> Result<(History, bool), StoreError> {
+    let day = crate::privacy::quantize(e.ts, 86_400);
+    let (last_login, device_row, country_row): (Option<i64>, bool, Option<bool>) = conn
+        .prepare_cached(HISTORY_SQL)?
+        .query_row(params![uid, sealed_id, e.zone, day], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    let device_known = !sealed_id.is_empty() && device_row;
+    let country_known = !e.zone.is_empty() && country_row.is_some();
+    let country_current = country_known && country_row == Some(true);
     let (failures_in_window, burst_alerted_in_window) = if e.log_type == LOG_TYPE_LOGIN_FAILURE {
         let since = e.ts.saturating_sub(burst_window);
         let n: i64 = conn
@@ -49,23 +58,31 @@ pub fn history(
     } else {
         (0, false)
     };
-    Ok(History {
+    let history = History {
         last_login,
         device_known,
         country_known,
         failures_in_window,
         burst_alerted_in_window,
-    })
+    };
+    Ok((history, country_current))
 }
 
 /// Stores a log entry for a known user, keeping the set of countries seen.
-pub fn record_log(conn: &Connection, uid: i64, rec: &LogRecord) -> Result<(), StoreError> {
+/// `country_current` says the user's row for the entry's country already
+/// covers its day ([`history`] finds out), and then leaves it alone.
+pub fn record_log(
+    conn: &Connection,
+    uid: i64,
+    rec: &LogRecord,
+    country_current: bool,
+) -> Result<(), StoreError> {
     ops::insert_log_as(conn, uid, rec)?;
     if let Some(zone) = rec
         .device
         .as_ref()
         .map(|d| &d.zone)
-        .filter(|z| !z.is_empty())
+        .filter(|z| !z.is_empty() && !country_current)
     {
         // Kept to the day: it only ages countries out, and so the row is
         // rewritten once a day per country rather than on every login.
@@ -284,6 +301,151 @@ pub fn count_of_type(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ops::DeviceRecord;
+
+    fn db() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut c).unwrap();
+        c
+    }
+
+    fn entry(log_type: &str, ts: i64, device: &[u8], zone: &str) -> LogRecord {
+        LogRecord {
+            username: "alice".into(),
+            ts,
+            log_type: log_type.into(),
+            device: Some(DeviceRecord {
+                sealed_id: device.to_vec(),
+                zone: zone.into(),
+                browser: "Firefox".into(),
+                os: "Linux".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn event(rec: &LogRecord) -> Event {
+        let d = rec.device.as_ref().unwrap();
+        Event {
+            ts: rec.ts,
+            log_type: rec.log_type.clone(),
+            service: rec.service.clone(),
+            has_device: !d.sealed_id.is_empty(),
+            zone: d.zone.clone(),
+            browser: d.browser.clone(),
+            os: d.os.clone(),
+            mobile: d.mobile,
+        }
+    }
+
+    /// Stores `rec` as add_log does: the history first, then the entry.
+    fn add(c: &Connection, uid: i64, rec: &LogRecord) -> History {
+        let sealed = rec.device.as_ref().unwrap().sealed_id.clone();
+        let (h, current) = history(c, uid, &event(rec), &sealed, 3600).unwrap();
+        record_log(c, uid, rec, current).unwrap();
+        h
+    }
+
+    const DAY: i64 = 86_400;
+
+    fn triples(c: &Connection, sql: &str) -> Vec<(String, i64, i64)> {
+        let mut stmt = c.prepare(sql).unwrap();
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
+        rows.unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
+    #[test]
+    fn history_finds_the_last_login_the_device_and_the_country() {
+        let c = db();
+        let uid = ops::ensure_user(&c, "alice").unwrap();
+        let t = 1_700_000_000 / DAY * DAY;
+        let first = add(&c, uid, &entry("login", t + 3600, b"dev-a", "IT"));
+        assert_eq!(first.last_login, None);
+        assert!(!first.device_known && !first.country_known);
+
+        add(&c, uid, &entry("password_change", t + 7200, b"dev-a", "IT"));
+        let h = add(&c, uid, &entry("login", t + 10_800, b"dev-a", "IT"));
+        assert_eq!(h.last_login, Some(t + 3600), "only logins count");
+        assert!(h.device_known && h.country_known);
+
+        let h = add(&c, uid, &entry("login", t + 14_400, b"dev-b", "FR"));
+        assert_eq!(h.last_login, Some(t + 10_800));
+        assert!(!h.device_known && !h.country_known);
+
+        // No device ID, no zone: neither is known, whatever the rows hold.
+        let h = add(&c, uid, &entry("login", t + 18_000, b"", ""));
+        assert!(!h.device_known && !h.country_known);
+
+        // Another user's rows are not this user's history.
+        let bob = ops::ensure_user(&c, "bob").unwrap();
+        let h = add(&c, bob, &entry("login", t + 18_000, b"dev-a", "IT"));
+        assert_eq!(h.last_login, None);
+        assert!(!h.device_known && !h.country_known);
+    }
+
+    #[test]
+    fn the_history_query_probes_indexes_only() {
+        let c = db();
+        let plan: Vec<String> = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {HISTORY_SQL}"))
+            .unwrap()
+            .query_map(params![1, b"x".to_vec(), "IT", 0], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .all(|s| !s.starts_with("SCAN") || s == "SCAN CONSTANT ROW"),
+            "a full scan: {plan:?}"
+        );
+        for table in ["user_logs", "devices", "user_countries"] {
+            assert!(
+                plan.iter()
+                    .any(|s| s.starts_with(&format!("SEARCH {table} USING PRIMARY KEY"))),
+                "{table}: {plan:?}"
+            );
+        }
+    }
+
+    /// The country rows are skipped when they already cover the day; they
+    /// must still end up exactly the first and last day of each country in
+    /// the log, whatever order the entries come in.
+    #[test]
+    fn country_rows_follow_the_log_with_writes_skipped() {
+        let c = db();
+        let uid = ops::ensure_user(&c, "alice").unwrap();
+        let base = 1_700_000_000 / DAY * DAY;
+        let zones = ["IT", "FR", "DE"];
+        // A fixed pseudo-random walk over days (earlier and later ones) and
+        // hours within them.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut skipped = 0;
+        for _ in 0..400 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let day = (x % 9) as i64 - 4;
+            let hour = ((x >> 8) % 24) as i64;
+            let zone = zones[((x >> 16) % 3) as usize];
+            let rec = entry("login", base + day * DAY + hour * 3600, b"dev", zone);
+            let (_, current) = history(&c, uid, &event(&rec), b"dev", 3600).unwrap();
+            skipped += usize::from(current);
+            record_log(&c, uid, &rec, current).unwrap();
+        }
+        assert!(skipped > 300, "the writes were not skipped: {skipped}");
+        let rows = triples(
+            &c,
+            "SELECT zone, first_seen, last_seen FROM user_countries ORDER BY zone",
+        );
+        let want = triples(
+            &c,
+            "SELECT zone, min(ts / 86400) * 86400, max(ts / 86400) * 86400
+             FROM user_logs GROUP BY zone ORDER BY zone",
+        );
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows, want);
+    }
 
     #[test]
     fn the_due_query_reads_the_outbox_in_index_order_without_sorting() {

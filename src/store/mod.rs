@@ -195,12 +195,20 @@ impl Checkpoints {
     }
 }
 
+/// Statements each connection keeps prepared. rusqlite's default of 16 is
+/// fewer than the writer runs for one group of add_log (transaction and
+/// savepoint, the user, the monitor's history, the entry, its device and
+/// country, an alert and its deliveries, the device index's notes), so its
+/// least recently used statements were finalized and prepared again.
+const STATEMENT_CACHE: usize = 64;
+
 /// Sets up a read-write connection. The writer's commits never sync the WAL
 /// themselves (`NORMAL`): under `synchronous: full` the sync thread does, and
 /// answers the commits it covers. `NORMAL` still syncs the WAL before every
 /// checkpoint, and its header whenever it starts over.
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Deleted rows are overwritten, not left in free pages.
@@ -403,6 +411,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
 
