@@ -1168,6 +1168,45 @@ mod tests {
         store.close();
     }
 
+    /// Commits that never pause never let a pass reach the end of the WAL
+    /// on its own: the checkpointer must still make it start over, or each
+    /// commit would append to it for ever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_writes_that_never_pause_the_wal_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), false);
+        store
+            .write(|c| Ok(c.execute_batch("CREATE TABLE filler (x BLOB)")?))
+            .await
+            .unwrap();
+        let wal = wal_path(store.path());
+        // Each row fills most of a page, so each commit writes at least two
+        // frames: the new leaf and the page above it.
+        let commits = 3 * WAL_RESTART_FRAMES as u64;
+        let appended_for_ever = commits * 2 * (4096 + 24);
+        let mut largest = 0;
+        for _ in 0..commits {
+            store
+                .write(|c| {
+                    c.execute("INSERT INTO filler VALUES (zeroblob(3000))", [])?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+        assert!(
+            largest < appended_for_ever / 2,
+            "the WAL grew to {largest} bytes of the {appended_for_ever} written"
+        );
+        let rows: i64 = store
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM filler", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(rows, commits as i64);
+        store.close();
+    }
+
     #[tokio::test]
     async fn every_write_answered_before_close_is_in_the_database_after_it() {
         let dir = tempfile::tempdir().unwrap();
