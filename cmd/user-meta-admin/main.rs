@@ -57,7 +57,7 @@ struct Cli {
 #[derive(Args)]
 struct DeviceArgs {
     /// Device ID (e.g. from identify-device).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     device_id: Option<String>,
     /// Client address (reduced to a country by the server, then dropped).
     #[arg(long)]
@@ -132,7 +132,12 @@ enum Command {
     /// A user's devices (get_user_devices).
     GetUserDevices { username: String },
     /// Whether a user has used a device before (check_device).
-    CheckDevice { username: String, device_id: String },
+    CheckDevice {
+        username: String,
+        /// Base64url, so it may begin with '-'.
+        #[arg(allow_hyphen_values = true)]
+        device_id: String,
+    },
     /// Record a login to a service (set_last_login).
     SetLastLogin {
         username: String,
@@ -173,7 +178,8 @@ enum Command {
     },
     /// The device behind a cookie, or a new device and its cookie (identify_device).
     IdentifyDevice {
-        #[arg(long)]
+        /// Base64url, so it may begin with '-'.
+        #[arg(long, allow_hyphen_values = true)]
         cookie: Option<String>,
         #[arg(long)]
         remote_addr: Option<String>,
@@ -548,4 +554,40 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Unused { .. } | Command::Report { .. } => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Device IDs and cookies are base64url: one in 64 begins with '-'.
+    #[test]
+    fn device_ids_and_cookies_may_begin_with_a_hyphen() {
+        let cli = Cli::try_parse_from(["user-meta-admin", "identify-device", "--cookie", "-vQx"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(cli.command, Command::IdentifyDevice { cookie: Some(c), .. } if c == "-vQx")
+        );
+
+        let cli = Cli::try_parse_from(["user-meta-admin", "check-device", "alice", "-Ab9"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(cli.command, Command::CheckDevice { device_id, .. } if device_id == "-Ab9")
+        );
+
+        let cli = Cli::try_parse_from([
+            "user-meta-admin",
+            "add-log",
+            "alice",
+            "--type",
+            "login",
+            "--device-id",
+            "-x_1",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Command::AddLog { device, .. } = cli.command else {
+            panic!("not add-log");
+        };
+        assert_eq!(device.device_id.as_deref(), Some("-x_1"));
+    }
 }
