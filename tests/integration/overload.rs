@@ -78,6 +78,23 @@ async fn metric(addr: SocketAddr, name: &str) -> i64 {
         .unwrap_or_else(|| panic!("{name} not in\n{text}"))
 }
 
+/// Polls a metric until it reads `want`, for at most 10 s: the server sees a
+/// connection close or a request end a moment after the client does.
+async fn metric_settles(addr: SocketAddr, name: &str, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = metric(addr, name).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed at {got}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `conns` clients each making `per_conn` sequential reads: every latency.
 async fn probe(addr: SocketAddr, conns: usize, per_conn: usize) -> Vec<Duration> {
     let mut tasks = Vec::new();
@@ -356,8 +373,7 @@ async fn idle_silent_and_half_open_connections_are_closed_at_their_timeouts() {
     );
 
     // Every one of them is gone: only the metrics client itself is open.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(metric(addr, "usermetadb_open_connections").await, 1);
+    metric_settles(addr, "usermetadb_open_connections", 1).await;
     assert!(bin.alive());
 }
 
@@ -398,7 +414,8 @@ async fn the_open_connection_cap_holds() {
     }
     // Closing some frees their slots.
     held.truncate(cap - 2);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The ones held, and the metrics client.
+    metric_settles(addr, "usermetadb_open_connections", cap as i64 - 1).await;
     assert!(metric(addr, "usermetadb_connections_refused_total").await >= 5);
     let mut c = client_at(addr, "accounts-panel").await;
     assert_eq!(
@@ -427,11 +444,7 @@ async fn max_inflight_gives_immediate_503s_not_a_queue() {
         s.flush().await.unwrap();
         holders.push(s);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        metric(addr, "usermetadb_inflight_requests").await,
-        slots as i64
-    );
+    metric_settles(addr, "usermetadb_inflight_requests", slots as i64).await;
 
     // 200 more requests from 10 clients: each answered 503 at once.
     let started = Instant::now();
@@ -471,7 +484,7 @@ async fn max_inflight_gives_immediate_503s_not_a_queue() {
 
     // The slots come back as the held requests end.
     drop(holders);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    metric_settles(addr, "usermetadb_inflight_requests", 0).await;
     let mut c = client_at(addr, "sso-server").await;
     assert_eq!(c.post("/api/add_log", login("after", "d", 60)).await.0, 200);
     assert_eq!(metric(addr, "usermetadb_inflight_requests").await, 0);
