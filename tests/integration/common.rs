@@ -242,12 +242,16 @@ pub fn spawn_binary(
 
 /// A client of a server started with [`spawn_binary`].
 pub async fn client_at(addr: SocketAddr, cn: &str) -> Client {
+    try_client_at(addr, cn).await.unwrap()
+}
+
+/// [`client_at`], or why the connection failed (a server at its connection
+/// cap closes it during the handshake).
+pub async fn try_client_at(addr: SocketAddr, cn: &str) -> Result<Client, ClientError> {
     let tls = identity(&format!("client-{cn}"));
-    Client(
-        Connection::connect(addr, "localhost", Some(tls))
-            .await
-            .unwrap(),
-    )
+    Ok(Client(
+        Connection::connect(addr, "localhost", Some(tls)).await?,
+    ))
 }
 
 /// A TLS stream to `addr` presenting `<name>.pem`, for writing raw HTTP.
