@@ -240,6 +240,35 @@ pub fn spawn_binary(
     (child, addr, log)
 }
 
+/// Polls `check` every 100 ms until it holds, for at most 15 s: for state
+/// the server reaches a moment after the client acts.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually_some(what, || {
+        let f = check();
+        async move { f.await.then_some(()) }
+    })
+    .await
+}
+
+/// [`eventually`] for a check that yields a value once it holds.
+pub async fn eventually_some<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..150 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
 /// A client of a server started with [`spawn_binary`].
 pub async fn client_at(addr: SocketAddr, cn: &str) -> Client {
     try_client_at(addr, cn).await.unwrap()

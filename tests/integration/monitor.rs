@@ -31,20 +31,6 @@ async fn kinds(c: &mut Client, user: &str) -> Vec<String> {
     k
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..150 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test]
 async fn rules_raise_the_right_alerts_through_the_api() {
     let ts = TestServer::start().await;

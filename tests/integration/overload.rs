@@ -78,34 +78,21 @@ async fn metric(addr: SocketAddr, name: &str) -> i64 {
         .unwrap_or_else(|| panic!("{name} not in\n{text}"))
 }
 
-/// A client, retried for up to 10 s while the server is at its connection
-/// cap: it frees a slot a moment after a client closes one.
+/// A client, once the server has a free slot for it: at its connection cap,
+/// it frees one a moment after a client closes one.
 async fn connect_when_free(addr: SocketAddr, cn: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match try_client_at(addr, cn).await {
-            Ok(c) => return c,
-            Err(e) => assert!(Instant::now() < deadline, "no free slot: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_some("a free connection slot", || async move {
+        try_client_at(addr, cn).await.ok()
+    })
+    .await
 }
 
-/// Polls a metric until it reads `want`, for at most 10 s: the server sees a
-/// connection close or a request end a moment after the client does.
+/// Waits until a metric reads `want`.
 async fn metric_settles(addr: SocketAddr, name: &str, want: i64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = metric(addr, name).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} stayed at {got}, not {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(&format!("{name} to read {want}"), || async move {
+        metric(addr, name).await == want
+    })
+    .await
 }
 
 /// `conns` clients each making `per_conn` sequential reads: every latency.
