@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::server::tls::{load_certs, load_key, provider, root_store, TlsError};
+use crate::tls::{load_certs, load_key, provider, root_store, TlsError};
 use crate::wire::ErrorResponse;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,30 +1,38 @@
 //! usermetadb: a privacy-preserving user metadata database, wire-compatible
 //! with the Go `usermetadb` ("user-meta-server").
 //!
-//! The layers, each calling only the ones below it:
+//! The layers, top to bottom; each calls only the ones below it (a test,
+//! `layers::no_module_calls_up`, holds the code to this map):
 //!
-//! - [`server`]: TLS, HTTP, routes ([`server::endpoint::Endpoint`]), ACL
-//!   enforcement, the one error → status mapping. Calls the service.
-//! - [`service`]: the API's behaviour: validation, privacy transforms, answers.
-//!   Pure logic with `now` passed in; calls the store.
-//! - [`store`]: all SQL. A writer thread with group commit, reader threads.
-//! - [`monitor`]: the login monitor: detection rules run inside the
-//!   `add_log` transaction, the alert outbox and its dispatcher, summaries.
-//! - [`privacy`]: quantization, GeoIP country, user-agent parsing, device-ID
-//!   sealing (with [`crypto`]).
-//! - [`retention`]: the background deletion of expired rows.
-//! - [`metrics`]: process-wide atomic counters for `GET /metrics`; any layer
-//!   records into it, it calls nothing.
-//! - [`reports`]: admin reports over a time range, small groups withheld;
-//!   called by the server, calls the store.
-//! - [`wire`]: the JSON types, no I/O. [`config`]: the YAML file. [`acl`]: the
-//!   access rules.
+//! 1. [`server`]: TLS, HTTP, routes, ACL enforcement, the one error → status
+//!    mapping, the background jobs' start. Calls everything below.
+//! 2. [`reports`]: admin reports over a time range, small groups withheld.
+//!    [`transfer`]: a whole database as JSON Lines (export, import).
+//! 3. [`service`]: the API's behaviour: validation, privacy transforms,
+//!    answers; `now` passed in. Calls the monitor's rules and the store.
+//! 4. [`monitor`]: the login monitor's rules (pure functions run inside the
+//!    `add_log` transaction), the alert dispatcher and its sinks, the
+//!    sentences. [`retention`]: the background deletion of expired rows.
+//! 5. [`client`]: an HTTP/1.1 client over TLS (the webhook sink, the admin
+//!    tool, the tests). [`privacy`]: quantization, GeoIP country,
+//!    user-agent parsing, device-ID sealing.
+//! 6. [`store`]: the storage interface in domain terms and its backends
+//!    (`store::sqlite`); all SQL lives there.
+//! 7. Leaves, calling nothing of the crate but each other as listed:
+//!    [`config`] (the YAML file; uses [`acl`], [`model`]), [`model`] (the
+//!    records the layers share; uses [`wire`], [`clock`]), [`tls`]
+//!    (certificates, client identities; records into [`metrics`]),
+//!    [`crypto`], [`metrics`] (uses [`endpoint`]), [`endpoint`], [`wire`],
+//!    [`acl`] (uses [`endpoint`]), [`clock`].
 
 pub mod acl;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod endpoint;
 pub mod metrics;
+pub mod model;
 pub mod monitor;
 pub mod privacy;
 pub mod reports;
@@ -32,4 +40,6 @@ pub mod retention;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;
+pub mod transfer;
 pub mod wire;

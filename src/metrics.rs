@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::server::endpoint::Endpoint;
+use crate::endpoint::Endpoint;
 
 /// Routes plus one slot for requests that matched no route.
 const ROUTES: usize = Endpoint::ALL.len() + 1;
@@ -163,19 +163,6 @@ impl IdentityFailure {
     }
 }
 
-impl From<crate::server::tls::IdentityError> for IdentityFailure {
-    fn from(e: crate::server::tls::IdentityError) -> Self {
-        use crate::server::tls::IdentityError as I;
-        match e {
-            I::NoCertificate => IdentityFailure::NoCertificate,
-            I::Unparsable => IdentityFailure::Unparsable,
-            I::NoCommonName => IdentityFailure::NoCommonName,
-            I::SeveralCommonNames => IdentityFailure::SeveralCommonNames,
-            I::BadCommonName => IdentityFailure::BadCommonName,
-        }
-    }
-}
-
 /// A storage failure as answered to a client (503 or 500).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageFailure {
@@ -202,19 +189,6 @@ impl StorageFailure {
             StorageFailure::Busy => "busy",
             StorageFailure::Io => "io",
             StorageFailure::Other => "other",
-        }
-    }
-}
-
-impl From<&crate::store::StoreError> for StorageFailure {
-    fn from(e: &crate::store::StoreError) -> Self {
-        use crate::store::StoreError as S;
-        match e {
-            S::Full => StorageFailure::Full,
-            S::ReadOnly => StorageFailure::ReadOnly,
-            S::Busy => StorageFailure::Busy,
-            S::Io(_) => StorageFailure::Io,
-            _ => StorageFailure::Other,
         }
     }
 }
@@ -671,16 +645,14 @@ fn seconds(us: u64) -> String {
 }
 
 /// The device index's lines, for a server whose store keeps one.
-pub fn render_device_index(o: &mut String, stats: crate::store::known::KnownStats) {
+pub fn render_device_index(o: &mut String, devices: Option<usize>, reads: u64) {
     head(
         o,
         "usermetadb_device_index_devices",
         "gauge",
         "(user, device) pairs held in memory for check_device; -1 while the index is being read.",
     );
-    let held = stats
-        .devices
-        .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+    let held = devices.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
     line(o, "usermetadb_device_index_devices", &[], held);
     head(
         o,
@@ -688,12 +660,7 @@ pub fn render_device_index(o: &mut String, stats: crate::store::known::KnownStat
         "counter",
         "Times the device index was read from the database: at start, and after changes it could not follow (another process's).",
     );
-    line(
-        o,
-        "usermetadb_device_index_reads_total",
-        &[],
-        stats.rebuilds,
-    );
+    line(o, "usermetadb_device_index_reads_total", &[], reads);
 }
 
 fn head(o: &mut String, name: &str, kind: &str, help: &str) {

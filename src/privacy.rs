@@ -13,19 +13,13 @@ use serde::Deserialize;
 
 use crate::config::PrivacyConfig;
 use crate::crypto::DeviceKey;
-use crate::store::ops::DeviceRecord;
+use crate::model::DeviceRecord;
 use crate::wire::DeviceInfo;
 
 /// User agents are cut to this many bytes before parsing.
 pub const MAX_USER_AGENT: usize = 1024;
 
-/// Floors `ts` (Unix seconds) to a multiple of `granularity` seconds. Never
-/// later than `ts`; near `i64::MIN`, where the multiple does not exist, it
-/// saturates.
-pub fn quantize(ts: i64, granularity: u64) -> i64 {
-    let g = i64::try_from(granularity).unwrap_or(i64::MAX).max(1);
-    ts.saturating_sub(ts.rem_euclid(g))
-}
+pub use crate::clock::quantize;
 
 /// A country database, reloadable while requests use it.
 pub struct GeoIp {

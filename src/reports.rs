@@ -8,13 +8,13 @@
 //! per-user rows: the time between login and logout is answered as a
 //! distribution and percentiles.
 //!
-//! The store computes the groups in SQL ([`crate::store::reports`]); this module
+//! The store computes the groups ([`crate::model::Aggregate`]); this module
 //! validates the request, applies the threshold and labels the result.
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::{Aggregate, Aggregated, GroupRow, LoginColumn, SessionStats, SESSION_BUCKETS};
 use crate::service::{ApiError, Service};
-use crate::store::reports::{self as q, GroupRow, LoginColumn, SessionStats, SESSION_BUCKETS};
 use crate::wire::{Timestamp, LOG_TYPE_LOGIN, LOG_TYPE_LOGIN_FAILURE};
 
 /// Longest range one request may cover.
@@ -97,6 +97,24 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The aggregates this report is made of, in the order it reads them.
+    fn queries(self) -> Vec<Aggregate> {
+        match self {
+            Kind::LoginsPerDay => vec![Aggregate::EventsPerDay(LOG_TYPE_LOGIN.into())],
+            Kind::LoginFailuresPerDay => {
+                vec![Aggregate::EventsPerDay(LOG_TYPE_LOGIN_FAILURE.into())]
+            }
+            Kind::LoginsPerService => vec![Aggregate::LoginsBy(LoginColumn::Service)],
+            Kind::Countries => vec![Aggregate::LoginsBy(LoginColumn::Zone)],
+            Kind::Browsers => vec![Aggregate::LoginsBy(LoginColumn::Browser)],
+            Kind::OperatingSystems => vec![Aggregate::LoginsBy(LoginColumn::Os)],
+            Kind::DistinctUsers => vec![Aggregate::EventsTotal, Aggregate::EventsByType],
+            Kind::NewDevicesPerDay => vec![Aggregate::NewDevicesPerDay],
+            Kind::AlertsByKind => vec![Aggregate::AlertsByKind],
+            Kind::SessionDurations => vec![Aggregate::SessionBuckets, Aggregate::SessionStats],
+        }
+    }
+
     pub const ALL: [Kind; 10] = [
         Kind::LoginsPerDay,
         Kind::LoginsPerService,
@@ -290,61 +308,47 @@ pub async fn report(svc: &Service, req: ReportRequest) -> Result<ReportResponse,
         })?]
     };
     let k = i64::from(svc.privacy.config.report_min_users);
-    let reports = svc
-        .store
-        .read(move |c| {
-            let mut out = Vec::with_capacity(kinds.len());
-            for kind in kinds {
-                let report = match kind {
-                    Kind::LoginsPerDay => {
-                        labelled(kind, q::events_per_day(c, LOG_TYPE_LOGIN, from, to)?, k)
-                    }
-                    Kind::LoginFailuresPerDay => labelled(
-                        kind,
-                        q::events_per_day(c, LOG_TYPE_LOGIN_FAILURE, from, to)?,
-                        k,
-                    ),
-                    Kind::LoginsPerService => {
-                        labelled(kind, q::logins_by(c, LoginColumn::Service, from, to)?, k)
-                    }
-                    Kind::Countries => {
-                        labelled(kind, q::logins_by(c, LoginColumn::Zone, from, to)?, k)
-                    }
-                    Kind::Browsers => {
-                        labelled(kind, q::logins_by(c, LoginColumn::Browser, from, to)?, k)
-                    }
-                    Kind::OperatingSystems => {
-                        labelled(kind, q::logins_by(c, LoginColumn::Os, from, to)?, k)
-                    }
-                    Kind::DistinctUsers => {
-                        let mut total = q::events_total(c, from, to)?;
-                        total.key = "(any)".into();
-                        let mut rows = vec![total];
-                        rows.extend(q::events_by_type(c, from, to)?);
-                        rows.retain(|r| r.count > 0);
-                        labelled(kind, rows, k)
-                    }
-                    Kind::NewDevicesPerDay => {
-                        labelled(kind, q::new_devices_per_day(c, from, to)?, k)
-                    }
-                    Kind::AlertsByKind => match q::alerts_by_kind(c, from, to)? {
-                        Some(rows) => labelled(kind, rows, k),
-                        None => Report {
-                            note: "this database has no alerts".into(),
-                            ..kind.empty()
-                        },
-                    },
-                    Kind::SessionDurations => sessions_report(
-                        q::session_buckets(c, from, to)?,
-                        q::session_stats(c, from, to)?,
-                        k,
-                    ),
-                };
-                out.push(report);
+    let queries: Vec<Aggregate> = kinds.iter().flat_map(|k| k.queries()).collect();
+    let mut answers = svc.store.aggregate(queries, from, to).await?.into_iter();
+    let mut next = move || answers.next();
+    let groups = |a: Option<Aggregated>| match a {
+        Some(Aggregated::Groups(rows)) => rows,
+        _ => Vec::new(),
+    };
+    let mut reports = Vec::with_capacity(kinds.len());
+    for kind in kinds {
+        let report = match kind {
+            Kind::DistinctUsers => {
+                let mut rows = groups(next());
+                for total in &mut rows {
+                    total.key = "(any)".into();
+                }
+                rows.extend(groups(next()));
+                rows.retain(|r| r.count > 0);
+                labelled(kind, rows, k)
             }
-            Ok(out)
-        })
-        .await?;
+            Kind::AlertsByKind => match next() {
+                Some(Aggregated::NoAlerts) => Report {
+                    note: "this database has no alerts".into(),
+                    ..kind.empty()
+                },
+                other => labelled(kind, groups(other), k),
+            },
+            Kind::SessionDurations => {
+                let buckets = match next() {
+                    Some(Aggregated::Buckets(b)) => b,
+                    _ => Vec::new(),
+                };
+                let stats = match next() {
+                    Some(Aggregated::Sessions(s)) => s,
+                    _ => SessionStats::default(),
+                };
+                sessions_report(buckets, stats, k)
+            }
+            _ => labelled(kind, groups(next()), k),
+        };
+        reports.push(report);
+    }
     Ok(ReportResponse {
         from: Timestamp::from_unix(from),
         to: Timestamp::from_unix(to),

@@ -1,15 +1,11 @@
 //! Retention: log entries and devices older than the configured ages are
-//! deleted, in small batches through the writer so that logins queued behind
-//! a batch wait for one short transaction at most.
+//! deleted, in short steps so that logins queued behind one wait little.
 
 use std::time::Duration;
 
 use crate::config::RetentionConfig;
-use crate::store::ops::{self, Deleted};
+use crate::model::Deleted;
 use crate::store::{Store, StoreError};
-
-/// Rows deleted per table in one transaction.
-pub const BATCH: i64 = 500;
 
 /// Deletes everything past retention as of `now` (Unix seconds).
 pub async fn prune(
@@ -19,34 +15,11 @@ pub async fn prune(
 ) -> Result<Deleted, StoreError> {
     let logs_before = now.saturating_sub(retention.user_logs.as_secs() as i64);
     let devices_before = now.saturating_sub(retention.devices.as_secs() as i64);
-    let mut total = Deleted::default();
-    loop {
-        // Find expired devices and countries with a scan on a reader, then
-        // delete them by key in a short write.
-        let expired = store
-            .read(move |c| {
-                Ok(ops::Expired {
-                    devices: ops::expired_devices(c, devices_before, BATCH)?,
-                    countries: ops::expired_countries(c, devices_before, BATCH)?,
-                })
-            })
-            .await?;
-        let more_expired =
-            expired.devices.len() as i64 == BATCH || expired.countries.len() as i64 == BATCH;
-        let step = store
-            .write(move |c| ops::prune_step(c, logs_before, devices_before, BATCH, &expired))
-            .await?;
-        total.add(step);
-        if step.user_logs < BATCH as u64 && step.alerts < BATCH as u64 && !more_expired {
-            return Ok(total);
-        }
-        // Let queued requests in between batches.
-        tokio::task::yield_now().await;
-    }
+    store.prune(logs_before, devices_before).await
 }
 
 /// Prunes once shortly after start, then every `interval`, until dropped.
-pub async fn run(store: Store, retention: RetentionConfig, interval: Duration) {
+pub async fn run(store: Store, retention: RetentionConfig, interval: Duration, clock: fn() -> i64) {
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_secs(5).min(interval),
         interval,
@@ -54,7 +27,7 @@ pub async fn run(store: Store, retention: RetentionConfig, interval: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = crate::server::handler::now_unix();
+        let now = clock();
         match prune(&store, retention, now).await {
             Ok(d) if d.total() > 0 => tracing::info!(
                 user_logs = d.user_logs,
@@ -72,7 +45,7 @@ pub async fn run(store: Store, retention: RetentionConfig, interval: Duration) {
 mod tests {
     use super::*;
     use crate::config::DbConfig;
-    use crate::store::ops::{DeviceRecord, LogRecord};
+    use crate::model::{DeviceRecord, LogRecord};
 
     const DAY: i64 = 86_400;
 
@@ -100,10 +73,7 @@ mod tests {
                 }),
                 ..Default::default()
             };
-            store
-                .write(move |c| ops::insert_log(c, &rec))
-                .await
-                .unwrap();
+            store.record_log(rec, None).await.unwrap();
         }
         let retention = RetentionConfig {
             user_logs: Duration::from_secs(365 * DAY as u64),

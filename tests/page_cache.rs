@@ -1,4 +1,4 @@
-//! The page cache wrapper (`store::pcache`) against a model: a random
+//! The page cache wrapper (`store::sqlite::pcache`) against a model: a random
 //! workload of page splits, rollbacks and a shrinking database gives the same
 //! rows as a `BTreeMap`, and SQLite's integrity check passes.
 //!
@@ -8,7 +8,7 @@
 use rand::{Rng, SeedableRng};
 use rusqlite::{params, Connection};
 use std::collections::BTreeMap;
-use usermetadb::store::pcache;
+use usermetadb::store::sqlite::pcache;
 
 fn open(path: &std::path::Path) -> Connection {
     let c = Connection::open(path).unwrap();

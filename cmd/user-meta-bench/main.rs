@@ -216,10 +216,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn now_unix() -> i64 {
-    Timestamp(chrono::Utc::now()).unix()
-}
-
 fn population(p: &PopulationArgs) -> Population {
     Population::new(p.users, p.devices_per_user, p.countries, p.seed)
 }
@@ -250,7 +246,13 @@ fn seed_command(args: SeedArgs) -> Result<()> {
         args.entries,
         pop.users
     );
-    let stats = seed::seed(&args.db, &privacy, &pop, args.entries, now_unix())?;
+    let stats = seed::seed(
+        &args.db,
+        &privacy,
+        &pop,
+        args.entries,
+        usermetadb::clock::now_unix(),
+    )?;
     let size = seed::db_size(&args.db)?;
     println!(
         "{} entries in {:.1} s ({:.0} entries/s)",
@@ -411,7 +413,7 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
                 &privacy,
                 &pop,
                 args.seed_entries,
-                now_unix(),
+                usermetadb::clock::now_unix(),
             )?);
             database_before = Some(seed::db_size(&db)?);
             let config = dir.path.join("server.yml");

@@ -1,6 +1,6 @@
 //! Filling a database with a year of history, straight through the library:
-//! the same privacy reduction and the same queries as the server, in large
-//! transactions instead of one request each.
+//! the same privacy reduction and the store's bulk load, which keeps entries
+//! as the server does, in large transactions instead of one request each.
 
 use std::path::Path;
 use std::time::Instant;
@@ -8,16 +8,14 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rusqlite::Connection;
+use usermetadb::config::DbConfig;
+use usermetadb::model::{DeviceRecord, LogRecord, Record, StorageSize};
 use usermetadb::privacy::Privacy;
-use usermetadb::store::ops::{self, DeviceRecord, LogRecord};
-use usermetadb::store::{alerts, schema};
+use usermetadb::store;
 
 use crate::data::{Kind, Population, DORMANT_DAYS, SERVICES};
 
 const DAY: i64 = 86_400;
-/// Entries per transaction.
-const BATCH: usize = 20_000;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SeedStats {
@@ -50,13 +48,7 @@ pub fn seed(
     now: i64,
 ) -> Result<SeedStats> {
     let started = Instant::now();
-    let mut conn = Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
-    // The server runs in WAL mode; the seed needs no durability until the end.
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "OFF")?;
-    conn.pragma_update(None, "cache_size", -262_144)?;
-    schema::migrate(&mut conn).map_err(|e| anyhow::anyhow!("migrating {}: {e}", db.display()))?;
-
+    let cfg = db_config(db);
     let mut rng = StdRng::seed_from_u64(pop.seed ^ 0x5eed);
     let plan = plan(pop, entries, now, &mut rng);
 
@@ -65,66 +57,58 @@ pub fn seed(
     let mut last_login: Vec<[i64; 4]> = vec![[i64::MIN; 4]; pop.users as usize];
     let mut names: Vec<Option<String>> = vec![None; pop.users as usize];
 
-    for chunk in plan.chunks(BATCH) {
-        let tx = conn.transaction()?;
-        for p in chunk {
-            let user = p.user as usize;
-            let name = names[user]
-                .get_or_insert_with(|| pop.username(p.user))
-                .clone();
-            let device = if p.kind.has_device() {
-                let slot = &mut devices[user * per_user + usize::from(p.device)];
-                Some(
-                    slot.get_or_insert_with(|| {
-                        privacy.reduce_device(&name, &pop.device_info(p.user, u32::from(p.device)))
-                    })
-                    .clone(),
-                )
+    // As the server stores an entry, countries seen included: a history
+    // without them would make the monitor take every login's country for a
+    // new one.
+    let mut logs = plan.iter().map(|p| {
+        let user = p.user as usize;
+        let name = names[user]
+            .get_or_insert_with(|| pop.username(p.user))
+            .clone();
+        let device = if p.kind.has_device() {
+            let slot = &mut devices[user * per_user + usize::from(p.device)];
+            Some(
+                slot.get_or_insert_with(|| {
+                    privacy.reduce_device(&name, &pop.device_info(p.user, u32::from(p.device)))
+                })
+                .clone(),
+            )
+        } else {
+            None
+        };
+        if p.kind == Kind::Login {
+            let l = &mut last_login[user][usize::from(p.service)];
+            *l = (*l).max(p.ts);
+        }
+        Record::Log(LogRecord {
+            username: name,
+            ts: privacy.quantize_log(p.ts),
+            log_type: p.kind.log_type().to_owned(),
+            service: SERVICES[usize::from(p.service)].to_owned(),
+            login_method: if p.kind == Kind::Login {
+                "password".to_owned()
             } else {
-                None
-            };
-            if p.kind == Kind::Login {
-                let l = &mut last_login[user][usize::from(p.service)];
-                *l = (*l).max(p.ts);
-            }
-            let rec = LogRecord {
-                username: name,
-                ts: privacy.quantize_log(p.ts),
-                log_type: p.kind.log_type().to_owned(),
-                service: SERVICES[usize::from(p.service)].to_owned(),
-                login_method: if p.kind == Kind::Login {
-                    "password".to_owned()
-                } else {
-                    String::new()
-                },
-                device,
-                ..Default::default()
-            };
-            // As the server stores an entry, countries seen included: a
-            // history without them would make the monitor take every
-            // login's country for a new one.
-            let uid =
-                ops::ensure_user(&tx, &rec.username).map_err(|e| anyhow::anyhow!("user: {e}"))?;
-            alerts::record_log(&tx, uid, &rec, false)
-                .map_err(|e| anyhow::anyhow!("record_log: {e}"))?;
-        }
-        tx.commit()?;
-    }
+                String::new()
+            },
+            device,
+            ..Default::default()
+        })
+    });
+    store::bulk_load(&cfg, &mut logs).with_context(|| format!("seeding {}", db.display()))?;
 
-    let tx = conn.transaction()?;
-    for (user, services) in last_login.iter().enumerate() {
+    let mut last = last_login.iter().enumerate().flat_map(|(user, services)| {
         let name = pop.username(user as u32);
-        for (s, ts) in services.iter().enumerate() {
-            if *ts != i64::MIN {
-                ops::set_last_login(&tx, &name, SERVICES[s], privacy.quantize_last_login(*ts))
-                    .map_err(|e| anyhow::anyhow!("set_last_login: {e}"))?;
-            }
-        }
-    }
-    tx.commit()?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-    drop(conn);
+        services
+            .iter()
+            .enumerate()
+            .filter(|(_, ts)| **ts != i64::MIN)
+            .map(move |(s, ts)| Record::LastLogin {
+                username: name.clone(),
+                service: SERVICES[s].to_owned(),
+                ts: privacy.quantize_last_login(*ts),
+            })
+    });
+    store::bulk_load(&cfg, &mut last).with_context(|| format!("seeding {}", db.display()))?;
 
     let seconds = started.elapsed().as_secs_f64();
     Ok(SeedStats {
@@ -133,6 +117,17 @@ pub fn seed(
         seconds,
         entries_per_second: entries as f64 / seconds.max(1e-9),
     })
+}
+
+/// The storage settings of the database at `db`, for the whole-database streams.
+fn db_config(db: &Path) -> DbConfig {
+    DbConfig {
+        path: db.to_owned(),
+        readers: 1,
+        max_batch: 1,
+        synchronous_full: true,
+        device_index: false,
+    }
 }
 
 fn plan(pop: &Population, entries: u64, now: i64, rng: &mut StdRng) -> Vec<Planned> {
@@ -172,50 +167,9 @@ fn plan(pop: &Population, entries: u64, now: i64, rng: &mut StdRng) -> Vec<Plann
     plan
 }
 
-/// How much room the log takes, from SQLite's own page accounting.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct DbSize {
-    pub log_entries: u64,
-    pub users: u64,
-    pub devices: u64,
-    /// Every page of the database file, free pages excluded.
-    pub total_bytes: u64,
-    /// Pages of the `user_logs` table and its indexes.
-    pub user_logs_bytes: u64,
-    pub total_bytes_per_entry: f64,
-    pub user_logs_bytes_per_entry: f64,
-}
+/// How much room the log takes, as the store counts it.
+pub type DbSize = StorageSize;
 
 pub fn db_size(db: &Path) -> Result<DbSize> {
-    let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .with_context(|| format!("opening {}", db.display()))?;
-    let count =
-        |sql: &str| -> Result<u64> { Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
-    let log_entries = count("SELECT count(*) FROM user_logs")?;
-    let users = count("SELECT count(*) FROM users")?;
-    let devices = count("SELECT count(*) FROM devices")?;
-    let page_size = count("PRAGMA page_size")?;
-    let pages = count("PRAGMA page_count")?;
-    let free = count("PRAGMA freelist_count")?;
-    let user_logs_bytes = count(
-        "SELECT coalesce(sum(pgsize), 0) FROM dbstat
-         WHERE name IN (SELECT name FROM sqlite_schema WHERE tbl_name = 'user_logs')",
-    )?;
-    let total_bytes = (pages - free) * page_size;
-    let per = |b: u64| {
-        if log_entries == 0 {
-            0.0
-        } else {
-            b as f64 / log_entries as f64
-        }
-    };
-    Ok(DbSize {
-        log_entries,
-        users,
-        devices,
-        total_bytes,
-        user_logs_bytes,
-        total_bytes_per_entry: per(total_bytes),
-        user_logs_bytes_per_entry: per(user_logs_bytes),
-    })
+    store::storage_size(&db_config(db)).with_context(|| format!("measuring {}", db.display()))
 }

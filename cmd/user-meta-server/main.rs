@@ -174,7 +174,7 @@ fn db(config_path: &std::path::Path, command: DbCommand) -> anyhow::Result<()> {
 fn db_prune(config: &Config) -> anyhow::Result<()> {
     let store = usermetadb::store::Store::open(&config.db)?;
     let result = runtime()?.block_on(async {
-        let now = usermetadb::server::handler::now_unix();
+        let now = usermetadb::clock::now_unix();
         let d = usermetadb::retention::prune(&store, config.retention, now).await?;
         println!(
             "deleted {} log entries, {} devices, {} users with no data left",
@@ -201,7 +201,6 @@ fn is_stdio(p: Option<&std::path::Path>) -> bool {
 
 fn db_export(config: &Config, output: Option<&std::path::Path>) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    use usermetadb::store::export;
     let key_path = device_key_path(config);
     let key = usermetadb::crypto::DeviceKey::load(&key_path).with_context(|| {
         format!(
@@ -210,7 +209,9 @@ fn db_export(config: &Config, output: Option<&std::path::Path>) -> anyhow::Resul
         )
     })?;
     let privacy = usermetadb::privacy::Privacy::new(config.privacy, key, None);
-    let conn = export::open_read_only(&config.db.path)?;
+    if !config.db.path.is_file() {
+        anyhow::bail!("no database at {}", config.db.path.display());
+    }
     let mut out: Box<dyn std::io::Write> = if is_stdio(output) {
         Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
     } else {
@@ -223,7 +224,7 @@ fn db_export(config: &Config, output: Option<&std::path::Path>) -> anyhow::Resul
             .with_context(|| format!("{}", path.display()))?;
         Box::new(std::io::BufWriter::new(file))
     };
-    let n = export::export(&conn, &privacy, &mut out)?;
+    let n = usermetadb::transfer::export(&config.db, &privacy, &mut out)?;
     eprintln!(
         "exported {} log entries, {} devices, {} last logins (device IDs in clear: keep this file as safe as the key)",
         n.logs, n.devices, n.last_logins
@@ -232,7 +233,7 @@ fn db_export(config: &Config, output: Option<&std::path::Path>) -> anyhow::Resul
 }
 
 fn db_import(config: &Config, input: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use usermetadb::store::export;
+    use usermetadb::transfer;
     let key_path = device_key_path(config);
     let (key, created) = usermetadb::crypto::DeviceKey::load_or_create(&key_path)?;
     if created {
@@ -246,13 +247,12 @@ fn db_import(config: &Config, input: Option<&std::path::Path>) -> anyhow::Result
         None => None,
     };
     let privacy = usermetadb::privacy::Privacy::new(config.privacy, key, geoip);
-    let mut conn = export::open_for_import(&config.db.path)?;
     let n = if is_stdio(input) {
-        export::import(&mut conn, &privacy, &mut std::io::stdin().lock())?
+        transfer::import(&config.db, &privacy, &mut std::io::stdin().lock())?
     } else {
         let path = input.unwrap_or(std::path::Path::new("-"));
         let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-        export::import(&mut conn, &privacy, &mut std::io::BufReader::new(file))
+        transfer::import(&config.db, &privacy, &mut std::io::BufReader::new(file))
             .with_context(|| format!("{}", path.display()))?
     };
     eprintln!(
@@ -263,9 +263,7 @@ fn db_import(config: &Config, input: Option<&std::path::Path>) -> anyhow::Result
 }
 
 fn db_backup(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
-    use usermetadb::store::export;
-    let conn = export::open_read_only(&config.db.path)?;
-    export::backup(&conn, file)?;
+    usermetadb::store::backup(&config.db, file)?;
     eprintln!(
         "backed up {} to {}; device IDs in it open only with the key {}: back that up too",
         config.db.path.display(),

@@ -1,23 +1,29 @@
 //! Delivers every queued alert at least once to each of its sinks. The queue
-//! is the `alert_deliveries` table, so retries and their back-off survive
-//! restarts; a delivery that keeps failing keeps its row and last error.
+//! is the store's outbox, so retries and their back-off survive restarts; a
+//! delivery that keeps failing keeps its row and last error. Deliveries are
+//! claimed for a lease ([`LEASE`]): one whose dispatcher dies before it
+//! records the outcome is delivered again once the lease ends.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 use super::sinks::{DeliveryError, Sinks};
 use super::AlertsConfig;
-use crate::privacy::quantize;
-use crate::store::alerts;
+use crate::clock::quantize;
+use crate::model::Due;
 use crate::store::Store;
 
 /// Deliveries fetched per round.
 const BATCH: i64 = 32;
 /// Longest sleep when nothing is due.
 const IDLE_POLL: i64 = 30;
+/// How long a claimed delivery is left to its dispatcher (seconds): longer
+/// than a delivery may take (the sinks time out well before).
+pub const LEASE: i64 = 300;
 
 /// The back-off before attempt `attempts + 1`: doubling from `initial`, capped at `max`.
 pub fn backoff(attempts: i64, initial: Duration, max: Duration) -> Duration {
@@ -51,29 +57,38 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Runs until the task is dropped.
-    pub async fn run(self) {
-        loop {
+    /// Runs until `stop` turns true (or the task is dropped). On a stop, the
+    /// deliveries in flight are abandoned and their claims given back, due at
+    /// once, so that the next start delivers them without waiting for the
+    /// lease.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        while !*stop.borrow() {
             let now = (self.clock)();
-            let due = match self.store.read(move |c| alerts::due(c, now, BATCH)).await {
+            let due = match self.store.claim_due(now, LEASE, BATCH).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(error = %e, "alert dispatcher cannot read the outbox");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::select! {
+                        _ = stop.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
                     continue;
                 }
             };
             if due.is_empty() {
-                let next = self.store.read(alerts::next_due).await.ok().flatten();
+                let next = self.store.next_due().await.ok().flatten();
                 let wait = next
                     .map(|t| (t - now).clamp(1, IDLE_POLL))
                     .unwrap_or(IDLE_POLL);
                 tokio::select! {
+                    _ = stop.changed() => {}
                     _ = self.wake.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(wait as u64)) => {}
                 }
                 continue;
             }
+            let mut claimed: HashSet<(i64, String)> =
+                due.iter().map(|d| (d.alert.id, d.sink.clone())).collect();
             let mut set = JoinSet::new();
             for d in due {
                 let sinks = self.sinks.clone();
@@ -82,47 +97,63 @@ impl Dispatcher {
                     (d, result)
                 });
             }
-            while let Some(joined) = set.join_next().await {
-                let Ok((d, result)) = joined else { continue };
-                let now = (self.clock)();
-                let (id, sink) = (d.alert.id, d.sink.clone());
-                let granularity = self.granularity;
-                record_metric(&sink, &result);
-                let write = match result {
-                    Ok(()) => {
-                        tracing::debug!(alert_id = id, sink = %sink, "alert delivered");
-                        self.store
-                            .write(move |c| {
-                                alerts::mark_delivered(c, id, &sink, quantize(now, granularity))
-                            })
-                            .await
-                    }
-                    Err(e) => {
-                        let next = match &e {
-                            DeliveryError::Transient(_) => Some(
-                                now + backoff(
-                                    d.attempts,
-                                    self.cfg.retry_initial,
-                                    self.cfg.retry_max,
-                                )
-                                .as_secs()
-                                .max(1) as i64,
-                            ),
-                            DeliveryError::Permanent(_) => None,
-                        };
-                        // The error may quote a recipient address: debug only.
-                        tracing::warn!(sink = %sink, attempt = d.attempts + 1, will_retry = next.is_some(), "alert delivery failed");
-                        tracing::debug!(alert_id = id, error = %e, "alert delivery error");
-                        let msg = e.to_string();
-                        self.store
-                            .write(move |c| alerts::mark_failed(c, id, &sink, &msg, next))
-                            .await
-                    }
+            loop {
+                let joined = tokio::select! {
+                    _ = stop.changed() => break,
+                    joined = set.join_next() => joined,
                 };
-                if let Err(e) = write {
-                    tracing::warn!(error = %e, "cannot record an alert delivery; it will be retried");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+                let Some(joined) = joined else { break };
+                let Ok((d, result)) = joined else { continue };
+                claimed.remove(&(d.alert.id, d.sink.clone()));
+                self.record(d, result).await;
+            }
+            if *stop.borrow() {
+                set.abort_all();
+                self.release(claimed).await;
+            }
+        }
+        tracing::debug!("alert dispatcher stopped");
+    }
+
+    /// Stores the outcome of one delivery.
+    async fn record(&self, d: Due, result: Result<(), DeliveryError>) {
+        let now = (self.clock)();
+        let (id, sink) = (d.alert.id, d.sink.clone());
+        record_metric(&sink, &result);
+        let write = match result {
+            Ok(()) => {
+                tracing::debug!(alert_id = id, sink = %sink, "alert delivered");
+                self.store
+                    .mark_delivered(id, sink, quantize(now, self.granularity))
+                    .await
+            }
+            Err(e) => {
+                let next = match &e {
+                    DeliveryError::Transient(_) => Some(
+                        now + backoff(d.attempts, self.cfg.retry_initial, self.cfg.retry_max)
+                            .as_secs()
+                            .max(1) as i64,
+                    ),
+                    DeliveryError::Permanent(_) => None,
+                };
+                // The error may quote a recipient address: debug only.
+                tracing::warn!(sink = %sink, attempt = d.attempts + 1, will_retry = next.is_some(), "alert delivery failed");
+                tracing::debug!(alert_id = id, error = %e, "alert delivery error");
+                self.store.mark_failed(id, sink, e.to_string(), next).await
+            }
+        };
+        if let Err(e) = write {
+            tracing::warn!(error = %e, "cannot record an alert delivery; it will be retried");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Gives back claims whose outcome is unknown, due at once.
+    async fn release(&self, claimed: HashSet<(i64, String)>) {
+        let now = (self.clock)();
+        for (id, sink) in claimed {
+            if let Err(e) = self.store.release(id, sink, now).await {
+                tracing::warn!(error = %e, "cannot give back an alert delivery; it is retried after its lease");
             }
         }
     }

@@ -11,12 +11,12 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Serialize;
 use sha2::Sha256;
 
-use super::config::{SmtpConfig, SmtpTls, WebhookConfig};
 use super::{
     text, AlertDetails, AlertsConfig, SINK_LOG, SINK_MAIL_ADMIN, SINK_MAIL_USER, SINK_WEBHOOK,
 };
 use crate::client::{tls_config, Connection};
-use crate::store::alerts::StoredAlert;
+use crate::config::alerts::{SmtpConfig, SmtpTls, WebhookConfig};
+use crate::model::StoredAlert;
 use crate::wire::Timestamp;
 
 /// The header carrying the body's signature.

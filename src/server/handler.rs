@@ -3,7 +3,7 @@
 //! maps errors to HTTP statuses.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -13,8 +13,8 @@ use hyper::{Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::endpoint::Endpoint;
 use super::{Peer, State};
+use crate::endpoint::Endpoint;
 use crate::service::ApiError;
 use crate::store::StoreError;
 use crate::wire::ErrorResponse;
@@ -39,12 +39,7 @@ impl From<ApiError> for Reject {
     }
 }
 
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_unix;
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -93,7 +88,7 @@ impl Reject {
             Reject::Overloaded => "server overloaded, retry later".into(),
             Reject::Api(ApiError::Invalid(m) | ApiError::TooLarge(m)) => m.clone(),
             Reject::Api(ApiError::Store(e)) => {
-                crate::metrics::global().storage_error(e.into());
+                crate::metrics::global().storage_error(e.metric());
                 tracing::error!(endpoint = name, error = %e, "storage failure");
                 match e {
                     StoreError::Full => "storage full, retry later".into(),
@@ -205,8 +200,8 @@ async fn serve(
         let max = state.http.max_inflight_requests;
         let inflight = max.saturating_sub(state.inflight.available_permits());
         let mut text = crate::metrics::global().render(inflight, max);
-        if let Some(stats) = state.service.store.known_stats() {
-            crate::metrics::render_device_index(&mut text, stats);
+        if let Some(stats) = state.service.store.device_index_stats() {
+            crate::metrics::render_device_index(&mut text, stats.devices, stats.rebuilds);
         }
         let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut().insert(

@@ -1,10 +1,11 @@
 //! The network side: accept, TLS handshake, client identity, HTTP/1.1, graceful
 //! shutdown. Requests are handed to [`handler`], which calls the service.
 
-pub mod endpoint;
 pub mod handler;
 mod idle;
-pub mod tls;
+
+pub use crate::endpoint;
+pub use crate::tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,11 +22,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::acl::Acl;
 use crate::config::{Config, HttpConfig};
 use crate::crypto::DeviceKey;
+use crate::endpoint::Endpoint;
 use crate::metrics::TlsFailure;
 use crate::privacy::{GeoIp, Privacy};
 use crate::service::Service;
 use crate::store::Store;
-use endpoint::Endpoint;
 
 /// How long shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -180,21 +181,23 @@ impl Server {
             tracing::warn!("NO TLS CONFIGURED: serving plain HTTP without client authentication or ACL; use only for tests or a local socket");
         }
         let tls = tls.map(Arc::new);
-        let dispatcher = tokio::spawn(
+        let (stop_dispatcher, dispatcher_stop) = tokio::sync::watch::channel(false);
+        let mut dispatcher = tokio::spawn(
             crate::monitor::dispatch::Dispatcher {
                 store: store.clone(),
                 sinks: sinks.clone(),
                 cfg: state.service.alerts.clone(),
                 wake: state.service.wake.clone(),
-                clock: handler::now_unix,
+                clock: crate::clock::now_unix,
                 granularity: state.service.privacy.config.timestamp_granularity.as_secs(),
             }
-            .run(),
+            .run(dispatcher_stop),
         );
         let retention = tokio::spawn(crate::retention::run(
             store.clone(),
             state.service.retention,
             state.service.retention.interval,
+            crate::clock::now_unix,
         ));
         let connections = Arc::new(Semaphore::new(state.http.max_connections));
         // A flood of refused connections is one log line per interval, not one each.
@@ -246,12 +249,21 @@ impl Server {
             }
         }
         retention.abort();
-        dispatcher.abort();
+        let _ = stop_dispatcher.send(true);
+        if tokio::time::timeout(DISPATCHER_GRACE, &mut dispatcher)
+            .await
+            .is_err()
+        {
+            dispatcher.abort();
+        }
         let store2 = store.clone();
         let _ = tokio::task::spawn_blocking(move || store2.close()).await;
         tracing::info!("stopped");
     }
 }
+
+/// How long a stopping dispatcher may take to give its claims back.
+const DISPATCHER_GRACE: Duration = Duration::from_secs(5);
 
 async fn serve_connection(
     stream: TcpStream,
@@ -311,7 +323,7 @@ async fn serve_connection(
                     Peer::with_cn(acl, &cn)
                 }
                 Err(e) => {
-                    crate::metrics::global().identity_failure(e.into());
+                    crate::metrics::global().identity_failure(e.metric());
                     tracing::info!(reason = e.reason(), "client identity refused");
                     Peer::denied()
                 }

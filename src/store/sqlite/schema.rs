@@ -244,30 +244,32 @@ mod tests {
         migrate(&mut c).unwrap();
 
         let messages = |c: &Connection| -> Vec<String> {
-            crate::store::ops::user_logs(c, "u", 0, 10)
+            crate::store::sqlite::ops::user_logs(c, "u", 0, 10)
                 .unwrap()
                 .into_iter()
                 .map(|r| r.message)
                 .collect()
         };
         assert_eq!(messages(&c), ["third", "second", "first"]);
-        let first = &crate::store::ops::user_logs(&c, "u", 0, 10).unwrap()[1];
+        let first = &crate::store::sqlite::ops::user_logs(&c, "u", 0, 10).unwrap()[1];
         assert_eq!(first.device.as_ref().unwrap().sealed_id, [1]);
         assert_eq!(first.device.as_ref().unwrap().zone, "IT");
         assert_eq!(
-            crate::store::ops::user_logs(&c, "v", 1, 10).unwrap().len(),
+            crate::store::sqlite::ops::user_logs(&c, "v", 1, 10)
+                .unwrap()
+                .len(),
             1
         );
 
         // A new entry in the same hour sorts after the migrated ones.
-        let rec = crate::store::ops::LogRecord {
+        let rec = crate::model::LogRecord {
             username: "u".into(),
             ts: 7200,
             log_type: "login".into(),
             message: "fourth".into(),
             ..Default::default()
         };
-        crate::store::ops::insert_log(&c, &rec).unwrap();
+        crate::store::sqlite::ops::insert_log(&c, &rec).unwrap();
         assert_eq!(messages(&c), ["fourth", "third", "second", "first"]);
         // The old table's pages went back to the file system.
         let free: i64 = c

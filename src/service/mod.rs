@@ -1,16 +1,21 @@
 //! The API's behaviour, independent of HTTP: validate a decoded request, apply
 //! the privacy transforms, call the store, build the answer. `now` (Unix
 //! seconds) is always passed in.
+//!
+//! - this file: the Go-compatible core (logs, devices, last logins, unused
+//!   accounts, device cookies, erasure);
+//! - [`alerts`]: the monitor's endpoints, a user's alerts and summary.
+
+pub mod alerts;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::config::{HttpConfig, RetentionConfig};
-use crate::monitor::{self, AlertsConfig, Event};
+use crate::model::LogRecord;
+use crate::monitor::{self, AlertsConfig};
 use crate::privacy::{Privacy, MAX_USER_AGENT};
-use crate::store::alerts;
-use crate::store::ops::{self, LogRecord};
-use crate::store::{Store, StoreError};
+use crate::store::{Detections, Store, StoreError};
 use crate::wire::*;
 
 /// Largest `limit` of `get_user_logs`; 0 asks for [`DEFAULT_LOG_LIMIT`].
@@ -62,6 +67,20 @@ pub fn check_username(v: &str) -> Result<(), ApiError> {
     check_text("username", v, MAX_USERNAME, true)
 }
 
+pub fn check_log_type(v: &str) -> Result<(), ApiError> {
+    if v.is_empty() {
+        return Err(invalid("log_type is required"));
+    }
+    if v.len() > 64
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(invalid("log_type must be lowercase letters, digits and _"));
+    }
+    Ok(())
+}
+
 fn check_device(d: &DeviceInfo) -> Result<(), ApiError> {
     check_text("device_info.id", &d.id, 256, true)?;
     check_text("device_info.remote_addr", &d.remote_addr, 64, true)?;
@@ -94,21 +113,6 @@ pub struct Service {
     pub sinks: Arc<Vec<&'static str>>,
     /// Wakes the alert dispatcher when an alert is queued.
     pub wake: Arc<tokio::sync::Notify>,
-}
-
-/// What the rules see of a stored log entry.
-fn event_of(rec: &LogRecord) -> Event {
-    let d = rec.device.as_ref();
-    Event {
-        ts: rec.ts,
-        log_type: rec.log_type.clone(),
-        service: rec.service.clone(),
-        has_device: d.is_some_and(|d| !d.sealed_id.is_empty()),
-        zone: d.map(|d| d.zone.clone()).unwrap_or_default(),
-        browser: d.map(|d| d.browser.clone()).unwrap_or_default(),
-        os: d.map(|d| d.os.clone()).unwrap_or_default(),
-        mobile: d.is_some_and(|d| d.mobile),
-    }
 }
 
 impl Service {
@@ -148,17 +152,7 @@ impl Service {
     pub fn log_record(&self, e: &LogEntry, now: i64) -> Result<LogRecord, ApiError> {
         check_username(&e.username)?;
         let ts = self.check_log_time(&e.timestamp, now)?;
-        if e.log_type.is_empty() {
-            return Err(invalid("log_type is required"));
-        }
-        if e.log_type.len() > 64
-            || !e
-                .log_type
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return Err(invalid("log_type must be lowercase letters, digits and _"));
-        }
+        check_log_type(&e.log_type)?;
         check_text("message", &e.message, 4096, false)?;
         check_text("service", &e.service, 128, true)?;
         check_text("login_method", &e.login_method, 128, true)?;
@@ -190,29 +184,14 @@ impl Service {
         let entry = req.log.ok_or_else(|| invalid("log is required"))?;
         let rec = self.log_record(&entry, now)?;
         let cfg = self.alerts.clone();
-        let sinks = self.sinks.clone();
         // The rules run in the transaction that stores the entry: an
         // acknowledged event always has its alerts queued.
-        let raised = self
-            .store
-            .write(move |c| {
-                let uid = ops::ensure_user(c, &rec.username)?;
-                let event = event_of(&rec);
-                let sealed = rec
-                    .device
-                    .as_ref()
-                    .map(|d| d.sealed_id.as_slice())
-                    .unwrap_or(&[]);
-                let window = cfg.burst_window.as_secs() as i64;
-                let (history, country_current) = alerts::history(c, uid, &event, sealed, window)?;
-                alerts::record_log(c, uid, &rec, country_current)?;
-                let drafts = monitor::evaluate(&cfg, &history, &event, now);
-                for d in &drafts {
-                    alerts::insert_alert(c, uid, d, &sinks)?;
-                }
-                Ok(drafts.len())
-            })
-            .await?;
+        let detect = Detections {
+            burst_window: cfg.burst_window.as_secs() as i64,
+            sinks: self.sinks.clone(),
+            rules: Box::new(move |history, event| monitor::evaluate(&cfg, history, event, now)),
+        };
+        let raised = self.store.record_log(rec, Some(detect)).await?;
         if raised > 0 {
             self.wake.notify_one();
         }
@@ -246,49 +225,46 @@ impl Service {
         let privacy = self.privacy.clone();
         // Encoded on the reader, straight from the rows: no owned copy of
         // each entry is built only to be serialized and dropped.
-        let body = self
+        let name = user.clone();
+        // Ten entries, a typical answer, take about 3 KB.
+        let mut out = Vec::with_capacity(4096);
+        out.extend_from_slice(br#"{"result":["#);
+        let mut opened = OpenedIds::default();
+        let mut out = self
             .store
-            .read(move |c| {
-                // Ten entries, a typical answer, take about 3 KB.
-                let mut out = Vec::with_capacity(4096);
-                out.extend_from_slice(br#"{"result":["#);
-                let mut first = true;
-                let mut opened = OpenedIds::default();
-                ops::for_each_log(c, &user, since, None, limit, |l| {
-                    if !first {
-                        out.push(b',');
-                    }
-                    first = false;
-                    let id = l
-                        .device
-                        .as_ref()
-                        .map(|d| opened.open(&privacy, &user, d.sealed_id));
-                    let entry = LogEntryRef {
-                        timestamp: Timestamp::from_unix(l.ts),
-                        username: &user,
-                        log_type: l.log_type,
-                        message: l.message,
-                        service: l.service,
-                        login_method: l.login_method,
-                        login_authenticator_id: l.login_authenticator_id,
-                        device_info: l.device.as_ref().map(|d| DeviceInfoRef {
-                            id: id.as_deref().unwrap_or_default(),
-                            remote_addr: "",
-                            remote_zone: d.zone,
-                            user_agent: d.user_agent,
-                            browser: d.browser,
-                            os: d.os,
-                            mobile: d.mobile,
-                        }),
-                    };
-                    entry.write_json(&mut out);
-                    Ok(())
-                })?;
-                out.extend_from_slice(b"]}");
-                Ok(out)
+            .fold_logs(user, since, None, limit, out, move |out, l| {
+                if out.len() > br#"{"result":["#.len() {
+                    out.push(b',');
+                }
+                let user = &name;
+                let id = l
+                    .device
+                    .as_ref()
+                    .map(|d| opened.open(&privacy, user, d.sealed_id));
+                let entry = LogEntryRef {
+                    timestamp: Timestamp::from_unix(l.ts),
+                    username: user,
+                    log_type: l.log_type,
+                    message: l.message,
+                    service: l.service,
+                    login_method: l.login_method,
+                    login_authenticator_id: l.login_authenticator_id,
+                    device_info: l.device.as_ref().map(|d| DeviceInfoRef {
+                        id: id.as_deref().unwrap_or_default(),
+                        remote_addr: "",
+                        remote_zone: d.zone,
+                        user_agent: d.user_agent,
+                        browser: d.browser,
+                        os: d.os,
+                        mobile: d.mobile,
+                    }),
+                };
+                entry.write_json(out);
+                Ok(())
             })
             .await?;
-        Ok(body)
+        out.extend_from_slice(b"]}");
+        Ok(out)
     }
 
     pub async fn get_user_devices(
@@ -300,18 +276,16 @@ impl Service {
         let privacy = self.privacy.clone();
         let devices = self
             .store
-            .read(move |c| {
-                Ok(ops::user_devices(c, &user)?
-                    .into_iter()
-                    .map(|r| MetaDeviceInfo {
-                        device_info: Some(privacy.restore_device(&user, r.device)),
-                        first_seen: Timestamp::from_unix(r.first_seen),
-                        last_seen: Timestamp::from_unix(r.last_seen),
-                        num_logins: r.num_logins,
-                    })
-                    .collect())
+            .user_devices(user.clone())
+            .await?
+            .into_iter()
+            .map(|r| MetaDeviceInfo {
+                device_info: Some(privacy.restore_device(&user, r.device)),
+                first_seen: Timestamp::from_unix(r.first_seen),
+                last_seen: Timestamp::from_unix(r.last_seen),
+                num_logins: r.num_logins,
             })
-            .await?;
+            .collect();
         Ok(GetUserDevicesResponse { devices })
     }
 
@@ -328,14 +302,7 @@ impl Service {
             return Err(invalid("device_info.id is required"));
         }
         let sealed = self.privacy.key.seal_id(&req.username, &d.id);
-        if let Some(seen) = self.store.known_device(&req.username, &sealed) {
-            return Ok(CheckDeviceResponse { seen });
-        }
-        let user = req.username;
-        let seen = self
-            .store
-            .read(move |c| ops::device_known(c, &user, &sealed))
-            .await?;
+        let seen = self.store.device_known(req.username, sealed).await?;
         Ok(CheckDeviceResponse { seen })
     }
 
@@ -363,9 +330,7 @@ impl Service {
             return Err(invalid("timestamp is before 1970"));
         }
         let ts = self.privacy.quantize_last_login(ts);
-        self.store
-            .write(move |c| ops::set_last_login(c, &e.username, &e.service, ts))
-            .await?;
+        self.store.set_last_login(e.username, e.service, ts).await?;
         Ok(EmptyResponse {})
     }
 
@@ -379,17 +344,15 @@ impl Service {
         let service = (!req.service.is_empty()).then_some(req.service);
         let results = self
             .store
-            .read(move |c| {
-                Ok(ops::last_logins(c, &user, service.as_deref())?
-                    .into_iter()
-                    .map(|(service, ts)| LastLoginEntry {
-                        timestamp: Timestamp::from_unix(ts),
-                        username: user.clone(),
-                        service,
-                    })
-                    .collect())
+            .last_logins(user.clone(), service)
+            .await?
+            .into_iter()
+            .map(|(service, ts)| LastLoginEntry {
+                timestamp: Timestamp::from_unix(ts),
+                username: user.clone(),
+                service,
             })
-            .await?;
+            .collect();
         Ok(GetLastLoginResponse { results })
     }
 
@@ -428,20 +391,7 @@ impl Service {
     ) -> Result<ForgetUserResponse, ApiError> {
         check_username(&req.username)?;
         let user = req.username;
-        let d = self
-            .store
-            .write(move |c| ops::forget_user(c, &user))
-            .await?;
-        if d.total() > 0 {
-            // Deletion is deletion: no copy of the old pages may stay in the WAL.
-            let path = self.store.path().to_owned();
-            let truncated = tokio::task::spawn_blocking(move || ops::truncate_wal(&path)).await;
-            if !matches!(truncated, Ok(Ok(()))) {
-                tracing::warn!(
-                    "could not truncate the WAL after an erasure; it will be checkpointed later"
-                );
-            }
-        }
+        let d = self.store.forget_user(user).await?;
         Ok(ForgetUserResponse {
             deleted: DeletedCounts {
                 user_logs: d.user_logs,
@@ -476,10 +426,7 @@ impl Service {
         // Stored last logins are floored; floor the cutoff the same way so a
         // login inside the window is never counted as outside it.
         let cutoff = self.privacy.quantize_last_login(now - req.days * 86_400);
-        let unused = self
-            .store
-            .read(move |c| ops::unused_accounts(c, &names, cutoff))
-            .await?;
+        let unused = self.store.unused_accounts(names, cutoff).await?;
         Ok(GetUnusedAccountsResponse {
             unused_usernames: unused,
         })

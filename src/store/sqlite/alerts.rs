@@ -3,9 +3,10 @@
 
 use rusqlite::{params, Connection};
 
-use super::ops::{self, LogRecord};
+use super::ops;
 use super::StoreError;
-use crate::monitor::{AlertDetails, AlertDraft, AlertKind, Event, History};
+use crate::clock::quantize;
+use crate::model::{AlertDraft, AlertKind, Delivery, Due, Event, History, LogRecord, StoredAlert};
 use crate::wire::LOG_TYPE_LOGIN_FAILURE;
 
 /// The user's newest login, whether the device is in the user's list, and
@@ -31,7 +32,7 @@ pub fn history(
     sealed_id: &[u8],
     burst_window: i64,
 ) -> Result<(History, bool), StoreError> {
-    let day = crate::privacy::quantize(e.ts, 86_400);
+    let day = quantize(e.ts, 86_400);
     let (last_login, device_row, country_row): (Option<i64>, bool, Option<bool>) = conn
         .prepare_cached(HISTORY_SQL)?
         .query_row(params![uid, sealed_id, e.zone, day], |r| {
@@ -86,7 +87,7 @@ pub fn record_log(
     {
         // Kept to the day: it only ages countries out, and so the row is
         // rewritten once a day per country rather than on every login.
-        let day = crate::privacy::quantize(rec.ts, 86_400);
+        let day = quantize(rec.ts, 86_400);
         conn.prepare_cached(
             "INSERT INTO user_countries (user_id, zone, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
              ON CONFLICT (user_id, zone) DO UPDATE SET
@@ -125,34 +126,6 @@ pub fn insert_alert(
     Ok(id)
 }
 
-/// An alert as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredAlert {
-    pub id: i64,
-    pub username: String,
-    pub kind: AlertKind,
-    pub created: i64,
-    pub details: AlertDetails,
-}
-
-/// One sink's view of one alert.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    pub sink: String,
-    pub state: String,
-    pub attempts: i64,
-    pub last_error: Option<String>,
-    pub delivered_at: Option<i64>,
-}
-
-/// A delivery whose time has come, with its alert.
-#[derive(Debug, Clone)]
-pub struct Due {
-    pub alert: StoredAlert,
-    pub sink: String,
-    pub attempts: i64,
-}
-
 fn alert_from_row(r: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<StoredAlert> {
     let kind: String = r.get(base + 2)?;
     let details: String = r.get(base + 4)?;
@@ -176,17 +149,43 @@ const DUE_SQL: &str = "SELECT a.id, u.name, a.kind, a.created, a.details, d.sink
      ORDER BY d.next_attempt, d.alert_id
      LIMIT ?2";
 
-/// Pending deliveries due at `now`, oldest first.
-pub fn due(conn: &Connection, now: i64, limit: i64) -> Result<Vec<Due>, StoreError> {
+/// Pending deliveries due at `now`, oldest first, claimed for `lease`
+/// seconds: they are due again only after it, so a dispatcher that dies
+/// before it records the outcome leaves them to be delivered again, and one
+/// that lives is not handed them twice.
+pub fn claim_due(
+    conn: &Connection,
+    now: i64,
+    lease: i64,
+    limit: i64,
+) -> Result<Vec<Due>, StoreError> {
     let mut stmt = conn.prepare_cached(DUE_SQL)?;
-    let rows = stmt.query_map(params![now, limit], |r| {
-        Ok(Due {
-            alert: alert_from_row(r, 0)?,
-            sink: r.get(5)?,
-            attempts: r.get(6)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let due = stmt
+        .query_map(params![now, limit], |r| {
+            Ok(Due {
+                alert: alert_from_row(r, 0)?,
+                sink: r.get(5)?,
+                attempts: r.get(6)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut claim = conn.prepare_cached(
+        "UPDATE alert_deliveries SET next_attempt = ?3 WHERE alert_id = ?1 AND sink = ?2",
+    )?;
+    for d in &due {
+        claim.execute(params![d.alert.id, d.sink, now.saturating_add(lease)])?;
+    }
+    Ok(due)
+}
+
+/// Gives back a claimed delivery, due at `due`; its attempts stay as they were.
+pub fn release(conn: &Connection, alert_id: i64, sink: &str, due: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE alert_deliveries SET next_attempt = ?3
+         WHERE alert_id = ?1 AND sink = ?2 AND state = 'pending'",
+    )?
+    .execute(params![alert_id, sink, due])?;
+    Ok(())
 }
 
 /// When the next pending delivery is due, if any.
@@ -272,17 +271,6 @@ pub fn user_alerts(
     Ok(out)
 }
 
-/// The newest entry of `log_type` for the user.
-pub fn latest_of_type(
-    conn: &Connection,
-    name: &str,
-    log_type: &str,
-) -> Result<Option<LogRecord>, StoreError> {
-    Ok(ops::user_logs_of_type(conn, name, log_type, 1)?
-        .into_iter()
-        .next())
-}
-
 /// How many entries of `log_type` the user has since `since`.
 pub fn count_of_type(
     conn: &Connection,
@@ -301,7 +289,7 @@ pub fn count_of_type(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ops::DeviceRecord;
+    use crate::model::DeviceRecord;
 
     fn db() -> Connection {
         let mut c = Connection::open_in_memory().unwrap();

@@ -16,8 +16,8 @@ use std::ptr::NonNull;
 
 use rusqlite::{ffi, Connection};
 
-use super::ops::{LogDevice, LogRow};
 use super::StoreError;
+use crate::model::{LogDevice, LogRow};
 
 const SQL: &str =
     "SELECT l.ts, l.log_type, l.message, l.service, l.login_method, l.login_authenticator_id,
@@ -289,11 +289,12 @@ unsafe fn error(db: *mut ffi::sqlite3, rc: c_int) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ops::{insert_log, user_logs, user_logs_of_type, DeviceRecord, LogRecord};
+    use crate::model::{DeviceRecord, LogRecord};
+    use crate::store::sqlite::ops::{insert_log, user_logs, user_logs_of_type};
 
     fn db() -> Connection {
         let mut c = Connection::open_in_memory().unwrap();
-        crate::store::schema::migrate(&mut c).unwrap();
+        crate::store::sqlite::schema::migrate(&mut c).unwrap();
         c
     }
 

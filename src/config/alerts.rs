@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigDuration, Problem};
+use super::{ConfigDuration, Problem};
 
-use super::AlertKind;
+use crate::model::{AlertKind, SINK_LOG, SINK_MAIL_ADMIN, SINK_MAIL_USER, SINK_WEBHOOK};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -424,17 +424,17 @@ impl AlertsConfig {
     pub fn sinks(&self) -> Vec<&'static str> {
         let mut s = Vec::new();
         if self.log {
-            s.push(super::SINK_LOG);
+            s.push(SINK_LOG);
         }
         if self.webhook.is_some() {
-            s.push(super::SINK_WEBHOOK);
+            s.push(SINK_WEBHOOK);
         }
         if let Some(smtp) = &self.smtp {
             if smtp.admin_to.is_some() {
-                s.push(super::SINK_MAIL_ADMIN);
+                s.push(SINK_MAIL_ADMIN);
             }
             if smtp.user_to.is_some() {
-                s.push(super::SINK_MAIL_USER);
+                s.push(SINK_MAIL_USER);
             }
         }
         s

@@ -6,40 +6,7 @@ use rusqlite::types::{FromSqlError, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::StoreError;
-
-/// A device as stored: the ID already sealed by the caller.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeviceRecord {
-    pub sealed_id: Vec<u8>,
-    pub zone: String,
-    pub browser: String,
-    pub os: String,
-    pub mobile: bool,
-    /// Empty unless the deployment keeps user agents.
-    pub user_agent: String,
-}
-
-/// A log entry as stored; `ts` is already quantized (Unix seconds).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LogRecord {
-    pub username: String,
-    pub ts: i64,
-    pub log_type: String,
-    pub message: String,
-    pub service: String,
-    pub login_method: String,
-    pub login_authenticator_id: String,
-    pub device: Option<DeviceRecord>,
-}
-
-/// A row of the user's device list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceRow {
-    pub device: DeviceRecord,
-    pub first_seen: i64,
-    pub last_seen: i64,
-    pub num_logins: i64,
-}
+use crate::model::{Deleted, DeviceRecord, DeviceRow, LogRecord};
 
 fn opt(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
@@ -62,6 +29,7 @@ pub fn ensure_user(conn: &Connection, name: &str) -> Result<i64, StoreError> {
 }
 
 /// Appends a log entry and, when it carries a device, updates the device list.
+#[cfg(test)]
 pub fn insert_log(conn: &Connection, rec: &LogRecord) -> Result<(), StoreError> {
     let uid = ensure_user(conn, &rec.username)?;
     insert_log_as(conn, uid, rec)
@@ -142,6 +110,7 @@ fn upsert_device(
 }
 
 /// The user's log, newest first, at most `limit` entries at or after `since`.
+#[cfg(test)]
 pub fn user_logs(
     conn: &Connection,
     name: &str,
@@ -170,48 +139,10 @@ fn query_logs(
 ) -> Result<Vec<LogRecord>, StoreError> {
     let mut out = Vec::new();
     for_each_log(conn, name, since, log_type, limit, |l| {
-        out.push(LogRecord {
-            username: name.to_owned(),
-            ts: l.ts,
-            log_type: l.log_type.to_owned(),
-            message: l.message.to_owned(),
-            service: l.service.to_owned(),
-            login_method: l.login_method.to_owned(),
-            login_authenticator_id: l.login_authenticator_id.to_owned(),
-            device: l.device.as_ref().map(|d| DeviceRecord {
-                sealed_id: d.sealed_id.to_vec(),
-                zone: d.zone.to_owned(),
-                browser: d.browser.to_owned(),
-                os: d.os.to_owned(),
-                mobile: d.mobile,
-                user_agent: d.user_agent.to_owned(),
-            }),
-        });
+        out.push(l.to_record(name));
         Ok(())
     })?;
     Ok(out)
-}
-
-/// A stored log entry with its text borrowed from the row being read; an
-/// absent text column reads as "".
-pub struct LogRow<'a> {
-    pub ts: i64,
-    pub log_type: &'a str,
-    pub message: &'a str,
-    pub service: &'a str,
-    pub login_method: &'a str,
-    pub login_authenticator_id: &'a str,
-    pub device: Option<LogDevice<'a>>,
-}
-
-/// The device columns of a [`LogRow`].
-pub struct LogDevice<'a> {
-    pub sealed_id: &'a [u8],
-    pub zone: &'a str,
-    pub browser: &'a str,
-    pub os: &'a str,
-    pub mobile: bool,
-    pub user_agent: &'a str,
 }
 
 /// Column `i`, holding `v`, when it is not of the type asked for.
@@ -331,30 +262,6 @@ pub fn unused_accounts(
         .filter(|n| unused.contains(n.as_str()) && listed.insert(n.as_str()))
         .cloned()
         .collect())
-}
-
-/// How many rows a deletion removed, per table.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Deleted {
-    pub user_logs: u64,
-    pub devices: u64,
-    pub last_logins: u64,
-    pub alerts: u64,
-    pub users: u64,
-}
-
-impl Deleted {
-    pub fn total(&self) -> u64 {
-        self.user_logs + self.devices + self.last_logins + self.alerts + self.users
-    }
-
-    pub fn add(&mut self, other: Deleted) {
-        self.user_logs += other.user_logs;
-        self.devices += other.devices;
-        self.last_logins += other.last_logins;
-        self.alerts += other.alerts;
-        self.users += other.users;
-    }
 }
 
 /// Deletes every row of one user.
@@ -511,7 +418,7 @@ mod tests {
 
     fn db() -> Connection {
         let mut c = Connection::open_in_memory().unwrap();
-        crate::store::schema::migrate(&mut c).unwrap();
+        crate::store::sqlite::schema::migrate(&mut c).unwrap();
         c
     }
 

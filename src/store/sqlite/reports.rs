@@ -6,26 +6,28 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::StoreError;
+use crate::model::{Aggregate, Aggregated, GroupRow, LoginColumn, SessionStats, SESSION_BUCKETS};
 
-/// One group of an aggregate: its key, how many events, how many distinct users.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupRow {
-    pub key: String,
-    pub count: i64,
-    pub users: i64,
-}
-
-/// Upper bounds, in seconds, of the session-length buckets; the last bucket
-/// is everything longer. Stored times are floored, so a bucket means "about".
-pub const SESSION_BUCKETS: [i64; 6] = [3_600, 2 * 3_600, 4 * 3_600, 8 * 3_600, 86_400, 7 * 86_400];
-
-/// Totals of the login → logout pairs in a range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SessionStats {
-    pub sessions: i64,
-    pub users: i64,
-    pub median: Option<i64>,
-    pub p90: Option<i64>,
+/// Answers one aggregate.
+pub fn aggregate(
+    conn: &Connection,
+    q: &Aggregate,
+    from: i64,
+    to: i64,
+) -> Result<Aggregated, StoreError> {
+    Ok(match q {
+        Aggregate::EventsPerDay(t) => Aggregated::Groups(events_per_day(conn, t, from, to)?),
+        Aggregate::LoginsBy(c) => Aggregated::Groups(logins_by(conn, *c, from, to)?),
+        Aggregate::EventsByType => Aggregated::Groups(events_by_type(conn, from, to)?),
+        Aggregate::EventsTotal => Aggregated::Groups(vec![events_total(conn, from, to)?]),
+        Aggregate::NewDevicesPerDay => Aggregated::Groups(new_devices_per_day(conn, from, to)?),
+        Aggregate::AlertsByKind => match alerts_by_kind(conn, from, to)? {
+            Some(rows) => Aggregated::Groups(rows),
+            None => Aggregated::NoAlerts,
+        },
+        Aggregate::SessionBuckets => Aggregated::Buckets(session_buckets(conn, from, to)?),
+        Aggregate::SessionStats => Aggregated::Sessions(session_stats(conn, from, to)?),
+    })
 }
 
 fn grouped(conn: &Connection, sql: &str, from: i64, to: i64) -> Result<Vec<GroupRow>, StoreError> {
@@ -93,15 +95,6 @@ pub fn logins_by(
         }
     };
     grouped(conn, sql, from, to)
-}
-
-/// The log columns logins can be grouped by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginColumn {
-    Service,
-    Zone,
-    Browser,
-    Os,
 }
 
 /// Events per log type, largest first.
@@ -243,11 +236,12 @@ pub fn session_stats(conn: &Connection, from: i64, to: i64) -> Result<SessionSta
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ops::{insert_log, LogRecord};
+    use crate::model::LogRecord;
+    use crate::store::sqlite::ops::insert_log;
 
     fn db() -> Connection {
         let mut c = Connection::open_in_memory().unwrap();
-        crate::store::schema::migrate(&mut c).unwrap();
+        crate::store::sqlite::schema::migrate(&mut c).unwrap();
         c
     }
 

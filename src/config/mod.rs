@@ -12,6 +12,9 @@ use serde::{Deserialize, Deserializer};
 
 use crate::acl::{Acl, AclEntry};
 
+pub mod alerts;
+pub use alerts::AlertsConfig;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -114,7 +117,7 @@ pub struct RawConfig {
     pub secrets: RawSecrets,
     /// The login monitor: rules and where alerts go.
     #[serde(default)]
-    pub alerts: Option<crate::monitor::config::RawAlerts>,
+    pub alerts: Option<alerts::RawAlerts>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -226,7 +229,7 @@ pub struct Config {
     /// The GeoIP database file, if any.
     pub geoip: Option<PathBuf>,
     pub secrets: SecretsConfig,
-    pub alerts: crate::monitor::AlertsConfig,
+    pub alerts: AlertsConfig,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -527,7 +530,7 @@ impl Config {
             .device_key_file
             .map(|f| non_empty("secrets.device_key_file", f));
 
-        let alerts = crate::monitor::AlertsConfig::from_raw(raw.alerts, &mut problems);
+        let alerts = AlertsConfig::from_raw(raw.alerts, &mut problems);
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { problems });

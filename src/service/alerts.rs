@@ -1,10 +1,9 @@
 //! The monitor's endpoints: a user's alerts, and the summary an account panel shows.
 
-use crate::service::{check_days, check_username, ApiError, Service};
-use crate::store::{alerts, ops};
+use super::{check_days, check_username, ApiError, Service};
+use crate::model::{Delivery, StoredAlert, UserOverview};
+use crate::monitor::text;
 use crate::wire::*;
-
-use super::text;
 
 /// Alerts answered at most.
 const MAX_ALERTS: i64 = 1000;
@@ -13,7 +12,7 @@ const SUMMARY_DAYS: i64 = 30;
 /// Alerts listed in a summary at most.
 const SUMMARY_ALERTS: i64 = 10;
 
-fn alert_info(a: alerts::StoredAlert, deliveries: Vec<alerts::Delivery>) -> AlertInfo {
+fn alert_info(a: StoredAlert, deliveries: Vec<Delivery>) -> AlertInfo {
     AlertInfo {
         id: a.id,
         kind: a.kind.as_str().to_owned(),
@@ -47,10 +46,7 @@ impl Service {
             now - req.max_days * 86_400
         };
         let user = req.username;
-        let found = self
-            .store
-            .read(move |c| alerts::user_alerts(c, &user, since, MAX_ALERTS))
-            .await?;
+        let found = self.store.user_alerts(user, since, MAX_ALERTS).await?;
         Ok(GetUserAlertsResponse {
             alerts: found.into_iter().map(|(a, d)| alert_info(a, d)).collect(),
         })
@@ -64,17 +60,15 @@ impl Service {
         check_username(&req.username)?;
         let user = req.username.clone();
         let since = now - SUMMARY_DAYS * 86_400;
-        let (last, devices, services, failures, recent) = self
+        let UserOverview {
+            last_login: last,
+            devices,
+            services,
+            failures,
+            recent_alerts: recent,
+        } = self
             .store
-            .read(move |c| {
-                Ok((
-                    alerts::latest_of_type(c, &user, LOG_TYPE_LOGIN)?,
-                    ops::user_devices(c, &user)?,
-                    ops::last_logins(c, &user, None)?,
-                    alerts::count_of_type(c, &user, LOG_TYPE_LOGIN_FAILURE, since)?,
-                    alerts::user_alerts(c, &user, since, SUMMARY_ALERTS)?,
-                ))
-            })
+            .user_overview(user, since, SUMMARY_ALERTS)
             .await?;
         let mut facts = Vec::new();
         match last {

@@ -126,13 +126,7 @@ struct Rebuild {
     stop: bool,
 }
 
-/// Counts for `/metrics`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KnownStats {
-    /// Pairs held, or `None` while the index is being read.
-    pub devices: Option<usize>,
-    pub rebuilds: u64,
-}
+use crate::model::DeviceIndexStats as KnownStats;
 
 pub struct KnownDevices {
     keys: (RandomState, RandomState),
@@ -334,13 +328,13 @@ mod tests {
 
     fn writer() -> (Connection, KnownDevices) {
         let mut c = Connection::open_in_memory().unwrap();
-        crate::store::schema::migrate(&mut c).unwrap();
+        crate::store::sqlite::schema::migrate(&mut c).unwrap();
         c.execute_batch(INSTALL).unwrap();
         (c, KnownDevices::new())
     }
 
     fn add_device(c: &Connection, user: &str, id: &[u8]) {
-        let uid = crate::store::ops::ensure_user(c, user).unwrap();
+        let uid = crate::store::sqlite::ops::ensure_user(c, user).unwrap();
         c.execute(
             "INSERT INTO devices (user_id, device_id, zone, browser, os, mobile, user_agent,
                  first_seen, last_seen, num_logins)
@@ -409,7 +403,7 @@ mod tests {
         let (c, k) = {
             let mut c = Connection::open(&path).unwrap();
             c.pragma_update(None, "journal_mode", "WAL").unwrap();
-            crate::store::schema::migrate(&mut c).unwrap();
+            crate::store::sqlite::schema::migrate(&mut c).unwrap();
             c.execute_batch(INSTALL).unwrap();
             (c, KnownDevices::new())
         };
@@ -426,7 +420,7 @@ mod tests {
             s.pending = Some(Vec::new());
             s.generation
         };
-        let reader = crate::store::open_reader(&path).unwrap();
+        let reader = crate::store::sqlite::reader::open_reader(&path).unwrap();
         let mut set = k.read_all(&reader).unwrap();
         k.committed(Changes {
             pairs: vec![(true, k.key("a", b"2"))],

@@ -99,6 +99,18 @@ pub enum IdentityError {
 }
 
 impl IdentityError {
+    /// The label it is counted under in `/metrics`.
+    pub fn metric(self) -> crate::metrics::IdentityFailure {
+        use crate::metrics::IdentityFailure as F;
+        match self {
+            IdentityError::NoCertificate => F::NoCertificate,
+            IdentityError::Unparsable => F::Unparsable,
+            IdentityError::NoCommonName => F::NoCommonName,
+            IdentityError::SeveralCommonNames => F::SeveralCommonNames,
+            IdentityError::BadCommonName => F::BadCommonName,
+        }
+    }
+
     pub fn reason(self) -> &'static str {
         match self {
             IdentityError::NoCertificate => "no client certificate",

@@ -1,0 +1,814 @@
+//! The storage interface's behaviour, written once as functions of a backend
+//! and run on every backend: each backend's tests call
+//! [`storage_conformance!`](crate::storage_conformance) with a function that
+//! opens a fresh, empty database of that backend.
+//!
+//! Each case states one promise of [`Store`] and checks it through the
+//! interface alone: what is written reads back, a failed write leaves nothing
+//! behind, the history a detection sees is the one before its entry, the
+//! outbox hands out each delivery at least once and not twice under a lease,
+//! retention and erasure delete exactly what they should.
+
+use std::sync::{Arc, Mutex};
+
+use crate::config::DbConfig;
+use crate::model::{
+    Aggregate, Aggregated, AlertDraft, AlertKind, DeviceRecord, GroupRow, History, LogRecord,
+    LoginColumn, Record,
+};
+use crate::store::{self, Detections, Store};
+
+/// A fresh database of one backend, and what keeps it alive.
+pub struct Subject {
+    pub store: Store,
+    pub db: DbConfig,
+    pub keep: Box<dyn std::any::Any + Send>,
+}
+
+const HOUR: i64 = 3_600;
+const DAY: i64 = 86_400;
+/// A time well inside any retention window of the cases.
+const T0: i64 = 1_800_000_000 - 1_800_000_000 % DAY;
+
+fn device(id: &str, zone: &str) -> DeviceRecord {
+    DeviceRecord {
+        sealed_id: id.as_bytes().to_vec(),
+        zone: zone.into(),
+        browser: "Firefox".into(),
+        os: "Linux".into(),
+        mobile: false,
+        user_agent: String::new(),
+    }
+}
+
+fn entry(user: &str, ts: i64, log_type: &str, dev: Option<DeviceRecord>) -> LogRecord {
+    LogRecord {
+        username: user.into(),
+        ts,
+        log_type: log_type.into(),
+        service: "mail".into(),
+        device: dev,
+        ..Default::default()
+    }
+}
+
+/// Detections that note the history they were shown and raise one
+/// `new_device` alert when the entry's device is new to a user who logged
+/// in before (the monitor's rule, reduced to what the store must supply).
+fn noting(seen: &Arc<Mutex<Vec<History>>>, sinks: &[&'static str]) -> Detections {
+    let seen = seen.clone();
+    Detections {
+        burst_window: HOUR,
+        sinks: Arc::new(sinks.to_vec()),
+        rules: Box::new(move |h, e| {
+            seen.lock().unwrap().push(h.clone());
+            if e.has_device && !h.device_known && h.last_login.is_some() {
+                vec![AlertDraft::new(AlertKind::NewDevice, e)]
+            } else {
+                Vec::new()
+            }
+        }),
+    }
+}
+
+/// Log entries, devices and last logins read back as written.
+pub async fn writes_read_back(store: &Store, _db: &DbConfig) {
+    let d1 = device("d1", "IT");
+    for (ts, t) in [
+        (T0, "login"),
+        (T0 + 2 * HOUR, "login"),
+        (T0 + HOUR, "logout"),
+    ] {
+        store
+            .record_log(entry("u", ts, t, Some(d1.clone())), None)
+            .await
+            .unwrap();
+    }
+    store
+        .record_log(entry("u", T0 + 3 * HOUR, "password_change", None), None)
+        .await
+        .unwrap();
+
+    let logs = store.user_logs("u".into(), i64::MIN, 10).await.unwrap();
+    let times: Vec<i64> = logs.iter().map(|l| l.ts).collect();
+    assert_eq!(times, [T0 + 3 * HOUR, T0 + 2 * HOUR, T0 + HOUR, T0]);
+    assert_eq!(
+        logs[1],
+        entry("u", T0 + 2 * HOUR, "login", Some(d1.clone()))
+    );
+    assert_eq!(logs[0].device, None);
+    assert_eq!(
+        store
+            .user_logs("u".into(), T0 + HOUR, 2)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        store
+            .user_logs("u".into(), T0 + HOUR, 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let logins = store
+        .fold_logs(
+            "u".into(),
+            i64::MIN,
+            Some("login".into()),
+            10,
+            0,
+            |n, row| {
+                assert_eq!(row.log_type, "login");
+                *n += 1;
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(logins, 2);
+    assert!(store
+        .user_logs("nobody".into(), i64::MIN, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let devices = store.user_devices("u".into()).await.unwrap();
+    assert_eq!(devices.len(), 1);
+    let d = &devices[0];
+    assert_eq!(
+        (d.first_seen, d.last_seen, d.num_logins),
+        (T0, T0 + 2 * HOUR, 2)
+    );
+    assert_eq!(d.device, d1);
+    assert!(store
+        .device_known("u".into(), b"d1".to_vec())
+        .await
+        .unwrap());
+    assert!(!store
+        .device_known("u".into(), b"d2".to_vec())
+        .await
+        .unwrap());
+    assert!(!store
+        .device_known("v".into(), b"d1".to_vec())
+        .await
+        .unwrap());
+
+    store
+        .set_last_login("u".into(), "mail".into(), T0)
+        .await
+        .unwrap();
+    store
+        .set_last_login("u".into(), "mail".into(), T0 - DAY)
+        .await
+        .unwrap();
+    store
+        .set_last_login("u".into(), "web".into(), T0 - 2 * DAY)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.last_logins("u".into(), None).await.unwrap(),
+        [("mail".to_string(), T0), ("web".to_string(), T0 - 2 * DAY)],
+        "an older time never replaces a newer one"
+    );
+    assert_eq!(
+        store
+            .last_logins("u".into(), Some("web".into()))
+            .await
+            .unwrap(),
+        [("web".to_string(), T0 - 2 * DAY)]
+    );
+}
+
+/// The detections see the user's history before their entry: a user's first
+/// login has no earlier login and no known device (so it is not a "new
+/// device" for a known user), the next from the same device knows both.
+pub async fn detections_see_the_history_before_the_entry(store: &Store, _db: &DbConfig) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sinks = ["log"];
+    let d1 = || Some(device("d1", "IT"));
+    for (ts, dev, raised) in [
+        (T0, d1(), 0),
+        (T0 + HOUR, d1(), 0),
+        (T0 + 2 * HOUR, Some(device("d2", "FR")), 1),
+    ] {
+        let rec = entry("u", ts, "login", dev);
+        let n = store
+            .record_log(rec, Some(noting(&seen, &sinks)))
+            .await
+            .unwrap();
+        assert_eq!(n, raised, "alerts raised at {ts}");
+    }
+    for _ in 0..3 {
+        store
+            .record_log(
+                entry("u", T0 + 3 * HOUR, "login_failure", None),
+                Some(noting(&seen, &sinks)),
+            )
+            .await
+            .unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen[0], History::default(), "the first login knows nothing");
+    assert_eq!(
+        seen[1],
+        History {
+            last_login: Some(T0),
+            device_known: true,
+            country_known: true,
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        seen[2],
+        History {
+            last_login: Some(T0 + HOUR),
+            device_known: false,
+            country_known: false,
+            ..Default::default()
+        }
+    );
+    let failures: Vec<u64> = seen[3..].iter().map(|h| h.failures_in_window).collect();
+    assert_eq!(failures, [0, 1, 2], "failures inside the burst window");
+    let alerts = store.user_alerts("u".into(), i64::MIN, 10).await.unwrap();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].0.kind, AlertKind::NewDevice);
+    assert_eq!(alerts[0].0.username, "u");
+    assert_eq!(alerts[0].0.details.country, "FR");
+}
+
+/// A write that fails changes nothing, and takes no other write of its
+/// group down with it.
+pub async fn a_failed_write_leaves_nothing(store: &Store, _db: &DbConfig) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    store
+        .record_log(entry("u", T0, "login", Some(device("d1", "IT"))), None)
+        .await
+        .unwrap();
+    // The same sink twice: the second delivery row collides with the first,
+    // after the entry, its device, its country and the alert were written.
+    let mut writes = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        let bad = i == 7;
+        let d = if bad { "bad" } else { "good" };
+        let sinks: &[&'static str] = if bad { &["log", "log"] } else { &["log"] };
+        let detect = noting(&seen, sinks);
+        let user = if bad {
+            "u".to_string()
+        } else {
+            format!("g{i}")
+        };
+        writes.push(tokio::spawn(async move {
+            let rec = entry(&user, T0 + HOUR, "login", Some(device(d, "NZ")));
+            (bad, store.record_log(rec, Some(detect)).await)
+        }));
+    }
+    for w in writes {
+        let (bad, result) = w.await.unwrap();
+        assert_eq!(result.is_err(), bad, "{result:?}");
+    }
+    assert_eq!(
+        store
+            .user_logs("u".into(), i64::MIN, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.user_devices("u".into()).await.unwrap().len(), 1);
+    assert!(!store
+        .device_known("u".into(), b"bad".to_vec())
+        .await
+        .unwrap());
+    assert!(store
+        .user_alerts("u".into(), i64::MIN, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.claim_due(T0, 60, 100).await.unwrap().len(), 0);
+    for i in (0..16).filter(|i| *i != 7) {
+        assert_eq!(
+            store
+                .user_logs(format!("g{i}"), i64::MIN, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+    // The country of the failed entry was not kept either: the next entry
+    // from there is still in a new country.
+    let seen_before = seen.lock().unwrap().len();
+    store
+        .record_log(
+            entry("u", T0 + 2 * HOUR, "login", Some(device("d1", "NZ"))),
+            Some(noting(&seen, &["log"])),
+        )
+        .await
+        .unwrap();
+    assert!(!seen.lock().unwrap()[seen_before].country_known);
+}
+
+/// Concurrent entries of one new user from one new device: one user, one
+/// device with every login counted.
+pub async fn concurrent_first_logins_make_one_device(store: &Store, _db: &DbConfig) {
+    let mut writes = Vec::new();
+    for i in 0..20 {
+        let store = store.clone();
+        writes.push(tokio::spawn(async move {
+            let rec = entry("new", T0 + i, "login", Some(device("d", "IT")));
+            store.record_log(rec, None).await
+        }));
+    }
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    let devices = store.user_devices("new".into()).await.unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].num_logins, 20);
+    assert_eq!(
+        store
+            .user_logs("new".into(), i64::MIN, 100)
+            .await
+            .unwrap()
+            .len(),
+        20
+    );
+}
+
+/// Each delivery is handed out at least once per sink: a claim leases it,
+/// an unrecorded claim comes back after its lease, a recorded one does not.
+pub async fn the_outbox_delivers_at_least_once(store: &Store, _db: &DbConfig) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sinks = ["log", "webhook"];
+    store
+        .record_log(entry("u", T0, "login", Some(device("d1", "IT"))), None)
+        .await
+        .unwrap();
+    assert_eq!(store.next_due().await.unwrap(), None);
+    let raised = store
+        .record_log(
+            entry("u", T0 + HOUR, "login", Some(device("d2", "IT"))),
+            Some(noting(&seen, &sinks)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(raised, 1);
+    let now = T0 + 2 * HOUR;
+    let lease = 60;
+    assert!(store.next_due().await.unwrap().unwrap() <= now);
+
+    let first = store.claim_due(now, lease, 10).await.unwrap();
+    let mut claimed: Vec<&str> = first.iter().map(|d| d.sink.as_str()).collect();
+    claimed.sort();
+    assert_eq!(claimed, ["log", "webhook"]);
+    assert!(first
+        .iter()
+        .all(|d| d.attempts == 0 && d.alert.username == "u"));
+    assert!(
+        store.claim_due(now, lease, 10).await.unwrap().is_empty(),
+        "a leased delivery is not handed out twice"
+    );
+    let id = first[0].alert.id;
+    store
+        .mark_delivered(id, "log".into(), now - now % HOUR)
+        .await
+        .unwrap();
+    // A claim given back is due at once, with its attempts unchanged; a
+    // delivered one cannot be given back.
+    store.release(id, "log".into(), now).await.unwrap();
+    store.release(id, "webhook".into(), now).await.unwrap();
+    let back = store.claim_due(now, lease, 10).await.unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!((back[0].sink.as_str(), back[0].attempts), ("webhook", 0));
+
+    // The claimer of the webhook delivery died: after the lease it is due again.
+    let again = store.claim_due(now + lease, lease, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].sink, "webhook");
+    store
+        .mark_failed(
+            id,
+            "webhook".into(),
+            "refused".into(),
+            Some(now + 10 * lease),
+        )
+        .await
+        .unwrap();
+    assert!(store
+        .claim_due(now + 2 * lease, lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.next_due().await.unwrap(), Some(now + 10 * lease));
+    let retry = store.claim_due(now + 10 * lease, lease, 10).await.unwrap();
+    assert_eq!(retry.len(), 1);
+    assert_eq!(retry[0].attempts, 1);
+    store
+        .mark_failed(id, "webhook".into(), "gone".into(), None)
+        .await
+        .unwrap();
+    assert!(store
+        .claim_due(i64::MAX / 2, lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.next_due().await.unwrap(), None);
+
+    let alerts = store.user_alerts("u".into(), i64::MIN, 10).await.unwrap();
+    let mut states: Vec<(String, String, i64, Option<String>)> = alerts[0]
+        .1
+        .iter()
+        .map(|d| {
+            (
+                d.sink.clone(),
+                d.state.clone(),
+                d.attempts,
+                d.last_error.clone(),
+            )
+        })
+        .collect();
+    states.sort();
+    assert_eq!(
+        states,
+        [
+            ("log".into(), "delivered".into(), 1, None),
+            ("webhook".into(), "failed".into(), 2, Some("gone".into())),
+        ]
+    );
+}
+
+/// Retention deletes what is strictly older than its bounds, then the users
+/// left with nothing.
+pub async fn retention_deletes_strictly_before_its_bounds(store: &Store, _db: &DbConfig) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let logs_before = T0;
+    let devices_before = T0 - 10 * DAY;
+    // "old": everything just before the bounds; "edge": everything exactly at them.
+    store
+        .record_log(
+            entry(
+                "old",
+                devices_before - HOUR,
+                "login",
+                Some(device("o", "IT")),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    store
+        .record_log(
+            entry("old", logs_before - HOUR, "login", Some(device("o2", "IT"))),
+            Some(noting(&seen, &["log"])),
+        )
+        .await
+        .unwrap();
+    store
+        .record_log(
+            entry("edge", devices_before, "login", Some(device("e", "IT"))),
+            None,
+        )
+        .await
+        .unwrap();
+    store
+        .record_log(entry("edge", logs_before, "login", None), None)
+        .await
+        .unwrap();
+    store
+        .set_last_login("keep".into(), "mail".into(), T0 - 400 * DAY)
+        .await
+        .unwrap();
+
+    let d = store.prune(logs_before, devices_before).await.unwrap();
+    assert_eq!(d.user_logs, 3, "{d:?}");
+    assert_eq!(d.devices, 1, "{d:?}");
+    assert_eq!(d.alerts, 1, "{d:?}");
+    assert_eq!(d.users, 0, "old still has a device: {d:?}");
+    assert_eq!(
+        store
+            .user_logs("edge".into(), i64::MIN, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.user_devices("edge".into()).await.unwrap().len(), 1);
+    assert_eq!(store.user_devices("old".into()).await.unwrap().len(), 1);
+    assert!(store
+        .user_alerts("old".into(), i64::MIN, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .prune(logs_before, devices_before)
+            .await
+            .unwrap()
+            .total(),
+        0
+    );
+
+    // Later, the last device goes and its user with it; last logins stay.
+    let d = store.prune(logs_before, logs_before).await.unwrap();
+    assert_eq!((d.user_logs, d.devices, d.users), (0, 2, 1), "{d:?}");
+    assert!(!store
+        .device_known("old".into(), b"o2".to_vec())
+        .await
+        .unwrap());
+    assert_eq!(
+        store.last_logins("keep".into(), None).await.unwrap().len(),
+        1
+    );
+}
+
+/// Erasure deletes every row of one user, and only of that user.
+pub async fn erasure_deletes_one_user_entirely(store: &Store, _db: &DbConfig) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    for user in ["a", "b"] {
+        store
+            .record_log(entry(user, T0, "login", Some(device("d", "IT"))), None)
+            .await
+            .unwrap();
+        store
+            .record_log(
+                entry(user, T0 + HOUR, "login", Some(device("d2", "IT"))),
+                Some(noting(&seen, &["log"])),
+            )
+            .await
+            .unwrap();
+        store
+            .set_last_login(user.into(), "mail".into(), T0)
+            .await
+            .unwrap();
+    }
+    let d = store.forget_user("a".into()).await.unwrap();
+    assert_eq!(
+        (d.user_logs, d.devices, d.last_logins, d.alerts, d.users),
+        (2, 2, 1, 1, 1)
+    );
+    assert_eq!(store.forget_user("a".into()).await.unwrap().total(), 0);
+    assert!(store
+        .user_logs("a".into(), i64::MIN, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.user_devices("a".into()).await.unwrap().is_empty());
+    assert!(!store.device_known("a".into(), b"d".to_vec()).await.unwrap());
+    assert!(store
+        .last_logins("a".into(), None)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .user_alerts("a".into(), i64::MIN, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let due = store.claim_due(T0 + DAY, 60, 10).await.unwrap();
+    assert!(due.iter().all(|d| d.alert.username == "b"));
+    assert_eq!(due.len(), 1);
+    // The user comes back as new: no history.
+    seen.lock().unwrap().clear();
+    store
+        .record_log(
+            entry("a", T0 + 2 * HOUR, "login", Some(device("d", "IT"))),
+            Some(noting(&seen, &["log"])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(seen.lock().unwrap()[0], History::default());
+    assert_eq!(
+        store
+            .user_logs("b".into(), i64::MIN, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(store.user_devices("b".into()).await.unwrap().len(), 2);
+}
+
+/// Unused accounts: request order, duplicates once, names never seen
+/// included, a last login at the cutoff counts as use.
+pub async fn unused_accounts_by_set(store: &Store, _db: &DbConfig) {
+    store
+        .set_last_login("active".into(), "mail".into(), T0)
+        .await
+        .unwrap();
+    store
+        .set_last_login("stale".into(), "mail".into(), T0 - 100 * DAY)
+        .await
+        .unwrap();
+    store
+        .set_last_login("stale".into(), "web".into(), T0 - 50 * DAY)
+        .await
+        .unwrap();
+    let names: Vec<String> = ["stale", "active", "never", "stale", "never"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(
+        store
+            .unused_accounts(names.clone(), T0 - 10 * DAY)
+            .await
+            .unwrap(),
+        ["stale", "never"]
+    );
+    assert_eq!(
+        store.unused_accounts(names, T0 - 50 * DAY).await.unwrap(),
+        ["never"]
+    );
+    assert!(store
+        .unused_accounts(Vec::new(), T0)
+        .await
+        .unwrap()
+        .is_empty());
+    let many: Vec<String> = (0..10_000).map(|i| format!("user{i}")).collect();
+    assert_eq!(store.unused_accounts(many, T0).await.unwrap().len(), 10_000);
+}
+
+/// The summary's facts come from one read.
+pub async fn the_overview_gathers_a_user(store: &Store, _db: &DbConfig) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    store
+        .record_log(entry("u", T0, "login", Some(device("d1", "IT"))), None)
+        .await
+        .unwrap();
+    store
+        .record_log(
+            entry("u", T0 + HOUR, "login", Some(device("d2", "FR"))),
+            Some(noting(&seen, &["log"])),
+        )
+        .await
+        .unwrap();
+    store
+        .record_log(entry("u", T0 + 2 * HOUR, "login_failure", None), None)
+        .await
+        .unwrap();
+    store
+        .set_last_login("u".into(), "mail".into(), T0)
+        .await
+        .unwrap();
+    let o = store.user_overview("u".into(), T0, 10).await.unwrap();
+    assert_eq!(o.last_login.unwrap().ts, T0 + HOUR);
+    assert_eq!(o.devices.len(), 2);
+    assert_eq!(o.devices[0].device.sealed_id, b"d2");
+    assert_eq!(o.services, [("mail".to_string(), T0)]);
+    assert_eq!(o.failures, 1);
+    assert_eq!(o.recent_alerts.len(), 1);
+    let none = store.user_overview("x".into(), T0, 10).await.unwrap();
+    assert!(none.last_login.is_none() && none.devices.is_empty() && none.failures == 0);
+}
+
+/// Aggregates count events and distinct users, per group.
+pub async fn aggregates_count_events_and_users(store: &Store, _db: &DbConfig) {
+    for (user, ts, zone) in [
+        ("a", T0, "IT"),
+        ("a", T0 + HOUR, "IT"),
+        ("b", T0, "FR"),
+        ("b", T0 + DAY, "IT"),
+    ] {
+        store
+            .record_log(entry(user, ts, "login", Some(device(user, zone))), None)
+            .await
+            .unwrap();
+    }
+    store
+        .record_log(entry("b", T0 + 2 * HOUR, "logout", None), None)
+        .await
+        .unwrap();
+    let answers = store
+        .aggregate(
+            vec![
+                Aggregate::EventsPerDay("login".into()),
+                Aggregate::LoginsBy(LoginColumn::Zone),
+                Aggregate::EventsTotal,
+                Aggregate::SessionStats,
+            ],
+            T0,
+            T0 + 2 * DAY,
+        )
+        .await
+        .unwrap();
+    let day = |d: i64| {
+        chrono::DateTime::from_timestamp(T0 + d * DAY, 0)
+            .unwrap()
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let g = |key: &str, count, users| GroupRow {
+        key: key.into(),
+        count,
+        users,
+    };
+    assert_eq!(
+        answers[0],
+        Aggregated::Groups(vec![g(&day(0), 3, 2), g(&day(1), 1, 1)])
+    );
+    assert_eq!(
+        answers[1],
+        Aggregated::Groups(vec![g("IT", 3, 2), g("FR", 1, 1)])
+    );
+    assert_eq!(answers[2], Aggregated::Groups(vec![g("", 5, 2)]));
+    match &answers[3] {
+        Aggregated::Sessions(s) => {
+            assert_eq!((s.sessions, s.users, s.median), (1, 1, Some(2 * HOUR)))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Export gives every record in a data-only order; import into an empty
+/// database gives the same export; import refuses a database with data.
+pub async fn export_and_import_round_trip(store: &Store, db: &DbConfig) {
+    for (user, ts, dev) in [("b", T0, "d1"), ("a", T0 + HOUR, "d2"), ("a", T0, "d3")] {
+        store
+            .record_log(entry(user, ts, "login", Some(device(dev, "IT"))), None)
+            .await
+            .unwrap();
+    }
+    store
+        .set_last_login("a".into(), "mail".into(), T0)
+        .await
+        .unwrap();
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut records = Vec::new();
+        let counts = store::export(&db, &mut |r| {
+            records.push(r);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((counts.logs, counts.devices, counts.last_logins), (3, 3, 1));
+        let users: Vec<&str> = records
+            .iter()
+            .map(|r| match r {
+                Record::Log(l) => l.username.as_str(),
+                Record::Device { username, .. } | Record::LastLogin { username, .. } => username,
+            })
+            .collect();
+        assert_eq!(users, ["a", "a", "b", "a", "a", "b", "a"]);
+        match &records[0] {
+            Record::Log(l) => assert_eq!(l.ts, T0),
+            other => panic!("{other:?}"),
+        }
+        let mut again = records.clone().into_iter();
+        assert!(matches!(
+            store::import(&db, &mut || again.next().map(Ok)),
+            Err(store::BulkError::NotEmpty)
+        ));
+
+        let dir = tempfile::tempdir().unwrap();
+        let target = DbConfig {
+            path: dir.path().join("copy.db"),
+            ..db.clone()
+        };
+        let mut source = records.clone().into_iter();
+        store::import(&target, &mut || source.next().map(Ok)).unwrap();
+        let mut copied = Vec::new();
+        store::export(&target, &mut |r| {
+            copied.push(r);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(copied, records);
+    })
+    .await
+    .unwrap();
+}
+
+/// Runs every case of the suite as a test of its own, each on a fresh
+/// database from `$open` (an expression giving a [`Subject`]).
+#[macro_export]
+macro_rules! storage_conformance {
+    ($open:expr) => {
+        $crate::storage_conformance!(@cases $open;
+            writes_read_back,
+            detections_see_the_history_before_the_entry,
+            a_failed_write_leaves_nothing,
+            concurrent_first_logins_make_one_device,
+            the_outbox_delivers_at_least_once,
+            retention_deletes_strictly_before_its_bounds,
+            erasure_deletes_one_user_entirely,
+            unused_accounts_by_set,
+            the_overview_gathers_a_user,
+            aggregates_count_events_and_users,
+            export_and_import_round_trip
+        );
+    };
+    (@cases $open:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let subject: $crate::store::conformance::Subject = $open;
+                $crate::store::conformance::$case(&subject.store, &subject.db).await;
+                subject.store.close();
+                drop(subject.keep);
+            }
+        )*
+    };
+}
