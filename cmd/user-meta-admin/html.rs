@@ -217,7 +217,7 @@ fn section(r: &Report, min_users: i64) -> String {
         }
         s.push_str("</tbody></table>");
     }
-    for line in crate::report::suppression_notes(r, min_users) {
+    for line in crate::output::suppression_notes(r, min_users) {
         let _ = write!(s, r#"<p class="suppressed">{}</p>"#, esc(&line));
     }
     if !r.note.is_empty() {
@@ -231,8 +231,8 @@ fn section(r: &Report, min_users: i64) -> String {
 pub fn page(resp: &ReportResponse, server: &str) -> String {
     let range = format!(
         "{} – {}",
-        crate::report::day(&resp.from),
-        crate::report::day(&resp.to)
+        crate::output::day(&resp.from),
+        crate::output::day(&resp.to)
     );
     let mut s = String::new();
     let _ = write!(

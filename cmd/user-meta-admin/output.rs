@@ -3,6 +3,8 @@
 use std::io::Write;
 
 use serde::Serialize;
+use usermetadb::reports::Report;
+use usermetadb::wire::Timestamp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -117,6 +119,33 @@ pub fn print<T: Serialize>(
         Format::Table => table().write_table(&mut out),
         Format::Csv => table().write_csv(&mut out, true),
     }
+}
+
+/// The day of a timestamp, `YYYY-MM-DD`.
+pub fn day(t: &Timestamp) -> String {
+    t.0.format("%Y-%m-%d").to_string()
+}
+
+/// Sentences saying what was withheld from a report.
+pub fn suppression_notes(r: &Report, min_users: i64) -> Vec<String> {
+    let mut notes = Vec::new();
+    if r.suppressed_rows > 0 {
+        notes.push(format!(
+            "{} {} withheld: fewer than {min_users} distinct users each.",
+            r.suppressed_rows,
+            if r.suppressed_rows == 1 {
+                "row"
+            } else {
+                "rows"
+            }
+        ));
+    }
+    if r.stats_suppressed {
+        notes.push(format!(
+            "Summary withheld: fewer than {min_users} distinct users."
+        ));
+    }
+    notes
 }
 
 /// A duration in seconds as the largest units that fit: `2h`, `1d 3h`, `45m`.

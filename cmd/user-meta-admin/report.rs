@@ -5,11 +5,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use usermetadb::reports::{Report, ReportRequest, ReportResponse};
+use usermetadb::reports::{ReportRequest, ReportResponse};
 use usermetadb::wire::{parse_rfc3339, Timestamp};
 
 use crate::conn::{Api, Failure};
-use crate::output::{csv_line, human_duration, Format, Table};
+use crate::output::{csv_line, day, human_duration, suppression_notes, Format, Table};
 
 pub struct Args {
     pub from: Option<String>,
@@ -31,33 +31,6 @@ pub fn parse_time(flag: &str, s: &str) -> Result<Timestamp, Failure> {
             "{flag} {s:?}: expected a date (2026-11-20) or an RFC 3339 time"
         ))
     })
-}
-
-/// The day of a timestamp, `YYYY-MM-DD`.
-pub fn day(t: &Timestamp) -> String {
-    t.0.format("%Y-%m-%d").to_string()
-}
-
-/// Sentences saying what was withheld from a report.
-pub fn suppression_notes(r: &Report, min_users: i64) -> Vec<String> {
-    let mut notes = Vec::new();
-    if r.suppressed_rows > 0 {
-        notes.push(format!(
-            "{} {} withheld: fewer than {min_users} distinct users each.",
-            r.suppressed_rows,
-            if r.suppressed_rows == 1 {
-                "row"
-            } else {
-                "rows"
-            }
-        ));
-    }
-    if r.stats_suppressed {
-        notes.push(format!(
-            "Summary withheld: fewer than {min_users} distinct users."
-        ));
-    }
-    notes
 }
 
 fn stat_text(name: &str, value: i64) -> (String, String) {

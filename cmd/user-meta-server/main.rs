@@ -117,6 +117,10 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             }
             return ExitCode::FAILURE;
         }
+        Err(e @ ConfigError::Read { .. }) => {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             println!("{}: {e}", path.display());
             return ExitCode::FAILURE;

@@ -17,10 +17,12 @@ pub use alerts::AlertsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    /// Its message names the file and the OS error; it carries no source,
+    /// so that a chain of causes does not say the OS error twice.
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Parse(String),
@@ -311,9 +313,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/user-meta-server.yml";
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Config::from_yaml(&text)
     }

@@ -9,6 +9,8 @@
 //! outbox hands out each delivery at least once and not twice under a lease,
 //! retention and erasure delete exactly what they should.
 
+#![cfg(test)]
+
 use std::sync::{Arc, Mutex};
 
 use crate::config::DbConfig;

@@ -294,3 +294,37 @@ pub async fn raw_tls_at(
         .await
         .unwrap()
 }
+pub async fn metric(addr: SocketAddr, name: &str) -> i64 {
+    let mut c = connect_when_free(addr, "admin").await;
+    let r =
+        c.0.request(hyper::Method::GET, "/metrics", None, bytes::Bytes::new())
+            .await
+            .unwrap();
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+}
+
+/// A client, once the server has a free slot for it: at its connection cap,
+/// it frees one a moment after a client closes one.
+pub async fn connect_when_free(addr: SocketAddr, cn: &str) -> Client {
+    eventually_some("a free connection slot", || async move {
+        try_client_at(addr, cn).await.ok()
+    })
+    .await
+}
+
+/// Waits until a metric reads `want`.
+pub async fn metric_settles(addr: SocketAddr, name: &str, want: i64) {
+    eventually(&format!("{name} to read {want}"), || async move {
+        metric(addr, name).await == want
+    })
+    .await
+}
+
+/// True under CI (`CI` set, and not to "false"), where a test must not be
+/// skipped for lack of a tool or of privileges: `.ci/run` provides them.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+}

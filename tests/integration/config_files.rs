@@ -128,3 +128,32 @@ fn check_config_validates_the_alerts_block() {
     let (ok, text) = run(&webhook_with_ca(&cert("ca.pem")));
     assert!(ok, "{text}");
 }
+
+#[test]
+fn a_missing_config_file_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.yml");
+    for args in [&["--config"][..], &["check-config", "--config"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_user-meta-server"))
+            .args(args)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text.lines().count(), 1, "{args:?}: {text}");
+        assert!(
+            text.contains(&format!("cannot read {}", path.display())),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{text}"
+        );
+    }
+}

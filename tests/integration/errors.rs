@@ -161,7 +161,7 @@ async fn overload_gives_503_not_a_queue() {
     .await
     .unwrap();
     slow.flush().await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    metric_settles(ts.addr, "usermetadb_inflight_requests", 1).await;
     let mut c = ts.client("admin").await;
     let r = c
         .post_bytes("/api/add_log", login("u", "d", 60).to_string())
@@ -209,7 +209,8 @@ async fn idle_and_silent_connections_are_closed_at_their_timeouts() {
             .0,
         200
     );
-    tokio::time::sleep(std::time::Duration::from_millis(1800)).await;
+    // Only the connection asking is left once the quiet one is closed.
+    metric_settles(ts.addr, "usermetadb_open_connections", 1).await;
     assert!(
         c.0.post_raw("/api/get_user_logs", "{\"username\":\"u\"}".into())
             .await

@@ -192,11 +192,6 @@ async fn crash_loop_keeps_every_acknowledged_write() {
     );
 }
 
-/// True when the test must not be skipped for lack of privileges.
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
-}
-
 /// Says why a fault test cannot run here: a failure in CI, a notice elsewhere.
 fn cannot_run(what: &str) {
     if in_ci() {

@@ -1,8 +1,6 @@
 //! The login monitor end to end: rules through the API, alert volume, summaries,
 //! and deliveries to a real webhook receiver and a real SMTP server.
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 
 use crate::common::*;
@@ -312,7 +310,27 @@ async fn webhook_deliveries_are_signed_retried_and_survive_a_restart() {
         async move { n >= 6 }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Once every delivery is recorded as delivered, none is sent again.
+    eventually("every webhook delivery to be recorded", || {
+        let c = ts.client("admin");
+        async move {
+            let mut c = c.await;
+            let mut all = true;
+            for u in users {
+                let v = c.ok("/api/get_user_alerts", json!({"username": u})).await;
+                all &= v["alerts"].as_array().unwrap().iter().all(|a| {
+                    a["deliveries"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|d| d["sink"] == "webhook")
+                        .all(|d| d["state"] == "delivered")
+                });
+            }
+            all
+        }
+    })
+    .await;
     let got = receiver.bodies();
     assert_eq!(got.len(), 6, "each alert once: {got:?}");
     let mut ids: Vec<&str> = got.iter().map(|r| r.delivery_id.as_str()).collect();

@@ -66,35 +66,6 @@ fn start(extra: &str) -> (tempfile::TempDir, Binary) {
     (dir, bin)
 }
 
-async fn metric(addr: SocketAddr, name: &str) -> i64 {
-    let mut c = connect_when_free(addr, "admin").await;
-    let r =
-        c.0.request(hyper::Method::GET, "/metrics", None, bytes::Bytes::new())
-            .await
-            .unwrap();
-    let text = String::from_utf8_lossy(&r.body).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
-}
-
-/// A client, once the server has a free slot for it: at its connection cap,
-/// it frees one a moment after a client closes one.
-async fn connect_when_free(addr: SocketAddr, cn: &str) -> Client {
-    eventually_some("a free connection slot", || async move {
-        try_client_at(addr, cn).await.ok()
-    })
-    .await
-}
-
-/// Waits until a metric reads `want`.
-async fn metric_settles(addr: SocketAddr, name: &str, want: i64) {
-    eventually(&format!("{name} to read {want}"), || async move {
-        metric(addr, name).await == want
-    })
-    .await
-}
-
 /// `conns` clients each making `per_conn` sequential reads: every latency.
 async fn probe(addr: SocketAddr, conns: usize, per_conn: usize) -> Vec<Duration> {
     let mut tasks = Vec::new();
@@ -191,8 +162,11 @@ async fn slow_header_clients_do_not_slow_normal_clients() {
             streams
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let open = metric(addr, "usermetadb_open_connections").await;
+    let open = eventually_some("the slow clients to connect", || async move {
+        let open = metric(addr, "usermetadb_open_connections").await;
+        (open as usize > slow).then_some(open)
+    })
+    .await;
     assert!(open as usize > slow, "only {open} connections open");
     let loaded_a = probe(addr, 4, 150).await;
     let loaded_b = probe(addr, 4, 150).await;
@@ -205,7 +179,10 @@ async fn slow_header_clients_do_not_slow_normal_clients() {
         assert!(r.is_err(), "a slow client got an answer: {r:?}");
     }
     drop(streams);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the slow clients' connections to close", || async move {
+        metric(addr, "usermetadb_open_connections").await <= 1
+    })
+    .await;
     let idle_after = probe(addr, 4, 150).await;
 
     let idle_p99 = pct(&idle_before, 0.99).max(pct(&idle_after, 0.99));

@@ -76,8 +76,14 @@ async fn acknowledged_writes_survive_kill_9() {
                 }
             }));
         }
-        // Let the load run, then kill without warning.
-        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        // Let the load run until writes are being acknowledged, then kill
+        // without warning.
+        let acking = acked.clone();
+        eventually("writes to be acknowledged", || {
+            let n = acking.lock().unwrap().len();
+            async move { n >= 50 }
+        })
+        .await;
         child.kill().unwrap();
         child.wait().unwrap();
         for t in tasks {
@@ -122,7 +128,7 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(&body.as_bytes()[..10]).await.unwrap();
     s.flush().await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    metric_settles(addr, "usermetadb_inflight_requests", 1).await;
 
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill")

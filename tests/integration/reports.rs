@@ -334,7 +334,7 @@ fn chromium() -> Option<PathBuf> {
             }
         }
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
+    if in_ci() {
         panic!("chromium is not installed: .ci/run installs it (apt-get install chromium); the HTML report test needs it");
     }
     None

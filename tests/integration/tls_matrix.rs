@@ -157,7 +157,7 @@ async fn every_tls_failure_is_refused_logged_with_its_reason_and_counted() {
                 expected.push("protocol_version");
                 openssl_ran = true;
             }
-            None if std::env::var_os("CI").is_some() => {
+            None if in_ci() => {
                 panic!("openssl is required in CI for the TLS 1.1 case")
             }
             None => eprintln!("NOTICE: openssl not installed; TLS 1.1 / 1.0 cases skipped"),
