@@ -58,7 +58,9 @@ mod tests {
             max_batch: 64,
             synchronous_full: false,
             device_index: true,
+            postgres: None,
         })
+        .await
         .unwrap();
         let now = 1_800_000_000;
         // 1,200 log entries a day apart for one user, each with a new device.

@@ -324,6 +324,7 @@ mod tests {
             max_batch: 64,
             synchronous_full: false,
             device_index: false,
+            postgres: None,
         }
     }
 

@@ -47,7 +47,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("retention", &["config", "model", "store"]),
     ("client", &["tls", "wire"]),
     ("privacy", &["clock", "config", "crypto", "model", "wire"]),
-    ("store", &["clock", "config", "metrics", "model", "wire"]),
+    ("store", &["clock", "config", "metrics", "model", "tls", "wire"]),
     ("config", &["acl", "model"]),
     ("model", &["clock", "wire"]),
     ("tls", &["metrics"]),

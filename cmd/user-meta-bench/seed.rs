@@ -127,6 +127,7 @@ fn db_config(db: &Path) -> DbConfig {
         max_batch: 1,
         synchronous_full: true,
         device_index: false,
+        postgres: None,
     }
 }
 

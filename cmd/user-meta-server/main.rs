@@ -131,6 +131,10 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         println!("{}: {p}", path.display());
     }
     let mut ok = missing.is_empty();
+    for (key, problem) in usermetadb::store::check_config(&config.db) {
+        println!("{}: {key}: {problem}", path.display());
+        ok = false;
+    }
     if let Some(t) = config.http.tls.as_ref().filter(|_| ok) {
         if let Err(e) = tls::server_config(&t.cert, &t.key, &t.ca) {
             println!("{}: http_server.tls: {e}", path.display());
@@ -176,8 +180,9 @@ fn db(config_path: &std::path::Path, command: DbCommand) -> anyhow::Result<()> {
 }
 
 fn db_prune(config: &Config) -> anyhow::Result<()> {
-    let store = usermetadb::store::Store::open(&config.db)?;
-    let result = runtime()?.block_on(async {
+    let runtime = runtime()?;
+    let store = runtime.block_on(usermetadb::store::Store::open(&config.db))?;
+    let result = runtime.block_on(async {
         let now = usermetadb::clock::now_unix();
         let d = usermetadb::retention::prune(&store, config.retention, now).await?;
         println!(
@@ -213,7 +218,7 @@ fn db_export(config: &Config, output: Option<&std::path::Path>) -> anyhow::Resul
         )
     })?;
     let privacy = usermetadb::privacy::Privacy::new(config.privacy, key, None);
-    if !config.db.path.is_file() {
+    if config.db.postgres.is_none() && !config.db.path.is_file() {
         anyhow::bail!("no database at {}", config.db.path.display());
     }
     let mut out: Box<dyn std::io::Write> = if is_stdio(output) {

@@ -96,7 +96,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    /// Database location: a filesystem path means SQLite.
+    /// Database location: a filesystem path (or `sqlite://PATH`) means
+    /// SQLite; `postgres://…`, `postgresql://…` or a `host=… dbname=…`
+    /// connection string means PostgreSQL.
     #[serde(default)]
     pub db_uri: Option<String>,
     /// Storage tuning (additive).
@@ -146,8 +148,20 @@ pub struct RawDb {
     /// `full` (default: a 2xx survives power loss) or `normal` (survives a process crash).
     pub synchronous: Option<String>,
     /// Keep every (user, device) pair in memory to answer check_device
-    /// without a database read (default true).
+    /// without a database read (default true; always off on PostgreSQL,
+    /// where other replicas write too).
     pub device_index: Option<bool>,
+    /// PostgreSQL: a file holding the password (instead of one in `db_uri`).
+    pub password_file: Option<String>,
+    /// PostgreSQL: connections in the pool (default 16).
+    pub pool_size: Option<usize>,
+    /// PostgreSQL: longest a statement may run (default 30s).
+    pub statement_timeout: Option<ConfigDuration>,
+    /// PostgreSQL: longest a connection may take to open (default 10s).
+    pub connect_timeout: Option<ConfigDuration>,
+    /// PostgreSQL over TLS: the CA certificates (PEM) the server's certificate
+    /// must chain to; its name is checked too (`sslmode` verify-full).
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,12 +255,66 @@ pub struct SecretsConfig {
 
 #[derive(Debug, Clone)]
 pub struct DbConfig {
+    /// The SQLite file (empty on PostgreSQL).
     pub path: PathBuf,
     pub readers: usize,
     pub max_batch: usize,
     pub synchronous_full: bool,
     /// Every (user, device) pair in memory, for check_device.
     pub device_index: bool,
+    /// Set when the database is PostgreSQL.
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// A PostgreSQL database shared by any number of replicas.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// The connection string as configured (a password in it is never shown).
+    pub uri: String,
+    pub password_file: Option<PathBuf>,
+    pub pool_size: usize,
+    pub statement_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("uri", &redact_password(&self.uri))
+            .field("password_file", &self.password_file)
+            .field("pool_size", &self.pool_size)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// A connection string with any password replaced by `***`.
+pub fn redact_password(uri: &str) -> String {
+    if let Some(rest) = uri.split_once("://").map(|(_, r)| r) {
+        if let Some((userinfo, _)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return uri.replacen(userinfo, &format!("{user}:***"), 1);
+            }
+        }
+        return uri.to_owned();
+    }
+    uri.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some(("password", _)) => "password=***".to_owned(),
+            _ => kv.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether `db_uri` names a PostgreSQL database.
+pub fn is_postgres_uri(uri: &str) -> bool {
+    uri.starts_with("postgres://")
+        || uri.starts_with("postgresql://")
+        || (!uri.starts_with("sqlite://") && (uri.contains("host=") || uri.contains("dbname=")))
 }
 
 #[derive(Debug, Clone)]
@@ -363,13 +431,7 @@ impl Config {
                 );
                 PathBuf::new()
             }
-            Some(uri) if uri.starts_with("postgres://") || uri.starts_with("postgresql://") => {
-                problem(
-                    "db_uri",
-                    "PostgreSQL is not supported by this build; use a SQLite path".into(),
-                );
-                PathBuf::new()
-            }
+            Some(uri) if is_postgres_uri(uri) => PathBuf::new(),
             Some(uri) => PathBuf::from(uri.strip_prefix("sqlite://").unwrap_or(uri)),
         };
         let synchronous_full = match raw.db.synchronous.as_deref() {
@@ -533,6 +595,39 @@ impl Config {
             .map(|f| non_empty("secrets.device_key_file", f));
 
         let alerts = AlertsConfig::from_raw(raw.alerts, &mut problems);
+        let postgres = match raw.db_uri.as_deref() {
+            Some(uri) if is_postgres_uri(uri) => {
+                if device_key_file.is_none() {
+                    problems.push(Problem {
+                        key: "secrets.device_key_file".into(),
+                        message: "is required with PostgreSQL: every replica needs the same key"
+                            .into(),
+                    });
+                }
+                let pool_size = raw.db.pool_size.unwrap_or(16);
+                if !(1..=1024).contains(&pool_size) {
+                    problems.push(Problem {
+                        key: "db.pool_size".into(),
+                        message: "must be between 1 and 1024".into(),
+                    });
+                }
+                Some(PostgresConfig {
+                    uri: uri.to_owned(),
+                    password_file: raw.db.password_file.as_deref().map(PathBuf::from),
+                    pool_size,
+                    statement_timeout: raw
+                        .db
+                        .statement_timeout
+                        .map_or(Duration::from_secs(30), |d| d.0),
+                    connect_timeout: raw
+                        .db
+                        .connect_timeout
+                        .map_or(Duration::from_secs(10), |d| d.0),
+                    ca_file: raw.db.ca_file.as_deref().map(PathBuf::from),
+                })
+            }
+            _ => None,
+        };
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { problems });
@@ -543,7 +638,8 @@ impl Config {
                 readers,
                 max_batch,
                 synchronous_full,
-                device_index: raw.db.device_index.unwrap_or(true),
+                device_index: raw.db.device_index.unwrap_or(true) && postgres.is_none(),
+                postgres,
             },
             http: HttpConfig {
                 tls,
@@ -590,6 +686,14 @@ impl Config {
         }
         if let Some(k) = &self.secrets.device_key_file {
             files.push(("secrets.device_key_file", k));
+        }
+        if let Some(pg) = &self.db.postgres {
+            if let Some(f) = &pg.password_file {
+                files.push(("db.password_file", f));
+            }
+            if let Some(f) = &pg.ca_file {
+                files.push(("db.ca_file", f));
+            }
         }
         if let Some(f) = self.alerts.webhook.as_ref().and_then(|w| w.secret.file()) {
             files.push(("alerts.webhook.secret_file", f));

@@ -96,8 +96,10 @@ pub struct Server {
 
 /// Opens the database, loads keys and certificates: everything that can fail
 /// at start-up fails here, before the listener is bound.
-pub fn build_state(config: &Config) -> Result<(Arc<State>, Store, Arc<Privacy>), ServerError> {
-    let store = Store::open(&config.db)?;
+pub async fn build_state(
+    config: &Config,
+) -> Result<(Arc<State>, Store, Arc<Privacy>), ServerError> {
+    let store = Store::open(&config.db).await?;
     let key = match &config.secrets.device_key_file {
         Some(path) => DeviceKey::load(path)?,
         None => {
@@ -131,7 +133,7 @@ pub fn build_state(config: &Config) -> Result<(Arc<State>, Store, Arc<Privacy>),
 
 impl Server {
     pub async fn bind(config: &Config, addr: SocketAddr) -> Result<Server, ServerError> {
-        let (state, store, privacy) = build_state(config)?;
+        let (state, store, privacy) = build_state(config).await?;
         let tls = match &config.http.tls {
             Some(t) => {
                 let cfg = tls::server_config(&t.cert, &t.key, &t.ca)?;

@@ -16,6 +16,7 @@
 
 #[cfg(test)]
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use std::path::Path;
@@ -94,7 +95,9 @@ pub enum BulkError {
 
 /// The detection rules, run inside the transaction that stores a log entry,
 /// on what the store knew of the user before it.
-pub type Rules = Box<dyn FnOnce(&History, &Event) -> Vec<AlertDraft> + Send>;
+/// They may run more than once: a backend retries a transaction that lost a
+/// race with another writer.
+pub type Rules = Box<dyn Fn(&History, &Event) -> Vec<AlertDraft> + Send + Sync>;
 
 /// What [`Store::record_log`] needs to run the detections.
 pub struct Detections {
@@ -109,6 +112,7 @@ pub struct Detections {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 /// Runs `$e` with `$s` bound to the backend.
@@ -116,6 +120,7 @@ macro_rules! backend {
     ($self:expr, $s:ident => $e:expr) => {
         match $self {
             Store::Sqlite($s) => $e,
+            Store::Postgres($s) => $e,
         }
     };
 }
@@ -123,8 +128,11 @@ macro_rules! backend {
 impl Store {
     /// Opens (creating if needed) and migrates the database, and starts what
     /// the backend runs beside it.
-    pub fn open(cfg: &DbConfig) -> Result<Store, StoreError> {
-        Ok(Store::Sqlite(sqlite::SqliteStore::open(cfg)?))
+    pub async fn open(cfg: &DbConfig) -> Result<Store, StoreError> {
+        match &cfg.postgres {
+            Some(pg) => Ok(Store::Postgres(postgres::PgStore::open(pg).await?)),
+            None => Ok(Store::Sqlite(sqlite::SqliteStore::open(cfg)?)),
+        }
     }
 
     /// Stops accepting work, finishes what is queued and releases the database.
@@ -331,7 +339,10 @@ pub fn export(
     cfg: &DbConfig,
     out: &mut dyn FnMut(Record) -> Result<(), BulkError>,
 ) -> Result<Counts, BulkError> {
-    sqlite::export::export(&cfg.path, out)
+    match &cfg.postgres {
+        Some(pg) => postgres::bulk::export(pg, out),
+        None => sqlite::export::export(&cfg.path, out),
+    }
 }
 
 /// Reads records into an empty database (created and migrated if needed) in
@@ -341,7 +352,10 @@ pub fn import(
     cfg: &DbConfig,
     next: &mut dyn FnMut() -> Option<Result<Record, BulkError>>,
 ) -> Result<Counts, BulkError> {
-    sqlite::export::import(&cfg.path, next)
+    match &cfg.postgres {
+        Some(pg) => postgres::bulk::import(pg, next),
+        None => sqlite::export::import(&cfg.path, next),
+    }
 }
 
 /// Appends log entries (stored as [`Store::record_log`] stores them, without
@@ -351,15 +365,38 @@ pub fn bulk_load(
     cfg: &DbConfig,
     records: &mut dyn Iterator<Item = Record>,
 ) -> Result<Counts, BulkError> {
-    sqlite::export::bulk_load(&cfg.path, records)
+    match &cfg.postgres {
+        Some(pg) => postgres::bulk::bulk_load(pg, records),
+        None => sqlite::export::bulk_load(&cfg.path, records),
+    }
 }
 
-/// A consistent copy of the live database into `dest`, readable by the owner only.
+/// A consistent copy of the live database into `dest`, readable by the owner
+/// only; on PostgreSQL, an error saying how to use `pg_dump` instead.
 pub fn backup(cfg: &DbConfig, dest: &Path) -> Result<(), BulkError> {
-    sqlite::export::backup(&cfg.path, dest)
+    match &cfg.postgres {
+        Some(pg) => postgres::bulk::backup(pg),
+        None => sqlite::export::backup(&cfg.path, dest),
+    }
 }
 
 /// How much room the data takes.
 pub fn storage_size(cfg: &DbConfig) -> Result<StorageSize, BulkError> {
-    sqlite::export::storage_size(&cfg.path)
+    match &cfg.postgres {
+        Some(pg) => postgres::bulk::storage_size(pg),
+        None => sqlite::export::storage_size(&cfg.path),
+    }
+}
+
+/// Checks what the configuration says of the database without opening it:
+/// `(key, problem)` for each problem found.
+pub fn check_config(cfg: &DbConfig) -> Vec<(&'static str, String)> {
+    match &cfg.postgres {
+        Some(pg) => postgres::check(pg)
+            .err()
+            .map(|e| ("db_uri", e))
+            .into_iter()
+            .collect(),
+        None => Vec::new(),
+    }
 }

@@ -121,7 +121,11 @@ fn service() -> (tempfile::TempDir, std::sync::Arc<usermetadb::server::State>) {
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!("db_uri: {}\n", dir.path().join("p.db").display());
     let config = Config::from_yaml(&yaml).unwrap();
-    let (state, _store, _privacy) = usermetadb::server::build_state(&config).unwrap();
+    let (state, _store, _privacy) = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(usermetadb::server::build_state(&config))
+        .unwrap();
     (dir, state)
 }
 

@@ -361,6 +361,7 @@ mod tests {
             max_batch: 64,
             synchronous_full,
             device_index: true,
+            postgres: None,
         }
     }
 
@@ -721,6 +722,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&DbConfig {
             device_index: false,
+            postgres: None,
             ..config(dir.path(), false, 1)
         })
         .unwrap();
@@ -740,17 +742,22 @@ mod tests {
         use super::*;
         use crate::store::conformance::Subject;
 
-        pub(super) fn subject(device_index: bool) -> Subject {
+        pub(super) async fn subject(device_index: bool) -> Option<Subject> {
             let dir = tempfile::tempdir().unwrap();
             let db = DbConfig {
                 device_index,
                 ..config(dir.path(), true, 2)
             };
-            Subject {
-                store: crate::store::Store::open(&db).unwrap(),
+            let another = DbConfig {
+                path: dir.path().join("another.db"),
+                ..db.clone()
+            };
+            Some(Subject {
+                store: crate::store::Store::open(&db).await.unwrap(),
                 db,
+                another,
                 keep: Box::new(dir),
-            }
+            })
         }
 
         crate::storage_conformance!(subject(true));

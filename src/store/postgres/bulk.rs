@@ -1,0 +1,367 @@
+//! Whole-database streams on PostgreSQL, on a connection of their own: the
+//! export from one snapshot (read through a portal, so that a large database
+//! is never held in memory), the import into an empty database in one
+//! transaction, a bulk load, and the room the data takes. A backup is
+//! `pg_dump`'s job, and says so.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, IsolationLevel, Transaction};
+
+use super::api::{device_row, insert_log, insert_log_row};
+use super::{connection_config, pg_error, schema, tls};
+use crate::config::PostgresConfig;
+use crate::model::{Counts, DeviceRecord, LogRecord, Record, StorageSize};
+use crate::store::{BulkError, StoreError};
+
+/// Rows fetched from a portal at a time.
+const FETCH: i32 = 2_000;
+/// Entries per transaction of a bulk load.
+const LOAD_BATCH: usize = 20_000;
+
+/// Runs `f` on a runtime of its own: these streams are called from the
+/// command line and from blocking threads, never from an async task.
+fn block_on<T>(f: impl Future<Output = Result<T, BulkError>>) -> Result<T, BulkError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(BulkError::Io)?
+        .block_on(f)
+}
+
+/// A connection of its own, the schema brought up to date (or refused).
+async fn connect(cfg: &PostgresConfig) -> Result<Client, BulkError> {
+    let (pg, ca, _) = connection_config(cfg).map_err(|e| StoreError::Other(e).into_bulk())?;
+    let tls = tls(ca.as_deref()).map_err(|e| StoreError::Other(e).into_bulk())?;
+    let (mut client, connection) = pg.connect(tls).await.map_err(pg_error)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    schema::migrate(&mut client).await?;
+    Ok(client)
+}
+
+trait IntoBulk {
+    fn into_bulk(self) -> BulkError;
+}
+
+impl IntoBulk for StoreError {
+    fn into_bulk(self) -> BulkError {
+        BulkError::Store(self)
+    }
+}
+
+impl From<tokio_postgres::Error> for BulkError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+            return BulkError::Duplicate;
+        }
+        BulkError::Store(pg_error(e))
+    }
+}
+
+fn text(r: &tokio_postgres::Row, i: usize) -> String {
+    r.get::<_, Option<String>>(i).unwrap_or_default()
+}
+
+/// Streams the rows of `sql` through a portal, `FETCH` at a time.
+async fn each_row(
+    tx: &Transaction<'_>,
+    sql: &str,
+    mut f: impl FnMut(&tokio_postgres::Row) -> Result<(), BulkError>,
+) -> Result<(), BulkError> {
+    let portal = tx.bind(sql, &[]).await?;
+    loop {
+        let rows = tx.query_portal(&portal, FETCH).await?;
+        for r in &rows {
+            f(r)?;
+        }
+        if rows.len() < FETCH as usize {
+            return Ok(());
+        }
+    }
+}
+
+/// Every stored record, in the order SQLite's export gives (names in byte
+/// order), from one snapshot.
+pub fn export(
+    cfg: &PostgresConfig,
+    out: &mut dyn FnMut(Record) -> Result<(), BulkError>,
+) -> Result<Counts, BulkError> {
+    block_on(async {
+        let mut client = connect(cfg).await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let mut counts = Counts::default();
+        let mut emit = |r: Record| {
+            counts.count(&r);
+            out(r)
+        };
+        each_row(
+            &tx,
+            "SELECT u.name, l.ts, l.log_type, l.message, l.service, l.login_method,
+                    l.login_authenticator_id, l.device_id, l.zone, l.browser, l.os, l.mobile,
+                    l.user_agent
+             FROM user_logs l JOIN users u ON u.id = l.user_id
+             ORDER BY u.name COLLATE \"C\", l.ts, l.seq",
+            |r| {
+                let device = r
+                    .get::<_, Option<Vec<u8>>>(7)
+                    .map(|sealed_id| DeviceRecord {
+                        sealed_id,
+                        zone: text(r, 8),
+                        browser: text(r, 9),
+                        os: text(r, 10),
+                        mobile: r.get::<_, Option<bool>>(11).unwrap_or(false),
+                        user_agent: text(r, 12),
+                    });
+                emit(Record::Log(LogRecord {
+                    username: r.get(0),
+                    ts: r.get(1),
+                    log_type: r.get(2),
+                    message: text(r, 3),
+                    service: text(r, 4),
+                    login_method: text(r, 5),
+                    login_authenticator_id: text(r, 6),
+                    device,
+                }))
+            },
+        )
+        .await?;
+        each_row(
+            &tx,
+            "SELECT u.name, d.device_id, d.zone, d.browser, d.os, d.mobile, d.user_agent,
+                    d.first_seen, d.last_seen, d.num_logins
+             FROM devices d JOIN users u ON u.id = d.user_id
+             ORDER BY u.name COLLATE \"C\", d.first_seen, d.last_seen, d.device_id",
+            |r| {
+                emit(Record::Device {
+                    username: r.get(0),
+                    row: device_row(r, 1),
+                })
+            },
+        )
+        .await?;
+        each_row(
+            &tx,
+            "SELECT u.name, l.service, l.ts FROM last_login l JOIN users u ON u.id = l.user_id
+             ORDER BY u.name COLLATE \"C\", l.service COLLATE \"C\"",
+            |r| {
+                emit(Record::LastLogin {
+                    username: r.get(0),
+                    service: r.get(1),
+                    ts: r.get(2),
+                })
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(counts)
+    })
+}
+
+/// The IDs of users met so far, made when missing.
+#[derive(Default)]
+struct Users(HashMap<String, i64>);
+
+impl Users {
+    async fn id(&mut self, tx: &Transaction<'_>, name: &str) -> Result<i64, BulkError> {
+        if let Some(id) = self.0.get(name) {
+            return Ok(*id);
+        }
+        tx.execute(
+            "INSERT INTO users (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+            &[&name],
+        )
+        .await?;
+        let id: i64 = tx
+            .query_one("SELECT id FROM users WHERE name = $1", &[&name])
+            .await?
+            .get(0);
+        self.0.insert(name.to_owned(), id);
+        Ok(id)
+    }
+}
+
+/// Reads records into an empty database in one transaction: all or nothing.
+pub fn import(
+    cfg: &PostgresConfig,
+    next: &mut dyn FnMut() -> Option<Result<Record, BulkError>>,
+) -> Result<Counts, BulkError> {
+    block_on(async {
+        let mut client = connect(cfg).await?;
+        let tx = client.transaction().await?;
+        let any: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM user_logs)
+                     OR EXISTS (SELECT 1 FROM devices) OR EXISTS (SELECT 1 FROM last_login)",
+                &[],
+            )
+            .await?
+            .get(0);
+        if any {
+            return Err(BulkError::NotEmpty);
+        }
+        let mut users = Users::default();
+        let mut counts = Counts::default();
+        while let Some(rec) = next() {
+            let rec = rec?;
+            counts.count(&rec);
+            match &rec {
+                Record::Log(log) => {
+                    let uid = users.id(&tx, &log.username).await?;
+                    // The row alone: the device list comes from its own records.
+                    insert_log_row(&tx, uid, log).await?;
+                }
+                Record::Device { username, row } => {
+                    let uid = users.id(&tx, username).await?;
+                    let d = &row.device;
+                    tx.execute(
+                        "INSERT INTO devices (user_id, device_id, zone, browser, os, mobile,
+                             user_agent, first_seen, last_seen, num_logins)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                        &[
+                            &uid,
+                            &d.sealed_id,
+                            &d.zone,
+                            &d.browser,
+                            &d.os,
+                            &d.mobile,
+                            &d.user_agent,
+                            &row.first_seen,
+                            &row.last_seen,
+                            &row.num_logins,
+                        ],
+                    )
+                    .await?;
+                }
+                Record::LastLogin {
+                    username,
+                    service,
+                    ts,
+                } => {
+                    let uid = users.id(&tx, username).await?;
+                    tx.execute(
+                        "INSERT INTO last_login (user_id, service, ts) VALUES ($1, $2, $3)",
+                        &[&uid, service, ts],
+                    )
+                    .await?;
+                }
+            }
+        }
+        // The countries seen, derived from the log as the server keeps them.
+        tx.batch_execute(
+            "INSERT INTO user_countries (user_id, zone, first_seen, last_seen)
+                 SELECT user_id, zone, min(ts), max(ts) FROM user_logs
+                 WHERE zone IS NOT NULL AND zone <> '' GROUP BY user_id, zone
+             ON CONFLICT DO NOTHING",
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(counts)
+    })
+}
+
+/// Appends log entries (device list and countries kept as the server keeps
+/// them) and last logins, in large transactions.
+pub fn bulk_load(
+    cfg: &PostgresConfig,
+    records: &mut dyn Iterator<Item = Record>,
+) -> Result<Counts, BulkError> {
+    block_on(async {
+        let mut client = connect(cfg).await?;
+        let mut counts = Counts::default();
+        let mut records = records.peekable();
+        let mut users = Users::default();
+        while records.peek().is_some() {
+            let tx = client.transaction().await?;
+            for rec in records.by_ref().take(LOAD_BATCH) {
+                counts.count(&rec);
+                match rec {
+                    Record::Log(log) => {
+                        let uid = users.id(&tx, &log.username).await?;
+                        insert_log(&tx, uid, &log, false).await?;
+                    }
+                    Record::LastLogin {
+                        username,
+                        service,
+                        ts,
+                    } => {
+                        let uid = users.id(&tx, &username).await?;
+                        tx.execute(
+                            "INSERT INTO last_login (user_id, service, ts) VALUES ($1, $2, $3)
+                             ON CONFLICT (user_id, service) DO UPDATE
+                             SET ts = GREATEST(last_login.ts, EXCLUDED.ts)",
+                            &[&uid, &service, &ts],
+                        )
+                        .await?;
+                    }
+                    Record::Device { .. } => {
+                        return Err(BulkError::Unsupported(
+                            "a bulk load takes log entries and last logins; devices follow from the entries"
+                                .into(),
+                        ))
+                    }
+                }
+            }
+            tx.commit().await?;
+        }
+        client.batch_execute("ANALYZE").await?;
+        Ok(counts)
+    })
+}
+
+/// A backup of a PostgreSQL database is `pg_dump`'s: consistent, online,
+/// and restorable with `pg_restore`.
+pub fn backup(cfg: &PostgresConfig) -> Result<(), BulkError> {
+    Err(BulkError::Unsupported(format!(
+        "on PostgreSQL, back up with pg_dump, which takes a consistent copy of a live database: \
+         pg_dump --format=custom --file=usermeta.dump '{}' (restore with pg_restore --dbname=…); \
+         keep the device key (secrets.device_key_file) with the dump, or the device IDs in it \
+         cannot be opened",
+        crate::config::redact_password(&cfg.uri)
+    )))
+}
+
+/// How much room the data takes, from PostgreSQL's own accounting.
+pub fn storage_size(cfg: &PostgresConfig) -> Result<StorageSize, BulkError> {
+    block_on(async {
+        let client = connect(cfg).await?;
+        let r = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM user_logs), (SELECT count(*) FROM users),
+                        (SELECT count(*) FROM devices),
+                        pg_database_size(current_database()),
+                        pg_total_relation_size('user_logs')",
+                &[],
+            )
+            .await?;
+        let log_entries = r.get::<_, i64>(0) as u64;
+        let total_bytes = r.get::<_, i64>(3) as u64;
+        let user_logs_bytes = r.get::<_, i64>(4) as u64;
+        let per = |b: u64| {
+            if log_entries == 0 {
+                0.0
+            } else {
+                b as f64 / log_entries as f64
+            }
+        };
+        Ok(StorageSize {
+            log_entries,
+            users: r.get::<_, i64>(1) as u64,
+            devices: r.get::<_, i64>(2) as u64,
+            total_bytes,
+            user_logs_bytes,
+            total_bytes_per_entry: per(total_bytes),
+            user_logs_bytes_per_entry: per(user_logs_bytes),
+        })
+    })
+}

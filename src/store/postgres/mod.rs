@@ -1,0 +1,374 @@
+//! The PostgreSQL backend: any number of stateless replicas share one
+//! database.
+//!
+//! - A pool of connections (deadpool); every statement is prepared once per
+//!   connection and kept (`prepare_cached`).
+//! - Every write is one transaction, retried on a serialization failure or a
+//!   deadlock (SQLSTATE 40001, 40P01). A log entry takes its user's row lock
+//!   first, so two replicas storing entries of one user at once run one after
+//!   the other, and the detections of each see the other's entry: a user's
+//!   first login from a new device, received twice at the same moment, raises
+//!   one alert.
+//! - Alert deliveries are claimed with `FOR UPDATE SKIP LOCKED` and a lease,
+//!   so each is delivered once per sink across replicas, and again after the
+//!   lease when its replica died.
+//! - Retention runs on one replica at a time (`pg_try_advisory_lock`), and
+//!   migrations once (`pg_advisory_lock` on a connection of their own).
+//! - No per-replica cache answers anything: `check_device` always asks the
+//!   database.
+
+mod api;
+pub mod bulk;
+mod schema;
+pub mod scratch;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+
+use crate::config::PostgresConfig;
+use crate::store::StoreError;
+
+pub use schema::current_version;
+
+/// Maps a PostgreSQL error onto the store's: what a client may retry later
+/// (connections, locks, shutdown, resources) and what it may not.
+pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        let msg = format!("{}: {}", code.code(), db.message());
+        return match code {
+            c if *c == SqlState::DISK_FULL || *c == SqlState::OUT_OF_MEMORY => StoreError::Full,
+            c if *c == SqlState::READ_ONLY_SQL_TRANSACTION => StoreError::ReadOnly,
+            c if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::LOCK_NOT_AVAILABLE
+                || *c == SqlState::QUERY_CANCELED
+                || *c == SqlState::TOO_MANY_CONNECTIONS
+                || *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW =>
+            {
+                StoreError::Busy
+            }
+            _ => StoreError::Other(msg),
+        };
+    }
+    if e.is_closed() {
+        return StoreError::Io(format!("connection to PostgreSQL lost: {e}"));
+    }
+    StoreError::Io(format!("PostgreSQL: {e}"))
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_error(e),
+        deadpool_postgres::PoolError::Timeout(_) => StoreError::Busy,
+        deadpool_postgres::PoolError::Closed => StoreError::Closed,
+        other => StoreError::Io(format!("PostgreSQL pool: {other}")),
+    }
+}
+
+/// Whether a transaction that failed with `e` should simply run again.
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    })
+}
+
+/// Times a transaction runs again after a serialization failure or a deadlock.
+const RETRIES: usize = 8;
+
+/// The connection settings: the URI (or key=value string) with what it may
+/// carry that tokio-postgres does not read itself (`sslmode=verify-full`,
+/// `sslrootcert=`) taken out, the password file read, and the timeouts.
+fn connection_config(
+    cfg: &PostgresConfig,
+) -> Result<(tokio_postgres::Config, Option<std::path::PathBuf>, bool), String> {
+    let mut ca = cfg.ca_file.clone();
+    let mut verify = cfg.ca_file.is_some();
+    let mut uri = cfg.uri.clone();
+    // libpq's `sslmode` values tokio-postgres does not know: with a CA
+    // (here or as `sslrootcert`), the server's certificate and name are
+    // always verified.
+    for mode in ["verify-full", "verify-ca"] {
+        for sep in ["sslmode=", "sslmode = "] {
+            let from = format!("{sep}{mode}");
+            if uri.contains(&from) {
+                uri = uri.replace(&from, "sslmode=require");
+                verify = true;
+            }
+        }
+    }
+    if let Some(at) = uri.find("sslrootcert=") {
+        let rest = &uri[at + "sslrootcert=".len()..];
+        let end = rest.find(['&', ' ']).unwrap_or(rest.len());
+        let path = percent_decode(&rest[..end]);
+        ca = Some(path.into());
+        verify = true;
+        let mut cut = uri[..at].to_owned();
+        let tail = &rest[end..];
+        if cut.ends_with('&') || cut.ends_with('?') {
+            cut.push_str(tail.trim_start_matches('&'));
+        } else {
+            cut.push_str(tail);
+        }
+        uri = cut.trim_end_matches(['?', '&']).to_owned();
+    }
+    let mut pg = tokio_postgres::Config::from_str(&uri).map_err(|e| e.to_string())?;
+    if let Some(file) = &cfg.password_file {
+        let password = std::fs::read_to_string(file)
+            .map_err(|e| format!("db.password_file {}: {e}", file.display()))?;
+        pg.password(password.trim_end_matches(['\n', '\r']));
+    }
+    pg.connect_timeout(cfg.connect_timeout);
+    pg.options(format!(
+        "-c statement_timeout={}",
+        cfg.statement_timeout.as_millis()
+    ));
+    pg.application_name("user-meta-server");
+    if verify {
+        pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
+    Ok((pg, ca, verify))
+}
+
+/// `%2F` and the like, for a unix-socket host or a path written in a URI.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Checks `db_uri` and its companions without connecting: the message
+/// names what is wrong.
+pub fn check(cfg: &PostgresConfig) -> Result<(), String> {
+    connection_config(cfg).map(|_| ())
+}
+
+/// The TLS client for PostgreSQL: rustls, checking the server's certificate
+/// against the CA file (or the public roots) and its name.
+fn tls(ca: Option<&std::path::Path>) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+    let roots = match ca {
+        Some(path) => crate::tls::root_store(path).map_err(|e| e.to_string())?,
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            roots
+        }
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    /// For the operator's log, without a password.
+    location: Arc<std::path::PathBuf>,
+}
+
+impl PgStore {
+    /// Connects, runs the migrations once across replicas, and opens the pool.
+    pub async fn open(cfg: &PostgresConfig) -> Result<PgStore, StoreError> {
+        let (pg, ca, _verify) = connection_config(cfg).map_err(StoreError::Other)?;
+        let tls = tls(ca.as_deref()).map_err(StoreError::Other)?;
+        // Migrations on a connection of their own, which holds the lock.
+        let (mut client, connection) = pg.connect(tls.clone()).await.map_err(pg_error)?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "migration connection ended");
+            }
+        });
+        let migrated = schema::migrate(&mut client).await;
+        drop(client);
+        let _ = driver.await;
+        migrated?;
+        let manager = Manager::from_config(
+            pg,
+            tls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(cfg.pool_size)
+            .wait_timeout(Some(cfg.connect_timeout + Duration::from_secs(5)))
+            .create_timeout(Some(cfg.connect_timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Other(e.to_string()))?;
+        // One connection now, so that a wrong password fails the start.
+        drop(pool.get().await.map_err(pool_error)?);
+        Ok(PgStore {
+            pool,
+            location: Arc::new(crate::config::redact_password(&cfg.uri).into()),
+        })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.location
+    }
+
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+
+    use std::path::Path;
+
+    use super::scratch::Scratch;
+    use super::*;
+    use crate::config::DbConfig;
+    use crate::store::conformance::Subject;
+    use crate::store::Store;
+
+    /// One cluster for the tests of this process, or `None` where PostgreSQL
+    /// is not installed (never under CI, where `.ci/run` installs it).
+    fn cluster() -> Option<&'static Scratch> {
+        static CLUSTER: OnceLock<Option<Scratch>> = OnceLock::new();
+        CLUSTER
+            .get_or_init(|| match Scratch::start(false) {
+                Ok(s) => Some(s),
+                Err(e) if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") => {
+                    panic!("PostgreSQL is required in CI: {e}")
+                }
+                Err(e) => {
+                    eprintln!("skipping the PostgreSQL tests: {e}");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    pub(crate) fn config(uri: String) -> PostgresConfig {
+        PostgresConfig {
+            uri,
+            password_file: None,
+            pool_size: 8,
+            statement_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            ca_file: None,
+        }
+    }
+
+    /// A fresh database in the cluster.
+    async fn subject() -> Option<Subject> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let cluster = cluster()?;
+        let name = format!("conformance_{}", N.fetch_add(1, Ordering::Relaxed));
+        cluster.create_database(&name).unwrap();
+        cluster.create_database(&format!("{name}_another")).unwrap();
+        let another = DbConfig {
+            path: Default::default(),
+            readers: 0,
+            max_batch: 0,
+            synchronous_full: true,
+            device_index: false,
+            postgres: Some(config(cluster.uri(&format!("{name}_another")))),
+        };
+        let db = DbConfig {
+            path: Default::default(),
+            readers: 0,
+            max_batch: 0,
+            synchronous_full: true,
+            device_index: false,
+            postgres: Some(config(cluster.uri(&name))),
+        };
+        Some(Subject {
+            store: Store::open(&db).await.unwrap(),
+            db,
+            another,
+            keep: Box::new(()),
+        })
+    }
+
+    crate::storage_conformance!(subject());
+
+    #[tokio::test]
+    async fn replicas_starting_at_once_migrate_once() {
+        let Some(cluster) = cluster() else { return };
+        cluster.create_database("migrate_at_once").unwrap();
+        let cfg = config(cluster.uri("migrate_at_once"));
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let cfg = cfg.clone();
+                tokio::spawn(async move { PgStore::open(&cfg).await })
+            })
+            .collect();
+        for o in opens {
+            o.await.unwrap().unwrap().close();
+        }
+        let (client, conn) = tokio_postgres::connect(&cfg.uri, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let versions: Vec<i32> = client
+            .query("SELECT version FROM schema_version", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(versions, [current_version() as i32]);
+        // A newer schema is refused.
+        client
+            .execute("UPDATE schema_version SET version = version + 1", &[])
+            .await
+            .unwrap();
+        assert!(matches!(
+            PgStore::open(&cfg).await,
+            Err(StoreError::Downgrade { .. })
+        ));
+    }
+
+    #[test]
+    fn connection_strings_are_read_as_libpq_reads_them() {
+        let mut cfg = config(
+            "postgresql://u@%2Frun%2Fpostgresql:5433/meta?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem"
+                .into(),
+        );
+        let (pg, ca, verify) = connection_config(&cfg).unwrap();
+        assert!(verify);
+        assert_eq!(ca.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert_eq!(pg.get_dbname(), Some("meta"));
+        assert_eq!(pg.get_user(), Some("u"));
+        assert_eq!(pg.get_ports(), [5433]);
+        cfg.uri = "host=/run/postgresql dbname=meta user=u".into();
+        let (pg, ca, verify) = connection_config(&cfg).unwrap();
+        assert!(!verify && ca.is_none());
+        assert_eq!(pg.get_dbname(), Some("meta"));
+        cfg.uri = "postgresql://u@host:notaport/db".into();
+        assert!(check(&cfg).is_err());
+    }
+}

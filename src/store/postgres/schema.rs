@@ -1,0 +1,151 @@
+//! The PostgreSQL schema as numbered, append-only migrations, like SQLite's:
+//! migration `i` (1-based) moves `schema_version` from `i-1` to `i` in one
+//! transaction. Replicas starting at the same moment run them once: each
+//! takes a session advisory lock on a connection of its own first, and finds
+//! the work done when it gets the lock. A database of a newer schema is
+//! refused. Never edit a migration that has shipped: add a new one.
+
+use tokio_postgres::Client;
+
+use super::pg_error;
+use crate::store::StoreError;
+
+/// The advisory lock key of migrations ("usermeta" as ASCII).
+const MIGRATION_LOCK: i64 = 0x7573_6572_6d65_7461;
+
+/// Each entry is one migration; its number is its position + 1.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the schema of SQLite's migration 4, in PostgreSQL's types. `seq`
+    // numbers entries in order of arrival across the whole log.
+    "
+    CREATE TABLE users (
+        id   BIGSERIAL PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE user_logs (
+        user_id                BIGINT NOT NULL,
+        ts                     BIGINT NOT NULL,
+        seq                    BIGSERIAL,
+        log_type               TEXT NOT NULL,
+        message                TEXT,
+        service                TEXT,
+        login_method           TEXT,
+        login_authenticator_id TEXT,
+        device_id              BYTEA,
+        zone                   TEXT,
+        browser                TEXT,
+        os                     TEXT,
+        mobile                 BOOLEAN,
+        user_agent             TEXT,
+        PRIMARY KEY (user_id, ts, seq)
+    );
+    CREATE INDEX user_logs_by_ts ON user_logs (ts, seq);
+    CREATE TABLE devices (
+        user_id    BIGINT NOT NULL,
+        device_id  BYTEA NOT NULL,
+        zone       TEXT NOT NULL,
+        browser    TEXT NOT NULL,
+        os         TEXT NOT NULL,
+        mobile     BOOLEAN NOT NULL,
+        user_agent TEXT NOT NULL,
+        first_seen BIGINT NOT NULL,
+        last_seen  BIGINT NOT NULL,
+        num_logins BIGINT NOT NULL,
+        PRIMARY KEY (user_id, device_id)
+    );
+    CREATE TABLE last_login (
+        user_id BIGINT NOT NULL,
+        service TEXT NOT NULL,
+        ts      BIGINT NOT NULL,
+        PRIMARY KEY (user_id, service)
+    );
+    CREATE TABLE user_countries (
+        user_id    BIGINT NOT NULL,
+        zone       TEXT NOT NULL,
+        first_seen BIGINT NOT NULL,
+        last_seen  BIGINT NOT NULL,
+        PRIMARY KEY (user_id, zone)
+    );
+    CREATE TABLE alerts (
+        id      BIGSERIAL PRIMARY KEY,
+        user_id BIGINT NOT NULL,
+        kind    TEXT NOT NULL,
+        created BIGINT NOT NULL,
+        details TEXT NOT NULL
+    );
+    CREATE INDEX alerts_by_user ON alerts (user_id, created);
+    CREATE INDEX alerts_by_created ON alerts (created);
+    CREATE TABLE alert_deliveries (
+        alert_id     BIGINT NOT NULL,
+        sink         TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        attempts     BIGINT NOT NULL,
+        next_attempt BIGINT NOT NULL,
+        last_error   TEXT,
+        delivered_at BIGINT,
+        PRIMARY KEY (alert_id, sink)
+    );
+    CREATE INDEX alert_deliveries_due ON alert_deliveries (state, next_attempt);
+    ",
+];
+
+/// The schema version this build writes.
+pub fn current_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+async fn version(client: &Client) -> Result<i64, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(version), 0)::BIGINT FROM schema_version",
+            &[],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(row.get(0))
+}
+
+/// Brings the database up to [`current_version`] under the migration lock;
+/// refuses a newer database.
+pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg_error)?;
+    let result = migrate_locked(client).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg_error);
+    result.and(unlocked.map(|_| ()))
+}
+
+async fn migrate_locked(client: &mut Client) -> Result<(), StoreError> {
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .await
+        .map_err(pg_error)?;
+    let found = version(client).await?;
+    if found > current_version() {
+        return Err(StoreError::Downgrade {
+            found,
+            supported: current_version(),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.batch_execute(sql).await.map_err(pg_error)?;
+        tx.execute("DELETE FROM schema_version", &[])
+            .await
+            .map_err(pg_error)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES ($1)",
+            &[&(i as i32 + 1)],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        tracing::info!(version = i + 1, "database migrated");
+    }
+    Ok(())
+}

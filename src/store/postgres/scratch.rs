@@ -1,0 +1,291 @@
+//! A throwaway PostgreSQL cluster, for the tests and the benchmark: `initdb`
+//! into a fresh directory, the server on a unix socket in it (and, when
+//! asked, on a loopback TCP port), stopped and removed on drop, and stopped
+//! by a watcher when the process that started it goes away without dropping
+//! it. As root, the cluster runs as the `postgres` user (PostgreSQL refuses
+//! root); the binaries are found with `pg_config --bindir`, or under
+//! `/usr/lib/postgresql/*/bin` where Debian puts them.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running cluster. Its superuser is `postgres`, trusted on the socket
+/// and on loopback.
+pub struct Scratch {
+    root: PathBuf,
+    bindir: PathBuf,
+    port: u16,
+    tcp: bool,
+    /// `(uid, gid)` the cluster runs as, when that is not this process's.
+    owner: Option<(u32, u32)>,
+}
+
+fn other(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
+}
+
+/// The folder of `initdb`, `postgres` and `psql`.
+pub fn bindir() -> io::Result<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && dir.join("initdb").is_file() {
+            return Ok(dir);
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    found.retain(|d| d.join("initdb").is_file());
+    found.sort();
+    found
+        .pop()
+        .ok_or_else(|| other("no PostgreSQL server binaries (initdb): install Debian's postgresql"))
+}
+
+/// The uid and gid of `postgres`, from `/etc/passwd`.
+fn postgres_user() -> io::Result<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd")?;
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"postgres") && f.len() > 3)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+                .flatten()
+        })
+        .ok_or_else(|| other("running as root, and there is no postgres user to run PostgreSQL as"))
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Scratch {
+    /// Creates and starts a cluster; with `tcp`, it also listens on
+    /// 127.0.0.1.
+    pub fn start(tcp: bool) -> io::Result<Scratch> {
+        let bindir = bindir()?;
+        let owner = if rustix::process::geteuid().is_root() {
+            Some(postgres_user()?)
+        } else {
+            None
+        };
+        let root = std::env::temp_dir().join(format!(
+            "usermeta-pg-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir(&root)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&root, Some(uid), Some(gid))?;
+        }
+        let scratch = Scratch {
+            root,
+            bindir,
+            port: free_port()?,
+            tcp,
+            owner,
+        };
+        scratch.run(
+            "initdb",
+            &[
+                "-D",
+                &scratch.data().to_string_lossy(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+        )?;
+        scratch.launch()?;
+        Ok(scratch)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// The folder of the server's unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(self.bindir.join(program));
+        if let Some((uid, gid)) = self.owner {
+            c.uid(uid).gid(gid);
+        }
+        c.current_dir(&self.root);
+        c
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> io::Result<()> {
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .map_err(|e| other(format!("{}: {e}", self.bindir.join(program).display())))?;
+        if !out.status.success() {
+            return Err(other(format!(
+                "{program}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts the server behind a watcher that stops it when this process
+    /// is gone, and waits until it accepts connections.
+    fn launch(&self) -> io::Result<()> {
+        let listen = if self.tcp { "127.0.0.1" } else { "" };
+        let postgres = self.bindir.join("postgres");
+        let script = format!(
+            "{postgres} -D {data} -k {sock} -p {port} -c listen_addresses='{listen}' \
+             -c max_connections=200 -c shared_buffers=64MB >> {log} 2>&1 &
+             pg=$!
+             while [ -d /proc/{parent} ] && kill -0 $pg 2>/dev/null; do sleep 1; done
+             if kill -INT $pg 2>/dev/null; then wait $pg; rm -rf {root}; fi",
+            postgres = postgres.display(),
+            data = self.data().display(),
+            sock = self.root.display(),
+            port = self.port,
+            log = self.root.join("server.log").display(),
+            parent = std::process::id(),
+            root = self.root.display(),
+        );
+        let mut c = Command::new("sh");
+        if let Some((uid, gid)) = self.owner {
+            c.uid(uid).gid(gid);
+        }
+        c.arg("-c")
+            .arg(script)
+            .current_dir(&self.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| other(format!("sh: {e}")))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = self
+                .command("pg_isready")
+                .args([
+                    "-q",
+                    "-h",
+                    &self.root.to_string_lossy(),
+                    "-p",
+                    &self.port.to_string(),
+                ])
+                .status()
+                .map_err(|e| other(format!("pg_isready: {e}")))?;
+            if ready.success() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default();
+                return Err(other(format!("PostgreSQL did not start:\n{log}")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A connection string for database `db` over the unix socket.
+    pub fn uri(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.root.display(),
+            self.port
+        )
+    }
+
+    /// A URI for database `db` over loopback TCP (a cluster started with `tcp`).
+    pub fn tcp_uri(&self, db: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Runs one SQL command as the superuser, in database `postgres`.
+    pub fn sql(&self, sql: &str) -> io::Result<()> {
+        self.run(
+            "psql",
+            &[
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &self.root.to_string_lossy(),
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ],
+        )
+    }
+
+    /// A new, empty database.
+    pub fn create_database(&self, name: &str) -> io::Result<()> {
+        self.sql(&format!("CREATE DATABASE \"{name}\""))
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs a program of the cluster's (`pg_dump`, `pgbench`, ...) against
+    /// it, as its owner, and returns what it printed.
+    pub fn tool(&self, program: &str, args: &[&str]) -> io::Result<Vec<u8>> {
+        let out = self
+            .command(program)
+            .args([
+                "-h",
+                &self.root.to_string_lossy(),
+                "-p",
+                &self.port.to_string(),
+            ])
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            return Err(other(format!(
+                "{program}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(out.stdout)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().to_string_lossy(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
