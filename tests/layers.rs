@@ -47,7 +47,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("retention", &["config", "model", "store"]),
     ("client", &["tls", "wire"]),
     ("privacy", &["clock", "config", "crypto", "model", "wire"]),
-    ("store", &["clock", "config", "metrics", "model", "tls", "wire"]),
+    (
+        "store",
+        &["clock", "config", "metrics", "model", "tls", "wire"],
+    ),
     ("config", &["acl", "model"]),
     ("model", &["clock", "wire"]),
     ("tls", &["metrics"]),

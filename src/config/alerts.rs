@@ -26,6 +26,10 @@ pub struct RawAlerts {
     pub smtp: Option<RawSmtp>,
     /// Delivery retries: exponential back-off between these bounds (default 5s to 1h).
     pub retry: Option<RawRetry>,
+    /// How long a claimed delivery is left to the replica that claimed it
+    /// before another may deliver it again (default 5m): longer than a
+    /// delivery may take (the sinks' timeouts).
+    pub delivery_lease: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +147,7 @@ pub struct AlertsConfig {
     pub smtp: Option<SmtpConfig>,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    pub delivery_lease: Duration,
 }
 
 impl Default for AlertsConfig {
@@ -157,6 +162,7 @@ impl Default for AlertsConfig {
             smtp: None,
             retry_initial: Duration::from_secs(5),
             retry_max: Duration::from_secs(3600),
+            delivery_lease: Duration::from_secs(300),
         }
     }
 }
@@ -263,7 +269,9 @@ impl AlertsConfig {
         let retry = raw.retry.unwrap_or_default();
         let retry_initial = positive(retry.initial, defaults.retry_initial);
         let retry_max = positive(retry.max, defaults.retry_max);
+        let delivery_lease = positive(raw.delivery_lease, defaults.delivery_lease);
         for (key, d) in [
+            ("alerts.delivery_lease", delivery_lease),
             ("alerts.failure_burst.window", burst_window),
             ("alerts.dormant_after", dormant_after),
             ("alerts.retry.initial", retry_initial),
@@ -413,6 +421,7 @@ impl AlertsConfig {
             smtp,
             retry_initial,
             retry_max,
+            delivery_lease,
         }
     }
 

@@ -1,8 +1,8 @@
 //! Delivers every queued alert at least once to each of its sinks. The queue
 //! is the store's outbox, so retries and their back-off survive restarts; a
 //! delivery that keeps failing keeps its row and last error. Deliveries are
-//! claimed for a lease ([`LEASE`]): one whose dispatcher dies before it
-//! records the outcome is delivered again once the lease ends.
+//! claimed for a lease (`alerts.delivery_lease`): one whose dispatcher dies
+//! before it records the outcome is delivered again once the lease ends.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,9 +21,6 @@ use crate::store::Store;
 const BATCH: i64 = 32;
 /// Longest sleep when nothing is due.
 const IDLE_POLL: i64 = 30;
-/// How long a claimed delivery is left to its dispatcher (seconds): longer
-/// than a delivery may take (the sinks time out well before).
-pub const LEASE: i64 = 300;
 
 /// The back-off before attempt `attempts + 1`: doubling from `initial`, capped at `max`.
 pub fn backoff(attempts: i64, initial: Duration, max: Duration) -> Duration {
@@ -64,7 +61,8 @@ impl Dispatcher {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         while !*stop.borrow() {
             let now = (self.clock)();
-            let due = match self.store.claim_due(now, LEASE, BATCH).await {
+            let lease = self.cfg.delivery_lease.as_secs().max(1) as i64;
+            let due = match self.store.claim_due(now, lease, BATCH).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(error = %e, "alert dispatcher cannot read the outbox");

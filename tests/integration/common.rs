@@ -328,3 +328,21 @@ pub async fn metric_settles(addr: SocketAddr, name: &str, want: i64) {
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
 }
+
+/// One PostgreSQL cluster for the tests of this process, started on first
+/// use, or `None` (the test then passes, saying so) where PostgreSQL is not
+/// installed; under CI it must be.
+pub fn pg_cluster() -> Option<&'static usermetadb::store::postgres::scratch::Scratch> {
+    use usermetadb::store::postgres::scratch::Scratch;
+    static CLUSTER: std::sync::OnceLock<Option<Scratch>> = std::sync::OnceLock::new();
+    CLUSTER
+        .get_or_init(|| match Scratch::start(false) {
+            Ok(s) => Some(s),
+            Err(e) if in_ci() => panic!("PostgreSQL is required in CI: {e}"),
+            Err(e) => {
+                eprintln!("skipping a PostgreSQL test: {e}");
+                None
+            }
+        })
+        .as_ref()
+}

@@ -34,6 +34,7 @@ mod mmdb;
 mod monitor;
 mod overload;
 mod persistence;
+mod postgres;
 mod privacy;
 mod properties;
 mod receivers;
