@@ -17,7 +17,8 @@
 //!    tool, the tests). [`privacy`]: quantization, GeoIP country,
 //!    user-agent parsing, device-ID sealing.
 //! 6. [`store`]: the storage interface in domain terms and its backends
-//!    (`store::sqlite`); all SQL lives there.
+//!    (`store::sqlite`, `store::postgres`); all SQL lives there, each
+//!    backend's in its own folder.
 //! 7. Leaves, calling nothing of the crate but each other as listed:
 //!    [`config`] (the YAML file; uses [`acl`], [`model`]), [`model`] (the
 //!    records the layers share; uses [`wire`], [`clock`]), [`tls`]

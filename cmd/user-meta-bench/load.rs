@@ -65,9 +65,30 @@ pub struct Scenario {
 }
 
 pub struct Target {
-    pub addr: SocketAddr,
+    /// One address per replica; connection `i` goes to `addrs[i % n]`.
+    pub addrs: Vec<SocketAddr>,
     pub server_name: String,
-    pub server_pid: Option<u32>,
+    /// The replicas' processes, for their CPU time (summed) and the first's
+    /// memory.
+    pub server_pids: Vec<u32>,
+}
+
+impl Target {
+    fn addr(&self, connection: usize) -> SocketAddr {
+        self.addrs[connection % self.addrs.len()]
+    }
+
+    fn cpu_seconds(&self) -> Option<Result<f64>> {
+        if self.server_pids.is_empty() {
+            return None;
+        }
+        Some(
+            self.server_pids
+                .iter()
+                .map(|p| procfs::cpu_seconds(Some(*p)))
+                .sum(),
+        )
+    }
 }
 
 /// What one scenario measured. Counts are of the measured window unless
@@ -123,8 +144,8 @@ pub async fn run(sc: &Scenario, target: &Target) -> Result<Outcome> {
     // Keep-alive connections are opened before the clock starts.
     let mut conns = Vec::with_capacity(sc.connections);
     if !sc.connect_per_request {
-        let opening = (0..sc.connections).map(|_| {
-            let (addr, name, tls) = (target.addr, target.server_name.clone(), sc.tls.clone());
+        let opening = (0..sc.connections).map(|i| {
+            let (addr, name, tls) = (target.addr(i), target.server_name.clone(), sc.tls.clone());
             async move { Connection::connect(addr, &name, Some(tls)).await }
         });
         for c in futures_join_all(opening).await {
@@ -164,7 +185,7 @@ pub async fn run(sc: &Scenario, target: &Target) -> Result<Outcome> {
         let sc = sc.clone();
         let window = window.clone();
         let tickets = tickets.clone();
-        let addr = target.addr;
+        let addr = target.addr(i);
         let name = target.server_name.clone();
         workers.push(tokio::spawn(async move {
             worker(i as u64, conn, result, &sc, &window, &tickets, addr, &name).await
@@ -172,7 +193,7 @@ pub async fn run(sc: &Scenario, target: &Target) -> Result<Outcome> {
     }
 
     let memory = if sc.sample_memory {
-        target.server_pid.map(|pid| {
+        target.server_pids.first().copied().map(|pid| {
             let end = window.end;
             tokio::spawn(async move { sample_memory(pid, end).await })
         })
@@ -181,11 +202,11 @@ pub async fn run(sc: &Scenario, target: &Target) -> Result<Outcome> {
     };
 
     tokio::time::sleep_until(window.measure_from).await;
-    let server_cpu0 = target.server_pid.map(|p| procfs::cpu_seconds(Some(p)));
+    let server_cpu0 = target.cpu_seconds();
     let client_cpu0 = procfs::cpu_seconds(None)?;
     let steal0 = procfs::steal_seconds().ok();
     tokio::time::sleep_until(window.end).await;
-    let server_cpu1 = target.server_pid.map(|p| procfs::cpu_seconds(Some(p)));
+    let server_cpu1 = target.cpu_seconds();
     let client_cpu1 = procfs::cpu_seconds(None)?;
     let steal1 = procfs::steal_seconds().ok();
 

@@ -79,8 +79,12 @@ struct PopulationArgs {
 #[derive(Args)]
 struct SeedArgs {
     /// The SQLite database to fill (created if missing; entries are appended).
-    #[arg(long)]
-    db: PathBuf,
+    #[arg(long, required_unless_present = "db_uri")]
+    db: Option<PathBuf>,
+    /// A PostgreSQL database to fill instead (`postgres://…` or
+    /// `host=… dbname=…`); needs --device-key.
+    #[arg(long, conflicts_with = "db", requires = "device_key")]
+    db_uri: Option<String>,
     /// Log entries to write.
     #[arg(long, default_value_t = 1_000_000)]
     entries: u64,
@@ -173,6 +177,15 @@ struct RunArgs {
     /// `db.synchronous` of the spawned server: full or normal.
     #[arg(long, default_value = "full")]
     synchronous: String,
+    /// Run the spawned server(s) on a throwaway PostgreSQL cluster instead of
+    /// SQLite (`initdb` into the scratch directory), and measure the cluster's
+    /// own single-row INSERT rate with pgbench beside them.
+    #[arg(long, conflicts_with = "addr")]
+    postgres: bool,
+    /// Spawned servers sharing the database (with --postgres); connections
+    /// are spread over them.
+    #[arg(long, default_value_t = 1, requires = "postgres")]
+    replicas: usize,
     /// Pause between scenarios, letting the server settle.
     #[arg(long, default_value = "1s", value_parser = duration)]
     pause: Duration,
@@ -225,10 +238,16 @@ fn open_geoip(path: &Path) -> Result<GeoIp> {
 }
 
 fn seed_command(args: SeedArgs) -> Result<()> {
-    let key_path = args
-        .device_key
-        .clone()
-        .unwrap_or_else(|| args.db.with_extension("device.key"));
+    let cfg = match (&args.db, &args.db_uri) {
+        (_, Some(uri)) => postgres_config(uri.clone(), 16),
+        (Some(db), None) => seed::sqlite_config(db),
+        (None, None) => anyhow::bail!("--db or --db-uri is required"),
+    };
+    let key_path = match (&args.device_key, &args.db) {
+        (Some(k), _) => k.clone(),
+        (None, Some(db)) => db.with_extension("device.key"),
+        (None, None) => anyhow::bail!("--device-key is required with --db-uri"),
+    };
     let (key, created) = DeviceKey::load_or_create(&key_path)
         .with_context(|| format!("device key {}", key_path.display()))?;
     if created {
@@ -242,25 +261,25 @@ fn seed_command(args: SeedArgs) -> Result<()> {
     let pop = population(&args.population);
     eprintln!(
         "seeding {} with {} log entries for {} users...",
-        args.db.display(),
+        seed::describe(&cfg),
         args.entries,
         pop.users
     );
     let stats = seed::seed(
-        &args.db,
+        &cfg,
         &privacy,
         &pop,
         args.entries,
         usermetadb::clock::now_unix(),
     )?;
-    let size = seed::db_size(&args.db)?;
+    let size = seed::db_size(&cfg)?;
     println!(
         "{} entries in {:.1} s ({:.0} entries/s)",
         stats.entries, stats.seconds, stats.entries_per_second
     );
     println!(
         "{}: {} log entries, {} users, {} devices, {:.1} MiB; {:.0} bytes per log entry in all, {:.0} in user_logs and its indexes",
-        args.db.display(),
+        seed::describe(&cfg),
         size.log_entries,
         size.users,
         size.devices,
@@ -365,21 +384,23 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
 
     // The server: spawned on a seeded scratch database, or given.
     let mut workdir = None;
-    let mut server = None;
+    let mut servers: Vec<spawn::Server> = Vec::new();
+    let mut cluster = None;
     let mut seed_stats = None;
     let mut database_before = None;
-    let (target, db_path) = match args.addr {
+    let mut insert_ceiling = None;
+    let (target, db_cfg) = match args.addr {
         Some(addr) => {
             eprintln!(
                 "using the server at {addr}; its database should hold `seed --users {} --devices-per-user {} --seed {}` with the same device key",
                 pop.users, pop.devices_per_user, pop.seed
             );
             let target = Target {
-                addr,
+                addrs: vec![addr],
                 server_name: args.server_name.clone(),
-                server_pid: args.server_pid,
+                server_pids: args.server_pid.into_iter().collect(),
             };
-            (target, args.db.clone())
+            (target, args.db.as_deref().map(seed::sqlite_config))
         }
         None => {
             let binary = match &args.spawn_server {
@@ -387,8 +408,18 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
                 None => default_server_binary()?,
             };
             let dir = spawn::WorkDir::create(args.workdir.as_deref(), args.keep)?;
-            let db = dir.path.join("bench.db");
             let key_path = dir.path.join("device.key");
+            let db_cfg = if args.postgres {
+                let pg = usermetadb::store::postgres::scratch::Scratch::start(false)
+                    .context("starting a PostgreSQL cluster")?;
+                pg.create_database("bench")
+                    .context("creating the database")?;
+                let cfg = postgres_config(pg.uri("bench"), 32);
+                cluster = Some(pg);
+                cfg
+            } else {
+                seed::sqlite_config(&dir.path.join("bench.db"))
+            };
             let geoip = args
                 .geoip
                 .canonicalize()
@@ -409,16 +440,20 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
                 args.seed_entries, pop.users, pop.devices_per_user
             );
             seed_stats = Some(seed::seed(
-                &db,
+                &db_cfg,
                 &privacy,
                 &pop,
                 args.seed_entries,
                 usermetadb::clock::now_unix(),
             )?);
-            database_before = Some(seed::db_size(&db)?);
+            database_before = Some(seed::db_size(&db_cfg)?);
+            if let Some(pg) = &cluster {
+                eprintln!("measuring the cluster's own single-row INSERT rate (pgbench)...");
+                insert_ceiling = Some(pgbench_insert_rate(pg, &dir.path, &args)?);
+            }
             let config = dir.path.join("server.yml");
             let yaml = spawn::config_yaml(&spawn::ServerFiles {
-                db: &db,
+                db: &db_cfg,
                 device_key: &key_path,
                 certs: &certs,
                 geoip: Some(&geoip),
@@ -426,22 +461,31 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
             });
             std::fs::write(&config, yaml)
                 .with_context(|| format!("writing {}", config.display()))?;
-            let addr = spawn::free_loopback_addr()?;
-            let mut s = spawn::Server::start(&binary, &config, addr, &dir.path.join("server.log"))?;
-            rt.block_on(s.wait_ready(ids.writer.clone(), &args.server_name))?;
-            eprintln!(
-                "server {} started at {addr} (pid {})",
-                binary.display(),
-                s.pid
-            );
+            let mut addrs = Vec::new();
+            for i in 0..args.replicas.max(1) {
+                let addr = spawn::free_loopback_addr()?;
+                let mut s = spawn::Server::start(
+                    &binary,
+                    &config,
+                    addr,
+                    &dir.path.join(format!("server-{i}.log")),
+                )?;
+                rt.block_on(s.wait_ready(ids.writer.clone(), &args.server_name))?;
+                eprintln!(
+                    "server {} started at {addr} (pid {})",
+                    binary.display(),
+                    s.pid
+                );
+                addrs.push(addr);
+                servers.push(s);
+            }
             let target = Target {
-                addr,
+                addrs,
                 server_name: args.server_name.clone(),
-                server_pid: Some(s.pid),
+                server_pids: servers.iter().map(|s| s.pid).collect(),
             };
-            server = Some(s);
             workdir = Some(dir);
-            (target, Some(db))
+            (target, Some(db_cfg))
         }
     };
 
@@ -480,14 +524,15 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
         reports.push(r);
     }
 
-    if let Some(s) = server.as_mut() {
+    for s in servers.iter_mut() {
         s.stop()?;
     }
-    let database_after = match &db_path {
+    let database_after = match &db_cfg {
         Some(db) => Some(seed::db_size(db)?),
         None => None,
     };
-    drop(server);
+    drop(servers);
+    drop(cluster);
     drop(workdir);
 
     let settings = serde_json::json!({
@@ -508,6 +553,9 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
         "synchronous": args.synchronous,
         "smoke": args.smoke,
         "validate": args.validate,
+        "backend": if args.postgres { "postgresql" } else { "sqlite" },
+        "replicas": args.replicas,
+        "postgres_single_row_inserts_per_second": insert_ceiling,
     });
     let mut report = Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -531,6 +579,19 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
     };
     report.evaluate_targets();
     print!("{}", report.table());
+    if let Some(tps) = insert_ceiling {
+        println!(
+            "PostgreSQL's own single-row INSERT rate (pgbench, {} connections): {tps:.0}/s",
+            args.connections
+        );
+        if let Some(a) = report.scenarios.iter().find(|r| r.name == "add_log") {
+            println!(
+                "add_log: {:.0} req/s, {:.1}% of it",
+                a.requests_per_second,
+                100.0 * a.requests_per_second / tps
+            );
+        }
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_vec_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
@@ -691,4 +752,75 @@ fn scenarios(args: &RunArgs, pop: &Population, ids: &Identities) -> Result<Vec<P
         ));
     }
     Ok(out)
+}
+
+/// The storage settings of a PostgreSQL database.
+fn postgres_config(uri: String, pool_size: usize) -> usermetadb::config::DbConfig {
+    usermetadb::config::DbConfig {
+        path: PathBuf::new(),
+        readers: 0,
+        max_batch: 0,
+        synchronous_full: true,
+        device_index: false,
+        postgres: Some(usermetadb::config::PostgresConfig {
+            uri,
+            password_file: None,
+            pool_size,
+            statement_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            ca_file: None,
+        }),
+    }
+}
+
+/// The cluster's own ceiling for durable writes: pgbench inserting one row
+/// per transaction into a table shaped like a log entry, over as many
+/// connections as the scenarios use, for the scenarios' duration.
+fn pgbench_insert_rate(
+    pg: &usermetadb::store::postgres::scratch::Scratch,
+    dir: &std::path::Path,
+    args: &RunArgs,
+) -> Result<f64> {
+    pg.sql(
+        "CREATE TABLE pgbench_log (id BIGSERIAL PRIMARY KEY, user_id BIGINT NOT NULL, \
+         ts BIGINT NOT NULL, log_type TEXT NOT NULL, device_id BYTEA, zone TEXT)",
+    )
+    .or_else(|_| pg.sql("TRUNCATE pgbench_log"))
+    .context("creating pgbench's table")?;
+    let script = dir.join("insert.sql");
+    std::fs::write(
+        &script,
+        "\\set u random(1, 100000)\n\
+         INSERT INTO pgbench_log (user_id, ts, log_type, device_id, zone) \
+         VALUES (:u, 1800000000, 'login', '\\x0102030405060708', 'IT');\n",
+    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let out = pg
+        .tool(
+            "pgbench",
+            &[
+                "-U",
+                "postgres",
+                "-n",
+                "-c",
+                &args.connections.to_string(),
+                "-j",
+                &args.client_threads.to_string(),
+                "-T",
+                &args.duration.as_secs().max(1).to_string(),
+                "-f",
+                &script.to_string_lossy(),
+                "bench",
+            ],
+        )
+        .context("running pgbench")?;
+    let text = String::from_utf8_lossy(&out);
+    let tps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .with_context(|| format!("pgbench said:\n{text}"))?;
+    eprintln!("  pgbench: {tps:.0} single-row INSERTs/s");
+    Ok(tps)
 }

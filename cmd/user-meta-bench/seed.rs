@@ -41,14 +41,14 @@ struct Planned {
 /// written them, and the last login of each user on each service. Dormant users
 /// have no activity in the last [`DORMANT_DAYS`] days.
 pub fn seed(
-    db: &Path,
+    cfg: &DbConfig,
     privacy: &Privacy,
     pop: &Population,
     entries: u64,
     now: i64,
 ) -> Result<SeedStats> {
     let started = Instant::now();
-    let cfg = db_config(db);
+    let db = describe(cfg);
     let mut rng = StdRng::seed_from_u64(pop.seed ^ 0x5eed);
     let plan = plan(pop, entries, now, &mut rng);
 
@@ -94,7 +94,7 @@ pub fn seed(
             ..Default::default()
         })
     });
-    store::bulk_load(&cfg, &mut logs).with_context(|| format!("seeding {}", db.display()))?;
+    store::bulk_load(cfg, &mut logs).with_context(|| format!("seeding {db}"))?;
 
     let mut last = last_login.iter().enumerate().flat_map(|(user, services)| {
         let name = pop.username(user as u32);
@@ -108,7 +108,7 @@ pub fn seed(
                 ts: privacy.quantize_last_login(*ts),
             })
     });
-    store::bulk_load(&cfg, &mut last).with_context(|| format!("seeding {}", db.display()))?;
+    store::bulk_load(cfg, &mut last).with_context(|| format!("seeding {db}"))?;
 
     let seconds = started.elapsed().as_secs_f64();
     Ok(SeedStats {
@@ -119,8 +119,17 @@ pub fn seed(
     })
 }
 
-/// The storage settings of the database at `db`, for the whole-database streams.
-fn db_config(db: &Path) -> DbConfig {
+/// The database, for messages.
+pub fn describe(cfg: &DbConfig) -> String {
+    match &cfg.postgres {
+        Some(pg) => usermetadb::config::redact_password(&pg.uri),
+        None => cfg.path.display().to_string(),
+    }
+}
+
+/// The storage settings of the SQLite database at `db`, for the
+/// whole-database streams.
+pub fn sqlite_config(db: &Path) -> DbConfig {
     DbConfig {
         path: db.to_owned(),
         readers: 1,
@@ -171,6 +180,6 @@ fn plan(pop: &Population, entries: u64, now: i64, rng: &mut StdRng) -> Vec<Plann
 /// How much room the log takes, as the store counts it.
 pub type DbSize = StorageSize;
 
-pub fn db_size(db: &Path) -> Result<DbSize> {
-    store::storage_size(&db_config(db)).with_context(|| format!("measuring {}", db.display()))
+pub fn db_size(cfg: &DbConfig) -> Result<DbSize> {
+    store::storage_size(cfg).with_context(|| format!("measuring {}", describe(cfg)))
 }

@@ -41,7 +41,7 @@ impl Drop for WorkDir {
 
 /// The files a server configuration points at.
 pub struct ServerFiles<'a> {
-    pub db: &'a Path,
+    pub db: &'a usermetadb::config::DbConfig,
     pub device_key: &'a Path,
     pub certs: &'a Path,
     pub geoip: Option<&'a Path>,
@@ -53,10 +53,19 @@ pub struct ServerFiles<'a> {
 pub fn config_yaml(f: &ServerFiles) -> String {
     // A JSON string is a valid YAML double-quoted scalar: paths need no escaping rules of their own.
     let q = |p: &Path| serde_json::to_string(&p.to_string_lossy()).unwrap_or_default();
+    let db = match &f.db.postgres {
+        Some(pg) => serde_json::to_string(&pg.uri).unwrap_or_default(),
+        None => q(&f.db.path),
+    };
+    let pool = if f.db.postgres.is_some() {
+        "\n  pool_size: 32"
+    } else {
+        ""
+    };
     let mut y = format!(
         "db_uri: {db}
 db:
-  synchronous: {sync}
+  synchronous: {sync}{pool}
 http_server:
   tls:
     cert: {cert}
@@ -69,7 +78,6 @@ http_server:
 secrets:
   device_key_file: {dk}
 ",
-        db = q(f.db),
         sync = f.synchronous,
         cert = q(&f.certs.join("server.pem")),
         key = q(&f.certs.join("server.key")),

@@ -697,6 +697,19 @@ pub async fn aggregates_count_events_and_users(store: &Store, _db: &DbConfig, _a
         .record_log(entry("b", T0 + 2 * HOUR, "logout", None), None)
         .await
         .unwrap();
+    // One alert, for a's new device; and an entry outside the range.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    store
+        .record_log(
+            entry("a", T0 + 3 * HOUR, "login", Some(device("a2", "IT"))),
+            Some(noting(&seen, &["log"])),
+        )
+        .await
+        .unwrap();
+    store
+        .record_log(entry("c", T0 + 3 * DAY, "login", None), None)
+        .await
+        .unwrap();
     let answers = store
         .aggregate(
             vec![
@@ -704,6 +717,11 @@ pub async fn aggregates_count_events_and_users(store: &Store, _db: &DbConfig, _a
                 Aggregate::LoginsBy(LoginColumn::Zone),
                 Aggregate::EventsTotal,
                 Aggregate::SessionStats,
+                Aggregate::EventsByType,
+                Aggregate::NewDevicesPerDay,
+                Aggregate::AlertsByKind,
+                Aggregate::SessionBuckets,
+                Aggregate::LoginsBy(LoginColumn::Browser),
             ],
             T0,
             T0 + 2 * DAY,
@@ -723,19 +741,103 @@ pub async fn aggregates_count_events_and_users(store: &Store, _db: &DbConfig, _a
     };
     assert_eq!(
         answers[0],
-        Aggregated::Groups(vec![g(&day(0), 3, 2), g(&day(1), 1, 1)])
+        Aggregated::Groups(vec![g(&day(0), 4, 2), g(&day(1), 1, 1)])
     );
     assert_eq!(
         answers[1],
-        Aggregated::Groups(vec![g("IT", 3, 2), g("FR", 1, 1)])
+        Aggregated::Groups(vec![g("IT", 4, 2), g("FR", 1, 1)])
     );
-    assert_eq!(answers[2], Aggregated::Groups(vec![g("", 5, 2)]));
+    assert_eq!(answers[2], Aggregated::Groups(vec![g("", 6, 2)]));
     match &answers[3] {
         Aggregated::Sessions(s) => {
             assert_eq!((s.sessions, s.users, s.median), (1, 1, Some(2 * HOUR)))
         }
         other => panic!("{other:?}"),
     }
+    assert_eq!(
+        answers[4],
+        Aggregated::Groups(vec![g("login", 5, 2), g("logout", 1, 1)])
+    );
+    assert_eq!(answers[5], Aggregated::Groups(vec![g(&day(0), 3, 2)]));
+    assert_eq!(answers[6], Aggregated::Groups(vec![g("new_device", 1, 1)]));
+    // The one pair lasted two hours: the bucket "under 4 hours".
+    assert_eq!(answers[7], Aggregated::Buckets(vec![(2, 1, 1)]));
+    assert_eq!(answers[8], Aggregated::Groups(vec![g("Firefox", 5, 2)]));
+}
+
+/// A bulk load stores entries as the live path does (device list, countries
+/// seen), keeps the newest last login, and the size counts what is there.
+pub async fn a_bulk_load_is_stored_as_the_server_stores(
+    store: &Store,
+    db: &DbConfig,
+    _another: &DbConfig,
+) {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut records = vec![
+            Record::Log(entry("u", T0, "login", Some(device("d1", "IT")))),
+            Record::Log(entry("u", T0 + HOUR, "login", Some(device("d1", "IT")))),
+            Record::Log(entry("v", T0, "logout", None)),
+            Record::LastLogin {
+                username: "u".into(),
+                service: "mail".into(),
+                ts: T0,
+            },
+            Record::LastLogin {
+                username: "u".into(),
+                service: "mail".into(),
+                ts: T0 - DAY,
+            },
+        ]
+        .into_iter();
+        let counts = store::bulk_load(&db, &mut records).unwrap();
+        assert_eq!((counts.logs, counts.last_logins), (3, 2));
+        let size = store::storage_size(&db).unwrap();
+        assert_eq!((size.log_entries, size.users, size.devices), (3, 2, 1));
+        assert!(size.total_bytes > 0 && size.user_logs_bytes > 0);
+        let mut device = vec![Record::Device {
+            username: "u".into(),
+            row: crate::model::DeviceRow {
+                device: device("d2", "IT"),
+                first_seen: T0,
+                last_seen: T0,
+                num_logins: 1,
+            },
+        }]
+        .into_iter();
+        assert!(matches!(
+            store::bulk_load(&db, &mut device),
+            Err(store::BulkError::Unsupported(_))
+        ));
+    })
+    .await
+    .unwrap();
+    let devices = store.user_devices("u".into()).await.unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(
+        (
+            devices[0].first_seen,
+            devices[0].last_seen,
+            devices[0].num_logins
+        ),
+        (T0, T0 + HOUR, 2)
+    );
+    assert_eq!(
+        store.last_logins("u".into(), None).await.unwrap(),
+        [("mail".to_string(), T0)]
+    );
+    // The countries seen came with the entries: the next login from there
+    // is in a known country.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    store
+        .record_log(
+            entry("u", T0 + 2 * HOUR, "login", Some(device("d1", "IT"))),
+            Some(noting(&seen, &["log"])),
+        )
+        .await
+        .unwrap();
+    let h = seen.lock().unwrap()[0].clone();
+    assert!(h.country_known && h.device_known, "{h:?}");
 }
 
 /// Export gives every record in a data-only order; import into an empty
@@ -809,7 +911,8 @@ macro_rules! storage_conformance {
             unused_accounts_by_set,
             the_overview_gathers_a_user,
             aggregates_count_events_and_users,
-            export_and_import_round_trip
+            export_and_import_round_trip,
+            a_bulk_load_is_stored_as_the_server_stores
         );
     };
     (@cases $open:expr; $($case:ident),*) => {

@@ -596,7 +596,7 @@ async fn server_db(config: &Path, args: &[&str]) -> Run {
 
 #[tokio::test]
 async fn export_import_export_is_identical_and_reseals_device_ids() {
-    let ts = TestServer::start().await;
+    let ts = TestServer::start_sqlite_in(tempfile::tempdir().unwrap(), "").await;
     let mut c = ts.client("admin").await;
     for (user, device, secs) in [
         ("carol", "phone", 30 * 86_400),
@@ -685,7 +685,7 @@ async fn export_import_export_is_identical_and_reseals_device_ids() {
 
     // The imported database serves the same answers.
     drop(c);
-    let served = TestServer::start_in(target, "").await;
+    let served = TestServer::start_sqlite_in(target, "").await;
     let mut c = served.client("admin").await;
     let devices = c
         .ok("/api/get_user_devices", json!({"username": "carol"}))

@@ -204,7 +204,8 @@ async fn device_index_held(admin: &mut Client) -> f64 {
 
 #[tokio::test]
 async fn check_device_sees_a_new_device_and_a_forgotten_user_at_once() {
-    let ts = TestServer::start().await;
+    // SQLite's device index, followed through writes and an erasure.
+    let ts = TestServer::start_sqlite_in(tempfile::tempdir().unwrap(), "").await;
     let mut sso = ts.client("sso-server").await;
     let mut admin = ts.client("admin").await;
     sso.ok("/api/add_log", login("k1", "phone", 7200)).await;

@@ -1,5 +1,10 @@
 //! The fixture: a real server on 127.0.0.1:0 with the testdata certificates and
 //! a temporary SQLite file, and real mTLS clients.
+//!
+//! With `USERMETADB_TEST_BACKEND=postgres`, [`TestServer`] stores in a fresh
+//! database of a throwaway PostgreSQL cluster instead, so that the tests of
+//! the API run on both backends; the tests that read SQLite's files, or
+//! fault its disk, keep SQLite (`TestServer::start_sqlite_in`).
 
 #![allow(dead_code)]
 
@@ -74,7 +79,22 @@ impl TestServer {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, extra: &str) -> TestServer {
+        let yaml = if on_postgres() {
+            postgres_yaml(dir.path(), extra)
+        } else {
+            config_yaml(dir.path(), extra)
+        };
+        Self::start_yaml(dir, yaml).await
+    }
+
+    /// On SQLite whatever the backend under test: for tests that read the
+    /// database file itself.
+    pub async fn start_sqlite_in(dir: tempfile::TempDir, extra: &str) -> TestServer {
         let yaml = config_yaml(dir.path(), extra);
+        Self::start_yaml(dir, yaml).await
+    }
+
+    async fn start_yaml(dir: tempfile::TempDir, yaml: String) -> TestServer {
         let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let server = Server::bind(&config, "127.0.0.1:0".parse().unwrap())
             .await
@@ -129,8 +149,11 @@ impl TestServer {
         std::mem::replace(&mut self.dir, dir)
     }
 
-    /// Rows in each table, read straight from the SQLite file.
+    /// Rows in each table, read straight from the database.
     pub fn counts(&self) -> [i64; 4] {
+        if on_postgres() && !self.db_path().exists() {
+            return postgres_counts(&database_name(self.dir.path()));
+        }
         db_counts(&self.db_path())
     }
 }
@@ -345,4 +368,67 @@ pub fn pg_cluster() -> Option<&'static usermetadb::store::postgres::scratch::Scr
             }
         })
         .as_ref()
+}
+
+/// Whether the tests run on PostgreSQL (`USERMETADB_TEST_BACKEND=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("USERMETADB_TEST_BACKEND").is_ok_and(|v| v == "postgres")
+}
+
+/// The database of a test directory: its name, which is unique.
+fn database_name(dir: &Path) -> String {
+    let name = dir.file_name().unwrap().to_string_lossy().to_lowercase();
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// [`config_yaml`] on a database of the PostgreSQL cluster, made on first
+/// use (and kept across restarts on the same directory), with a device key
+/// in `dir`.
+pub fn postgres_yaml(dir: &Path, extra: &str) -> String {
+    let cluster = pg_cluster().expect("USERMETADB_TEST_BACKEND=postgres needs PostgreSQL");
+    let name = database_name(dir);
+    let key = dir.join("device.key");
+    if !key.exists() {
+        cluster.create_database(&name).unwrap();
+        let bytes: [u8; 32] = rand::random();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&key, hex).unwrap();
+    }
+    let sqlite = format!("db_uri: {}\n", dir.join("usermeta.db").display());
+    config_yaml(dir, extra).replacen(
+        &sqlite,
+        &format!(
+            "db_uri: \"{}\"\nsecrets:\n  device_key_file: {}\n",
+            cluster.uri(&name),
+            key.display()
+        ),
+        1,
+    )
+}
+
+/// Rows in each table of database `name` of the cluster.
+pub fn postgres_counts(name: &str) -> [i64; 4] {
+    let out = pg_cluster()
+        .unwrap()
+        .tool(
+            "psql",
+            &[
+                "-X",
+                "-A",
+                "-t",
+                "-U",
+                "postgres",
+                "-d",
+                name,
+                "-c",
+                "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM user_logs), \
+                 (SELECT count(*) FROM devices), (SELECT count(*) FROM last_login)",
+            ],
+        )
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let n: Vec<i64> = text.trim().split('|').map(|v| v.parse().unwrap()).collect();
+    [n[0], n[1], n[2], n[3]]
 }

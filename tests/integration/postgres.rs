@@ -61,13 +61,13 @@ async fn replicas_share_one_database_through_a_kill() {
     )
     .unwrap();
 
-    let mut children = Vec::new();
+    let mut children = Children(Vec::new());
     let mut logs = Vec::new();
     let addrs: Arc<Mutex<Vec<SocketAddr>>> = Arc::new(Mutex::new(Vec::new()));
     for _ in 0..REPLICAS {
         let (child, addr, log) = spawn_binary(&config, "info");
         logs.push(log);
-        children.push(child);
+        children.0.push(child);
         addrs.lock().unwrap().push(addr);
     }
 
@@ -119,6 +119,29 @@ async fn replicas_share_one_database_through_a_kill() {
                                 }
                                 Err(_) => client = None,
                             }
+                        }
+                    }
+                    // The device this worker just stored, asked of another
+                    // replica (one that is never killed): no replica answers
+                    // from stale state.
+                    let acked = tally
+                        .lock()
+                        .unwrap()
+                        .acked
+                        .iter()
+                        .any(|(u, m)| *u == user && m.ends_with("-1"));
+                    if acked {
+                        let other = if replica == 1 { 2 } else { 1 };
+                        let addr = addrs.lock().unwrap()[other];
+                        let mut c = try_client_at(addr, "admin").await.unwrap();
+                        let v = c
+                            .ok(
+                                "/api/check_device",
+                                json!({"username": user, "device_info": {"id": format!("{user}-second")}}),
+                            )
+                            .await;
+                        if v["seen"] != true {
+                            tally.lock().unwrap().unseen += 1;
                         }
                     }
                     // Reads and a last login through the same replica.
@@ -183,11 +206,11 @@ async fn replicas_share_one_database_through_a_kill() {
         async move { n >= total / 3 }
     })
     .await;
-    children[0].kill().unwrap();
-    children[0].wait().unwrap();
+    children.0[0].kill().unwrap();
+    children.0[0].wait().unwrap();
     let (child, addr, log) = spawn_binary(&config, "info");
     logs.push(log);
-    children[0] = child;
+    children.0[0] = child;
     addrs.lock().unwrap()[0] = addr;
     for w in workers {
         w.await.unwrap();
@@ -296,9 +319,17 @@ async fn replicas_share_one_database_through_a_kill() {
     assert_eq!(got.len(), alerts_expected, "an alert delivered twice");
     assert!(got.iter().all(|r| r.signature_ok));
     receiver.stop();
-    for mut child in children {
-        let _ = child.kill();
-        let _ = child.wait();
+}
+
+/// Server processes, killed when the test ends, however it ends.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -333,7 +364,7 @@ async fn a_database_moves_between_sqlite_and_postgresql_unchanged() {
     let secrets = format!("secrets:\n  device_key_file: {}\n", key.display());
 
     // Some history through the API, on SQLite.
-    let ts = TestServer::start_in(tempfile::tempdir_in(dir.path()).unwrap(), &secrets).await;
+    let ts = TestServer::start_sqlite_in(tempfile::tempdir_in(dir.path()).unwrap(), &secrets).await;
     let mut c = ts.client("admin").await;
     for (user, device, ago_s) in [("bob", "b1", 7200), ("bob", "b2", 3600), ("ann", "a1", 60)] {
         c.ok("/api/add_log", login(user, device, ago_s)).await;

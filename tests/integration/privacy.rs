@@ -240,7 +240,7 @@ async fn forget_user_deletes_every_row_and_says_how_many() {
 
 #[tokio::test]
 async fn an_erased_user_leaves_no_trace_in_the_database_files() {
-    let ts = TestServer::start().await;
+    let ts = TestServer::start_sqlite_in(tempfile::tempdir().unwrap(), "").await;
     let mut c = ts.client("admin").await;
     let canary = "erased-user-7c1f0a";
     for i in 0..20 {
@@ -478,7 +478,8 @@ async fn sighup_reloads_the_geoip_database_without_dropping_requests() {
 #[tokio::test]
 async fn db_prune_deletes_expired_rows_offline() {
     let dir = tempfile::tempdir().unwrap();
-    let ts = TestServer::start_in(dir, "retention:\n  user_logs: 3650d\n").await;
+    // `db prune` on the SQLite file the server wrote.
+    let ts = TestServer::start_sqlite_in(dir, "retention:\n  user_logs: 3650d\n").await;
     let mut c = ts.client("admin").await;
     c.ok("/api/add_log", login("old", "d1", 100 * 86_400)).await;
     c.ok("/api/add_log", login("new", "d2", 3600)).await;

@@ -352,6 +352,61 @@ mod tests {
         ));
     }
 
+    /// Over TCP with `sslmode=verify-full`: the server's certificate must
+    /// chain to `db.ca_file` and name the host; a wrong CA is refused.
+    #[tokio::test]
+    async fn tls_to_postgresql_is_verified() {
+        let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/certs");
+        let started = Scratch::start_tls(&certs.join("server.pem"), &certs.join("server.key"));
+        let cluster = match started {
+            Ok(c) => c,
+            Err(e) if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") => {
+                panic!("PostgreSQL is required in CI: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipping the PostgreSQL TLS test: {e}");
+                return;
+            }
+        };
+        cluster.create_database("over_tls").unwrap();
+        let uri = format!(
+            "postgresql://postgres@localhost:{}/over_tls?sslmode=verify-full",
+            cluster.port()
+        );
+        let mut cfg = config(uri);
+        cfg.ca_file = Some(certs.join("ca.pem"));
+        let store = PgStore::open(&cfg).await.unwrap();
+        let rec = crate::model::LogRecord {
+            username: "u".into(),
+            ts: 3600,
+            log_type: "login".into(),
+            ..Default::default()
+        };
+        store.record_log(rec, None).await.unwrap();
+        // The pool's sessions really are encrypted.
+        let out = cluster
+            .tool(
+                "psql",
+                &[
+                    "-X",
+                    "-A",
+                    "-t",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "over_tls",
+                    "-c",
+                    "SELECT count(*) FROM pg_stat_ssl WHERE ssl",
+                ],
+            )
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out).trim().parse::<i64>().unwrap() >= 1);
+        store.close();
+        // A CA that did not sign the server's certificate is refused.
+        cfg.ca_file = Some(certs.join("bad-untrusted.pem"));
+        assert!(PgStore::open(&cfg).await.is_err());
+    }
+
     #[test]
     fn connection_strings_are_read_as_libpq_reads_them() {
         let mut cfg = config(

@@ -19,6 +19,8 @@ pub struct Scratch {
     bindir: PathBuf,
     port: u16,
     tcp: bool,
+    /// Served over TLS on TCP with this certificate chain and key (PEM).
+    tls: Option<(PathBuf, PathBuf)>,
     /// `(uid, gid)` the cluster runs as, when that is not this process's.
     owner: Option<(u32, u32)>,
 }
@@ -69,6 +71,16 @@ impl Scratch {
     /// Creates and starts a cluster; with `tcp`, it also listens on
     /// 127.0.0.1.
     pub fn start(tcp: bool) -> io::Result<Scratch> {
+        Self::start_with(tcp, None)
+    }
+
+    /// Like [`Scratch::start`], listening on 127.0.0.1 too and offering TLS
+    /// there with the certificate chain and key given (PEM files).
+    pub fn start_tls(cert: &Path, key: &Path) -> io::Result<Scratch> {
+        Self::start_with(true, Some((cert.to_owned(), key.to_owned())))
+    }
+
+    fn start_with(tcp: bool, tls: Option<(PathBuf, PathBuf)>) -> io::Result<Scratch> {
         let bindir = bindir()?;
         let owner = if rustix::process::geteuid().is_root() {
             Some(postgres_user()?)
@@ -84,11 +96,27 @@ impl Scratch {
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(&root, Some(uid), Some(gid))?;
         }
+        // The server reads its key only if its owner alone may.
+        let tls = match tls {
+            Some((cert, key)) => {
+                let (c, k) = (root.join("server.crt"), root.join("server.key"));
+                std::fs::copy(cert, &c)?;
+                std::fs::copy(key, &k)?;
+                std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::chown(&c, Some(uid), Some(gid))?;
+                    std::os::unix::fs::chown(&k, Some(uid), Some(gid))?;
+                }
+                Some((c, k))
+            }
+            None => None,
+        };
         let scratch = Scratch {
             root,
             bindir,
             port: free_port()?,
             tcp,
+            tls,
             owner,
         };
         scratch.run(
@@ -153,9 +181,17 @@ impl Scratch {
     fn launch(&self) -> io::Result<()> {
         let listen = if self.tcp { "127.0.0.1" } else { "" };
         let postgres = self.bindir.join("postgres");
+        let ssl = match &self.tls {
+            Some((c, k)) => format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                c.display(),
+                k.display()
+            ),
+            None => String::new(),
+        };
         let script = format!(
             "{postgres} -D {data} -k {sock} -p {port} -c listen_addresses='{listen}' \
-             -c max_connections=200 -c shared_buffers=64MB >> {log} 2>&1 &
+             -c max_connections=200 -c shared_buffers=64MB{ssl} >> {log} 2>&1 &
              pg=$!
              while [ -d /proc/{parent} ] && kill -0 $pg 2>/dev/null; do sleep 1; done
              if kill -INT $pg 2>/dev/null; then wait $pg; rm -rf {root}; fi",

@@ -149,33 +149,17 @@ const DUE_SQL: &str = "SELECT a.id, u.name, a.kind, a.created, a.details, d.sink
      ORDER BY d.next_attempt, d.alert_id
      LIMIT ?2";
 
-/// Pending deliveries due at `now`, oldest first, claimed for `lease`
-/// seconds: they are due again only after it, so a dispatcher that dies
-/// before it records the outcome leaves them to be delivered again, and one
-/// that lives is not handed them twice.
-pub fn claim_due(
-    conn: &Connection,
-    now: i64,
-    lease: i64,
-    limit: i64,
-) -> Result<Vec<Due>, StoreError> {
+/// Pending deliveries due at `now`, oldest first.
+pub fn due(conn: &Connection, now: i64, limit: i64) -> Result<Vec<Due>, StoreError> {
     let mut stmt = conn.prepare_cached(DUE_SQL)?;
-    let due = stmt
-        .query_map(params![now, limit], |r| {
-            Ok(Due {
-                alert: alert_from_row(r, 0)?,
-                sink: r.get(5)?,
-                attempts: r.get(6)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut claim = conn.prepare_cached(
-        "UPDATE alert_deliveries SET next_attempt = ?3 WHERE alert_id = ?1 AND sink = ?2",
-    )?;
-    for d in &due {
-        claim.execute(params![d.alert.id, d.sink, now.saturating_add(lease)])?;
-    }
-    Ok(due)
+    let rows = stmt.query_map(params![now, limit], |r| {
+        Ok(Due {
+            alert: alert_from_row(r, 0)?,
+            sink: r.get(5)?,
+            attempts: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Gives back a claimed delivery, due at `due`; its attempts stay as they were.

@@ -1,7 +1,7 @@
 //! The storage interface on SQLite: each domain operation as one job for the
 //! writer (inside its group transaction) or for a reader.
 
-use super::{alerts, logrows, ops, reports, SqliteStore};
+use super::{alerts, lock, ops, reports, SqliteStore};
 use crate::model::{
     Aggregate, Aggregated, Deleted, Delivery, DeviceIndexStats, DeviceRow, Due, LogRecord, LogRow,
     StoredAlert, UserOverview,
@@ -114,7 +114,7 @@ impl SqliteStore {
     {
         self.read(move |c| {
             let mut acc = init;
-            logrows::for_each_log(c, &user, since, log_type.as_deref(), limit, |row| {
+            ops::for_each_log(c, &user, since, log_type.as_deref(), limit, |row| {
                 f(&mut acc, row)
             })?;
             Ok(acc)
@@ -182,17 +182,46 @@ impl SqliteStore {
         .await
     }
 
+    /// The due deliveries are read on a reader, as many more as are leased
+    /// (those are skipped), and leased in memory.
     pub async fn claim_due(
         &self,
         now: i64,
         lease: i64,
         limit: i64,
     ) -> Result<Vec<Due>, StoreError> {
-        self.write(move |c| alerts::claim_due(c, now, lease, limit))
-            .await
+        let leased = {
+            let mut leases = lock(&self.inner.leases);
+            leases.retain(|_, until| *until > now);
+            leases.len() as i64
+        };
+        let due = self
+            .read(move |c| alerts::due(c, now, limit.saturating_add(leased)))
+            .await?;
+        let mut leases = lock(&self.inner.leases);
+        let until = now.saturating_add(lease);
+        Ok(due
+            .into_iter()
+            .filter(|d| {
+                let key = (d.alert.id, d.sink.clone());
+                match leases.get(&key) {
+                    Some(held) if *held > now => false,
+                    _ => {
+                        leases.insert(key, until);
+                        true
+                    }
+                }
+            })
+            .take(limit.max(0) as usize)
+            .collect())
+    }
+
+    fn unlease(&self, alert_id: i64, sink: &str) {
+        lock(&self.inner.leases).remove(&(alert_id, sink.to_owned()));
     }
 
     pub async fn release(&self, alert_id: i64, sink: String, due: i64) -> Result<(), StoreError> {
+        self.unlease(alert_id, &sink);
         self.write(move |c| alerts::release(c, alert_id, &sink, due))
             .await
     }
@@ -207,6 +236,7 @@ impl SqliteStore {
         sink: String,
         delivered_at: i64,
     ) -> Result<(), StoreError> {
+        self.unlease(alert_id, &sink);
         self.write(move |c| alerts::mark_delivered(c, alert_id, &sink, delivered_at))
             .await
     }
@@ -218,6 +248,7 @@ impl SqliteStore {
         error: String,
         next: Option<i64>,
     ) -> Result<(), StoreError> {
+        self.unlease(alert_id, &sink);
         self.write(move |c| alerts::mark_failed(c, alert_id, &sink, &error, next))
             .await
     }

@@ -22,9 +22,7 @@ mod api;
 mod checkpoint;
 pub mod export;
 mod known;
-mod logrows;
 mod ops;
-pub mod pcache;
 mod reader;
 mod readq;
 mod reports;
@@ -51,15 +49,12 @@ use writer::{in_savepoint, writer_loop, WriteJob};
 
 /// Process-wide SQLite settings. Call it first thing in `main`, before
 /// anything opens a database and while no other thread uses SQLite (its
-/// configuration is not thread-safe). Returns whether the page cache wrapper
-/// ([`pcache`]) is in place.
-///
-/// Besides the wrapper, it turns off SQLite's memory statistics, which take
-/// a global mutex on every allocation and free of every connection; nothing
-/// here reads them.
-pub fn configure_sqlite() -> bool {
-    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DONE.get_or_init(|| {
+/// configuration is not thread-safe). It turns off SQLite's memory
+/// statistics, which take a global mutex on every allocation and free of
+/// every connection; nothing here reads them.
+pub fn configure_sqlite() {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
         // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int. Called before SQLite
         // is initialized; afterwards it is refused with SQLITE_MISUSE and
         // nothing changes.
@@ -69,8 +64,7 @@ pub fn configure_sqlite() -> bool {
                 0 as std::ffi::c_int,
             );
         }
-        pcache::install()
-    })
+    });
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -108,6 +102,11 @@ struct Inner {
     checkpoints: Arc<Checkpoints>,
     known: Option<Arc<KnownDevices>>,
     path: PathBuf,
+    /// Alert deliveries claimed and not yet recorded, with the end of their
+    /// lease. A SQLite database has one server, so the leases live here
+    /// rather than as a write per claim; a restart forgets them, and the
+    /// deliveries are due again at once.
+    leases: Mutex<std::collections::HashMap<(i64, String), i64>>,
 }
 
 /// A mutex only guards plain data here: a panic elsewhere leaves it usable.
@@ -226,6 +225,7 @@ impl SqliteStore {
                 checkpoints,
                 known,
                 path: cfg.path.clone(),
+                leases: Mutex::default(),
             }),
         })
     }

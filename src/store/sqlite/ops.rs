@@ -6,7 +6,7 @@ use rusqlite::types::{FromSqlError, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::StoreError;
-use crate::model::{Deleted, DeviceRecord, DeviceRow, LogRecord};
+use crate::model::{Deleted, DeviceRecord, DeviceRow, LogDevice, LogRecord, LogRow};
 
 fn opt(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
@@ -157,7 +157,52 @@ pub(super) fn text_ref<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Resu
     }
 }
 
-pub use super::logrows::for_each_log;
+/// A user's entries, newest first; `?4` NULL for every type.
+const LOGS_SQL: &str =
+    "SELECT l.ts, l.log_type, l.message, l.service, l.login_method, l.login_authenticator_id,
+            l.device_id, l.zone, l.browser, l.os, l.mobile, l.user_agent
+     FROM users u JOIN user_logs l ON l.user_id = u.id
+     WHERE u.name = ?1 AND l.ts >= ?2 AND (?4 IS NULL OR l.log_type = ?4)
+     ORDER BY l.ts DESC, l.seq DESC
+     LIMIT ?3";
+
+/// Calls `f` on the user's entries, newest first, at most `limit` at or
+/// after `since` (of `log_type` only, if given), borrowing each row's text
+/// from SQLite: for answers written straight from the rows.
+pub fn for_each_log(
+    conn: &Connection,
+    name: &str,
+    since: i64,
+    log_type: Option<&str>,
+    limit: i64,
+    mut f: impl FnMut(&LogRow<'_>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(LOGS_SQL)?;
+    let mut rows = stmt.query(params![name, since, limit, log_type])?;
+    while let Some(r) = rows.next()? {
+        let device = match r.get_ref(6)? {
+            ValueRef::Null => None,
+            v => Some(LogDevice {
+                sealed_id: v.as_blob().map_err(|e| wrong_type(6, v, e))?,
+                zone: text_ref(r, 7)?,
+                browser: text_ref(r, 8)?,
+                os: text_ref(r, 9)?,
+                mobile: r.get::<_, Option<bool>>(10)?.unwrap_or(false),
+                user_agent: text_ref(r, 11)?,
+            }),
+        };
+        f(&LogRow {
+            ts: r.get(0)?,
+            log_type: text_ref(r, 1)?,
+            message: text_ref(r, 2)?,
+            service: text_ref(r, 3)?,
+            login_method: text_ref(r, 4)?,
+            login_authenticator_id: text_ref(r, 5)?,
+            device,
+        })?;
+    }
+    Ok(())
+}
 
 /// The columns [`device_row`] reads, in its order.
 const DEVICE_COLUMNS: &str = "d.device_id, d.zone, d.browser, d.os, d.mobile, d.user_agent,
@@ -553,5 +598,56 @@ mod tests {
             last_logins(&c, "u", Some("web")).unwrap(),
             vec![("web".to_string(), 20)]
         );
+    }
+
+    #[test]
+    fn every_kind_of_column_reads_back() {
+        let c = db();
+        let phone = DeviceRecord {
+            sealed_id: vec![0, 1, 2, 0xff],
+            zone: "IT".into(),
+            browser: "Firefox".into(),
+            os: "Android".into(),
+            mobile: true,
+            user_agent: String::new(),
+        };
+        let no_id = DeviceRecord {
+            zone: "FR".into(),
+            ..Default::default()
+        };
+        let entry = |ts, t: &str, d: Option<DeviceRecord>| LogRecord {
+            username: "u".into(),
+            ts,
+            log_type: t.into(),
+            device: d,
+            ..Default::default()
+        };
+        let mut recs = vec![
+            entry(3600, "login", Some(phone)),
+            entry(7200, "password_change", None),
+            entry(10800, "login", Some(no_id)),
+        ];
+        recs[1].message = "mot de passe changé ✓".into();
+        recs[2].service = "mail".into();
+        recs[2].login_authenticator_id = "key \"1\"".into();
+        for r in &recs {
+            insert_log(&c, r).unwrap();
+        }
+        recs.reverse();
+        assert_eq!(user_logs(&c, "u", i64::MIN, 50).unwrap(), recs);
+        assert_eq!(user_logs(&c, "u", 7200, 50).unwrap(), recs[..2]);
+        assert_eq!(user_logs(&c, "u", i64::MIN, 1).unwrap(), recs[..1]);
+        assert_eq!(
+            user_logs_of_type(&c, "u", "password_change", 5).unwrap(),
+            recs[1..2]
+        );
+        // A callback's error ends the read and leaves nothing open.
+        let mut seen = 0;
+        let r = for_each_log(&c, "u", i64::MIN, None, 50, |_| {
+            seen += 1;
+            Err(StoreError::Closed)
+        });
+        assert!(matches!(r, Err(StoreError::Closed)) && seen == 1);
+        assert_eq!(user_logs(&c, "u", i64::MIN, 50).unwrap(), recs);
     }
 }

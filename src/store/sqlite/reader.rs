@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::checkpoint::Checkpoints;
 use super::readq::ReadQueue;
-use super::{logrows, StoreError, STATEMENT_CACHE};
+use super::{StoreError, STATEMENT_CACHE};
 
 pub(super) type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
@@ -40,14 +40,6 @@ pub(super) fn reader_loop(
     queue: Arc<ReadQueue<ReadJob>>,
     checkpoints: &Checkpoints,
 ) {
-    // Without it, each call prepares its own statement.
-    let _kept = match logrows::Kept::new(&conn) {
-        Ok(kept) => Some(kept),
-        Err(e) => {
-            tracing::warn!(error = %e, "reader: preparing the log query");
-            None
-        }
-    };
     let mut snapshot = Snapshot::default();
     loop {
         let job = match queue.try_pop() {
