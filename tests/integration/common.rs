@@ -432,3 +432,8 @@ pub fn postgres_counts(name: &str) -> [i64; 4] {
     let n: Vec<i64> = text.trim().split('|').map(|v| v.parse().unwrap()).collect();
     [n[0], n[1], n[2], n[3]]
 }
+
+/// Held by the one test that compares latencies under load with latencies
+/// idle, and by the tests that load the machine most (several server
+/// processes and a PostgreSQL cluster): they never run at the same time.
+pub static QUIET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

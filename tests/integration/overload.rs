@@ -112,6 +112,7 @@ const NOISE_FLOOR: Duration = Duration::from_millis(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_header_clients_do_not_slow_normal_clients() {
+    let _quiet = QUIET.lock().await;
     let limit = raise_fd_limit(4096);
     let slow = 1000.min(limit.saturating_sub(300) as usize);
     if slow < 1000 {

@@ -50,6 +50,7 @@ struct Tally {
 /// replicas that stay up never answer 5xx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_share_one_database_through_a_kill() {
+    let _quiet = QUIET.lock().await;
     let Some(cluster) = pg_cluster() else { return };
     cluster.create_database("replicas").unwrap();
     let dir = tempfile::tempdir().unwrap();
