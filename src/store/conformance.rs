@@ -351,6 +351,45 @@ pub async fn concurrent_first_logins_make_one_device(
     );
 }
 
+/// A user's login from a new device, stored twice at the same moment (two
+/// replicas, two connections): the detections of one see the other's entry,
+/// and one alert is raised, not two.
+pub async fn concurrent_logins_from_a_new_device_raise_one_alert(
+    store: &Store,
+    _db: &DbConfig,
+    _another: &DbConfig,
+) {
+    store
+        .record_log(entry("u", T0, "login", Some(device("old", "IT"))), None)
+        .await
+        .unwrap();
+    for round in 0..5 {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut writes = Vec::new();
+        for _ in 0..4 {
+            let (store, seen) = (store.clone(), seen.clone());
+            let dev = format!("new{round}");
+            writes.push(tokio::spawn(async move {
+                let rec = entry("u", T0 + HOUR, "login", Some(device(&dev, "IT")));
+                store.record_log(rec, Some(noting(&seen, &["log"]))).await
+            }));
+        }
+        let mut raised = 0;
+        for w in writes {
+            raised += w.await.unwrap().unwrap();
+        }
+        assert_eq!(raised, 1, "round {round}");
+    }
+    assert_eq!(
+        store
+            .user_alerts("u".into(), i64::MIN, 100)
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+}
+
 /// Each delivery is handed out at least once per sink: a claim leases it,
 /// an unrecorded claim comes back after its lease, a recorded one does not.
 pub async fn the_outbox_delivers_at_least_once(store: &Store, _db: &DbConfig, _another: &DbConfig) {
@@ -905,6 +944,7 @@ macro_rules! storage_conformance {
             detections_see_the_history_before_the_entry,
             a_failed_write_leaves_nothing,
             concurrent_first_logins_make_one_device,
+            concurrent_logins_from_a_new_device_raise_one_alert,
             the_outbox_delivers_at_least_once,
             retention_deletes_strictly_before_its_bounds,
             erasure_deletes_one_user_entirely,
