@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{GenericClient, IsolationLevel, Row, Transaction};
+use tokio_postgres::{GenericClient, IsolationLevel, Row};
 
 use super::{pg_error, retryable, PgStore, RETRIES};
 use crate::clock::quantize;
@@ -64,6 +64,38 @@ macro_rules! in_transaction {
     }};
 }
 
+/// A transaction on a pooled connection, whose statements are prepared once
+/// per connection and kept.
+pub(super) type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
+/// Runs `sql` through the connection's statement cache.
+async fn exec(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    let stmt = tx.prepare_cached(sql).await?;
+    tx.execute(&stmt, params).await
+}
+
+async fn one(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row, tokio_postgres::Error> {
+    let stmt = tx.prepare_cached(sql).await?;
+    tx.query_one(&stmt, params).await
+}
+
+async fn opt_row(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>, tokio_postgres::Error> {
+    let stmt = tx.prepare_cached(sql).await?;
+    tx.query_opt(&stmt, params).await
+}
+
 /// The advisory lock key of retention ("retentio").
 const RETENTION_LOCK: i64 = 0x7265_7465_6e74_696f;
 /// Rows deleted per table in one retention transaction.
@@ -75,20 +107,23 @@ fn opt(s: &str) -> Option<&str> {
 
 /// The user's ID, taking the row's lock: writes of one user run one after
 /// the other, each seeing the last's rows.
-async fn lock_user(tx: &Transaction<'_>, name: &str) -> Result<i64, TxError> {
+async fn lock_user(tx: &Tx<'_>, name: &str) -> Result<i64, TxError> {
     loop {
-        let found = tx
-            .query_opt("SELECT id FROM users WHERE name = $1 FOR UPDATE", &[&name])
-            .await?;
+        let found = opt_row(
+            tx,
+            "SELECT id FROM users WHERE name = $1 FOR UPDATE",
+            &[&name],
+        )
+        .await?;
         if let Some(row) = found {
             return Ok(row.get(0));
         }
-        let made = tx
-            .query_opt(
-                "INSERT INTO users (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id",
-                &[&name],
-            )
-            .await?;
+        let made = opt_row(
+            tx,
+            "INSERT INTO users (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id",
+            &[&name],
+        )
+        .await?;
         if let Some(row) = made {
             return Ok(row.get(0));
         }
@@ -157,12 +192,13 @@ fn alert_row(r: &Row, base: usize) -> StoredAlert {
 /// The log row alone, leaving the device list as it is (for imports, which
 /// carry the device list themselves).
 pub(super) async fn insert_log_row(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     uid: i64,
     rec: &LogRecord,
 ) -> Result<(), tokio_postgres::Error> {
     let d = rec.device.as_ref();
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO user_logs (user_id, ts, log_type, message, service, login_method,
              login_authenticator_id, device_id, zone, browser, os, mobile, user_agent)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
@@ -189,7 +225,7 @@ pub(super) async fn insert_log_row(
 /// Stores a log entry of user `uid`: the row, the device list and the
 /// countries seen (left alone when `country_current`).
 pub(super) async fn insert_log(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     uid: i64,
     rec: &LogRecord,
     country_current: bool,
@@ -197,7 +233,8 @@ pub(super) async fn insert_log(
     insert_log_row(tx, uid, rec).await?;
     let d = rec.device.as_ref();
     if let Some(d) = d.filter(|d| !d.sealed_id.is_empty()) {
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO devices (user_id, device_id, zone, browser, os, mobile, user_agent,
                  first_seen, last_seen, num_logins)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)
@@ -232,7 +269,8 @@ pub(super) async fn insert_log(
     {
         // Kept to the day, as on SQLite.
         let day = quantize(rec.ts, 86_400);
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO user_countries (user_id, zone, first_seen, last_seen)
              VALUES ($1, $2, $3, $3)
              ON CONFLICT (user_id, zone) DO UPDATE SET
@@ -250,40 +288,40 @@ pub(super) async fn insert_log(
 /// What the rules need to know about a user before `e` is stored, and
 /// whether the user's row for `e`'s country already covers its day.
 async fn history(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     uid: i64,
     e: &Event,
     sealed_id: &[u8],
     burst_window: i64,
 ) -> Result<(History, bool), tokio_postgres::Error> {
     let day = quantize(e.ts, 86_400);
-    let r = tx
-        .query_one(
-            "SELECT
+    let r = one(
+        tx,
+        "SELECT
                  (SELECT ts FROM user_logs WHERE user_id = $1 AND log_type = 'login'
                   ORDER BY ts DESC LIMIT 1),
                  EXISTS (SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2),
                  (SELECT first_seen <= $4 AND last_seen >= $4 FROM user_countries
                   WHERE user_id = $1 AND zone = $3)",
-            &[&uid, &sealed_id, &e.zone, &day],
-        )
-        .await?;
+        &[&uid, &sealed_id, &e.zone, &day],
+    )
+    .await?;
     let last_login: Option<i64> = r.get(0);
     let device_row: bool = r.get(1);
     let country_row: Option<bool> = r.get(2);
     let country_known = !e.zone.is_empty() && country_row.is_some();
     let (failures_in_window, burst_alerted_in_window) = if e.log_type == LOG_TYPE_LOGIN_FAILURE {
         let since = e.ts.saturating_sub(burst_window);
-        let r = tx
-            .query_one(
-                "SELECT
+        let r = one(
+            tx,
+            "SELECT
                      (SELECT count(*) FROM user_logs
                       WHERE user_id = $1 AND ts >= $2 AND log_type = 'login_failure'),
                      EXISTS (SELECT 1 FROM alerts WHERE user_id = $1
                              AND kind = 'login_failure_burst' AND created >= $2)",
-                &[&uid, &since],
-            )
-            .await?;
+            &[&uid, &since],
+        )
+        .await?;
         (r.get::<_, i64>(0) as u64, r.get(1))
     } else {
         (0, false)
@@ -301,25 +339,26 @@ async fn history(
 }
 
 async fn insert_alert(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     uid: i64,
     a: &AlertDraft,
     sinks: &[&'static str],
 ) -> Result<(), TxError> {
     let details =
         serde_json::to_string(&a.details).map_err(|e| StoreError::Other(e.to_string()))?;
-    let id: i64 = tx
-        .query_one(
-            "INSERT INTO alerts (user_id, kind, created, details) VALUES ($1, $2, $3, $4)
+    let id: i64 = one(
+        tx,
+        "INSERT INTO alerts (user_id, kind, created, details) VALUES ($1, $2, $3, $4)
              RETURNING id",
-            &[&uid, &a.kind.as_str(), &a.ts, &details],
-        )
-        .await?
-        .get(0);
+        &[&uid, &a.kind.as_str(), &a.ts, &details],
+    )
+    .await?
+    .get(0);
     let sinks: Vec<&str> = sinks.to_vec();
     // Due at once; 0 rather than the clock, which would record the exact time
     // of the event behind the alert.
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO alert_deliveries (alert_id, sink, state, attempts, next_attempt)
          SELECT $1, s, 'pending', 0, 0 FROM unnest($2::text[]) AS s",
         &[&id, &sinks],
@@ -366,12 +405,14 @@ impl PgStore {
         ts: i64,
     ) -> Result<(), StoreError> {
         in_transaction!(self, |tx| {
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO users (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
                 &[&user],
             )
             .await?;
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO last_login (user_id, service, ts)
                  SELECT id, $2, $3 FROM users WHERE name = $1
                  ON CONFLICT (user_id, service) DO UPDATE

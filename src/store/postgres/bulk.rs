@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, IsolationLevel, Transaction};
+use tokio_postgres::IsolationLevel;
 
-use super::api::{device_row, insert_log, insert_log_row};
-use super::{connection_config, pg_error, schema, tls};
+use super::api::{device_row, insert_log, insert_log_row, Tx};
+use super::{pg_error, PgStore};
 use crate::config::PostgresConfig;
 use crate::model::{Counts, DeviceRecord, LogRecord, Record, StorageSize};
-use crate::store::{BulkError, StoreError};
+use crate::store::BulkError;
 
 /// Rows fetched from a portal at a time.
 const FETCH: i32 = 2_000;
@@ -31,28 +31,15 @@ fn block_on<T>(f: impl Future<Output = Result<T, BulkError>>) -> Result<T, BulkE
         .block_on(f)
 }
 
-/// A connection of its own, the schema brought up to date (or refused).
-async fn connect(cfg: &PostgresConfig) -> Result<Client, BulkError> {
-    let (pg, ca, _) = connection_config(cfg).map_err(|e| StoreError::Other(e).into_bulk())?;
-    let tls = tls(ca.as_deref()).map_err(|e| StoreError::Other(e).into_bulk())?;
-    let (mut client, connection) = pg.connect(tls).await.map_err(pg_error)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "PostgreSQL connection ended");
-        }
-    });
-    schema::migrate(&mut client).await?;
-    Ok(client)
-}
-
-trait IntoBulk {
-    fn into_bulk(self) -> BulkError;
-}
-
-impl IntoBulk for StoreError {
-    fn into_bulk(self) -> BulkError {
-        BulkError::Store(self)
-    }
+/// A connection of its own (its statements prepared once and kept), the
+/// schema brought up to date (or refused).
+async fn connect(cfg: &PostgresConfig) -> Result<deadpool_postgres::Object, BulkError> {
+    let store = PgStore::open(&PostgresConfig {
+        pool_size: 1,
+        ..cfg.clone()
+    })
+    .await?;
+    Ok(store.client().await?)
 }
 
 impl From<tokio_postgres::Error> for BulkError {
@@ -70,7 +57,7 @@ fn text(r: &tokio_postgres::Row, i: usize) -> String {
 
 /// Streams the rows of `sql` through a portal, `FETCH` at a time.
 async fn each_row(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     sql: &str,
     mut f: impl FnMut(&tokio_postgres::Row) -> Result<(), BulkError>,
 ) -> Result<(), BulkError> {
@@ -173,19 +160,18 @@ pub fn export(
 struct Users(HashMap<String, i64>);
 
 impl Users {
-    async fn id(&mut self, tx: &Transaction<'_>, name: &str) -> Result<i64, BulkError> {
+    async fn id(&mut self, tx: &Tx<'_>, name: &str) -> Result<i64, BulkError> {
         if let Some(id) = self.0.get(name) {
             return Ok(*id);
         }
-        tx.execute(
-            "INSERT INTO users (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
-            &[&name],
-        )
-        .await?;
-        let id: i64 = tx
-            .query_one("SELECT id FROM users WHERE name = $1", &[&name])
-            .await?
-            .get(0);
+        let insert = tx
+            .prepare_cached("INSERT INTO users (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+            .await?;
+        tx.execute(&insert, &[&name]).await?;
+        let select = tx
+            .prepare_cached("SELECT id FROM users WHERE name = $1")
+            .await?;
+        let id: i64 = tx.query_one(&select, &[&name]).await?.get(0);
         self.0.insert(name.to_owned(), id);
         Ok(id)
     }
@@ -296,13 +282,14 @@ pub fn bulk_load(
                         ts,
                     } => {
                         let uid = users.id(&tx, &username).await?;
-                        tx.execute(
-                            "INSERT INTO last_login (user_id, service, ts) VALUES ($1, $2, $3)
-                             ON CONFLICT (user_id, service) DO UPDATE
-                             SET ts = GREATEST(last_login.ts, EXCLUDED.ts)",
-                            &[&uid, &service, &ts],
-                        )
-                        .await?;
+                        let upsert = tx
+                            .prepare_cached(
+                                "INSERT INTO last_login (user_id, service, ts) VALUES ($1, $2, $3)
+                                 ON CONFLICT (user_id, service) DO UPDATE
+                                 SET ts = GREATEST(last_login.ts, EXCLUDED.ts)",
+                            )
+                            .await?;
+                        tx.execute(&upsert, &[&uid, &service, &ts]).await?;
                     }
                     Record::Device { .. } => {
                         return Err(BulkError::Unsupported(
