@@ -781,11 +781,17 @@ fn pgbench_insert_rate(
     dir: &std::path::Path,
     args: &RunArgs,
 ) -> Result<f64> {
-    pg.sql(
-        "CREATE TABLE pgbench_log (id BIGSERIAL PRIMARY KEY, user_id BIGINT NOT NULL, \
-         ts BIGINT NOT NULL, log_type TEXT NOT NULL, device_id BYTEA, zone TEXT)",
+    let psql = |sql: &str| {
+        pg.tool(
+            "psql",
+            &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "bench", "-c", sql],
+        )
+    };
+    psql(
+        "CREATE TABLE IF NOT EXISTS pgbench_log (id BIGSERIAL PRIMARY KEY, \
+         user_id BIGINT NOT NULL, ts BIGINT NOT NULL, log_type TEXT NOT NULL, \
+         device_id BYTEA, zone TEXT)",
     )
-    .or_else(|_| pg.sql("TRUNCATE pgbench_log"))
     .context("creating pgbench's table")?;
     let script = dir.join("insert.sql");
     std::fs::write(
@@ -821,6 +827,7 @@ fn pgbench_insert_rate(
         .and_then(|l| l.split_whitespace().next())
         .and_then(|v| v.parse::<f64>().ok())
         .with_context(|| format!("pgbench said:\n{text}"))?;
+    psql("DROP TABLE pgbench_log").context("dropping pgbench's table")?;
     eprintln!("  pgbench: {tps:.0} single-row INSERTs/s");
     Ok(tps)
 }
