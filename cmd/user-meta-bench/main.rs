@@ -784,7 +784,18 @@ fn pgbench_insert_rate(
     let psql = |sql: &str| {
         pg.tool(
             "psql",
-            &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "bench", "-c", sql],
+            &[
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                "postgres",
+                "-d",
+                "bench",
+                "-c",
+                sql,
+            ],
         )
     };
     psql(
