@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
-use super::writer::Completion;
 use super::{lock, StoreError};
+
+/// What to do once a write's commit outcome is known: answer its caller
+/// (with the error of a failed commit or sync).
+pub(super) type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
 /// Commits waiting for a WAL sync, handed from the writer to the sync thread.
 #[derive(Default)]

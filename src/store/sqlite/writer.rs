@@ -11,14 +11,13 @@ use rusqlite::Connection;
 
 use super::checkpoint::Checkpoints;
 use super::known::KnownDevices;
-use super::sync::{wal_path, Syncs};
+use super::sync::{wal_path, Completion, Syncs};
 use super::{lock, StoreError};
 
 /// A write as queued for the writer thread: it runs inside the group
 /// transaction (or not at all when given `None`, because the transaction could
 /// not start) and returns what to do once the commit outcome is known.
 pub(super) type WriteJob = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
-pub(super) type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
 pub(super) fn in_savepoint<T>(
     conn: &Connection,
