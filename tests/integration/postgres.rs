@@ -90,16 +90,19 @@ async fn replicas_share_one_database_through_a_kill() {
                 for u in 0..USERS {
                     let user = format!("r{replica}w{w}u{u}");
                     for (step, device) in [(0, "first"), (1, "second")] {
-                        let message = format!("{user}-{step}");
-                        let body = json!({"log": {
-                            "timestamp": ago(60),
-                            "username": user, "log_type": "login", "service": "mail",
-                            "message": message,
-                            "device_info": {"id": format!("{user}-{device}"),
-                                            "remote_addr": "81.2.69.160"}}});
                         // Bounded: a replica that is down is tried again,
-                        // at most for a while.
-                        for _attempt in 0..100 {
+                        // at most for a while. A request whose answer was
+                        // lost may have been stored: the next attempt is
+                        // a new entry (its own message), so that each
+                        // acknowledged one can be counted exactly.
+                        for attempt in 0..100 {
+                            let message = format!("{user}-{step}-{attempt}");
+                            let body = json!({"log": {
+                                "timestamp": ago(60),
+                                "username": user, "log_type": "login", "service": "mail",
+                                "message": message,
+                                "device_info": {"id": format!("{user}-{device}"),
+                                                "remote_addr": "81.2.69.160"}}});
                             if client.is_none() {
                                 client = connect(&addrs).await.ok();
                             }
@@ -130,7 +133,7 @@ async fn replicas_share_one_database_through_a_kill() {
                         .unwrap()
                         .acked
                         .iter()
-                        .any(|(u, m)| *u == user && m.ends_with("-1"));
+                        .any(|(u, m)| *u == user && m.starts_with(&format!("{user}-1-")));
                     if acked {
                         let other = if replica == 1 { 2 } else { 1 };
                         let addr = addrs.lock().unwrap()[other];
@@ -164,7 +167,7 @@ async fn replicas_share_one_database_through_a_kill() {
                                     .unwrap()
                                     .acked
                                     .iter()
-                                    .any(|(u, m)| *u == user && m.ends_with("-1"));
+                                    .any(|(u, m)| *u == user && m.starts_with(&format!("{user}-1-")));
                                 if acked && v["seen"] != true {
                                     tally.lock().unwrap().unseen += 1;
                                 }
