@@ -400,3 +400,31 @@ pub struct StorageSize {
     pub total_bytes_per_entry: f64,
     pub user_logs_bytes_per_entry: f64,
 }
+
+impl StorageSize {
+    /// The counts, with the bytes per log entry derived from them.
+    pub fn new(
+        log_entries: u64,
+        users: u64,
+        devices: u64,
+        total_bytes: u64,
+        user_logs_bytes: u64,
+    ) -> StorageSize {
+        let per = |b: u64| {
+            if log_entries == 0 {
+                0.0
+            } else {
+                b as f64 / log_entries as f64
+            }
+        };
+        StorageSize {
+            log_entries,
+            users,
+            devices,
+            total_bytes,
+            user_logs_bytes,
+            total_bytes_per_entry: per(total_bytes),
+            user_logs_bytes_per_entry: per(user_logs_bytes),
+        }
+    }
+}

@@ -334,21 +334,12 @@ pub fn storage_size(cfg: &PostgresConfig) -> Result<StorageSize, BulkError> {
         let log_entries = r.get::<_, i64>(0) as u64;
         let total_bytes = r.get::<_, i64>(3) as u64;
         let user_logs_bytes = r.get::<_, i64>(4) as u64;
-        let per = |b: u64| {
-            if log_entries == 0 {
-                0.0
-            } else {
-                b as f64 / log_entries as f64
-            }
-        };
-        Ok(StorageSize {
+        Ok(StorageSize::new(
             log_entries,
-            users: r.get::<_, i64>(1) as u64,
-            devices: r.get::<_, i64>(2) as u64,
+            r.get::<_, i64>(1) as u64,
+            r.get::<_, i64>(2) as u64,
             total_bytes,
             user_logs_bytes,
-            total_bytes_per_entry: per(total_bytes),
-            user_logs_bytes_per_entry: per(user_logs_bytes),
-        })
+        ))
     })
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::ops::DEVICE_COLUMNS;
 use super::{alerts, ops, schema};
-use crate::model::{Counts, DeviceRecord, DeviceRow, LogRecord, Record, StorageSize};
+use crate::model::{Counts, DeviceRecord, LogRecord, Record, StorageSize};
 use crate::store::{BulkError, StoreError};
 
 impl From<rusqlite::Error> for BulkError {
@@ -103,29 +104,16 @@ pub fn export(
     drop(rows);
     drop(stmt);
 
-    let mut stmt = tx.prepare(
-        "SELECT u.name, d.device_id, d.zone, d.browser, d.os, d.mobile, d.user_agent,
-                d.first_seen, d.last_seen, d.num_logins
+    let mut stmt = tx.prepare(&format!(
+        "SELECT u.name, {DEVICE_COLUMNS}
          FROM devices d JOIN users u ON u.id = d.user_id
-         ORDER BY u.name, d.first_seen, d.last_seen, d.device_id",
-    )?;
+         ORDER BY u.name, d.first_seen, d.last_seen, d.device_id"
+    ))?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         emit(Record::Device {
             username: r.get(0)?,
-            row: DeviceRow {
-                device: DeviceRecord {
-                    sealed_id: r.get(1)?,
-                    zone: r.get(2)?,
-                    browser: r.get(3)?,
-                    os: r.get(4)?,
-                    mobile: r.get(5)?,
-                    user_agent: r.get(6)?,
-                },
-                first_seen: r.get(7)?,
-                last_seen: r.get(8)?,
-                num_logins: r.get(9)?,
-            },
+            row: ops::device_row(r, 1)?,
         })?;
     }
     drop(rows);
@@ -327,22 +315,13 @@ pub fn storage_size(path: &Path) -> Result<StorageSize, BulkError> {
          WHERE name IN (SELECT name FROM sqlite_schema WHERE tbl_name = 'user_logs')",
     )?;
     let total_bytes = (pages - free) * page_size;
-    let per = |b: u64| {
-        if log_entries == 0 {
-            0.0
-        } else {
-            b as f64 / log_entries as f64
-        }
-    };
-    Ok(StorageSize {
+    Ok(StorageSize::new(
         log_entries,
         users,
         devices,
         total_bytes,
         user_logs_bytes,
-        total_bytes_per_entry: per(total_bytes),
-        user_logs_bytes_per_entry: per(user_logs_bytes),
-    })
+    ))
 }
 
 #[cfg(test)]

@@ -205,22 +205,24 @@ pub fn for_each_log(
 }
 
 /// The columns [`device_row`] reads, in its order.
-const DEVICE_COLUMNS: &str = "d.device_id, d.zone, d.browser, d.os, d.mobile, d.user_agent,
+pub(super) const DEVICE_COLUMNS: &str =
+    "d.device_id, d.zone, d.browser, d.os, d.mobile, d.user_agent,
      d.first_seen, d.last_seen, d.num_logins";
 
-fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+/// A device row read from [`DEVICE_COLUMNS`], starting at column `base`.
+pub(super) fn device_row(r: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<DeviceRow> {
     Ok(DeviceRow {
         device: DeviceRecord {
-            sealed_id: r.get(0)?,
-            zone: r.get(1)?,
-            browser: r.get(2)?,
-            os: r.get(3)?,
-            mobile: r.get(4)?,
-            user_agent: r.get(5)?,
+            sealed_id: r.get(base)?,
+            zone: r.get(base + 1)?,
+            browser: r.get(base + 2)?,
+            os: r.get(base + 3)?,
+            mobile: r.get(base + 4)?,
+            user_agent: r.get(base + 5)?,
         },
-        first_seen: r.get(6)?,
-        last_seen: r.get(7)?,
-        num_logins: r.get(8)?,
+        first_seen: r.get(base + 6)?,
+        last_seen: r.get(base + 7)?,
+        num_logins: r.get(base + 8)?,
     })
 }
 
@@ -232,7 +234,7 @@ pub fn user_devices(conn: &Connection, name: &str) -> Result<Vec<DeviceRow>, Sto
          WHERE u.name = ?1
          ORDER BY d.last_seen DESC, d.first_seen DESC"
     ))?;
-    let rows = stmt.query_map([name], device_row)?;
+    let rows = stmt.query_map([name], |r| device_row(r, 0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
