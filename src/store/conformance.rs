@@ -390,6 +390,80 @@ pub async fn concurrent_logins_from_a_new_device_raise_one_alert(
     );
 }
 
+/// Many writers at once, several per user: every entry stored once, each
+/// device's count and each user's alerts as if the entries had come one at
+/// a time (every detection saw every earlier entry of its user).
+pub async fn concurrent_writers_store_each_entry_once(
+    store: &Store,
+    _db: &DbConfig,
+    _another: &DbConfig,
+) {
+    const USERS: usize = 6;
+    const PER_USER: usize = 12;
+    for u in 0..USERS {
+        store
+            .record_log(
+                entry(&format!("u{u}"), T0, "login", Some(device("old", "IT"))),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut writes = Vec::new();
+    for k in 0..PER_USER {
+        for u in 0..USERS {
+            let (store, seen) = (store.clone(), seen.clone());
+            writes.push(tokio::spawn(async move {
+                // Every user: two new devices, each used PER_USER / 2 times.
+                let rec = entry(
+                    &format!("u{u}"),
+                    T0 + HOUR,
+                    "login",
+                    Some(device(&format!("new{}", k % 2), "IT")),
+                );
+                store.record_log(rec, Some(noting(&seen, &["log"]))).await
+            }));
+        }
+    }
+    let mut raised = 0;
+    for w in writes {
+        raised += w.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        raised,
+        2 * USERS,
+        "one new_device alert per user and new device"
+    );
+    for u in 0..USERS {
+        let name = format!("u{u}");
+        let logs = store.user_logs(name.clone(), i64::MIN, 1000).await.unwrap();
+        assert_eq!(logs.len(), 1 + PER_USER, "{name}");
+        let mut devices: Vec<(Vec<u8>, i64)> = store
+            .user_devices(name.clone())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.device.sealed_id, d.num_logins))
+            .collect();
+        devices.sort();
+        assert_eq!(
+            devices,
+            [
+                (b"new0".to_vec(), (PER_USER / 2) as i64),
+                (b"new1".to_vec(), (PER_USER / 2) as i64),
+                (b"old".to_vec(), 1),
+            ],
+            "{name}"
+        );
+        let alerts = store
+            .user_alerts(name.clone(), i64::MIN, 100)
+            .await
+            .unwrap();
+        assert_eq!(alerts.len(), 2, "{name}");
+    }
+}
+
 /// Each delivery is handed out at least once per sink: a claim leases it,
 /// an unrecorded claim comes back after its lease, a recorded one does not.
 pub async fn the_outbox_delivers_at_least_once(store: &Store, _db: &DbConfig, _another: &DbConfig) {
@@ -945,6 +1019,7 @@ macro_rules! storage_conformance {
             a_failed_write_leaves_nothing,
             concurrent_first_logins_make_one_device,
             concurrent_logins_from_a_new_device_raise_one_alert,
+            concurrent_writers_store_each_entry_once,
             the_outbox_delivers_at_least_once,
             retention_deletes_strictly_before_its_bounds,
             erasure_deletes_one_user_entirely,

@@ -20,7 +20,7 @@ use crate::wire::{LOG_TYPE_LOGIN, LOG_TYPE_LOGIN_FAILURE};
 
 /// What ends a transaction's body: PostgreSQL's error (perhaps one to retry)
 /// or the store's own.
-enum TxError {
+pub(super) enum TxError {
     Pg(tokio_postgres::Error),
     Store(StoreError),
 }
@@ -371,7 +371,25 @@ async fn insert_alert(
 static VACUUM_PENDING: AtomicBool = AtomicBool::new(false);
 
 impl PgStore {
+    /// Stores a log entry and the alerts its detections raise, in the next
+    /// transaction of the replica's group commit.
     pub async fn record_log(
+        &self,
+        rec: LogRecord,
+        detect: Option<Detections>,
+    ) -> Result<usize, StoreError> {
+        let Some(queue) = &self.queue else {
+            return self.record_one(rec, detect).await;
+        };
+        let (done, answer) = tokio::sync::oneshot::channel();
+        queue
+            .send(super::batch::Job { rec, detect, done })
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores a log entry in a transaction of its own.
+    pub(super) async fn record_one(
         &self,
         rec: LogRecord,
         detect: Option<Detections>,

@@ -10,7 +10,8 @@ use std::future::Future;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::IsolationLevel;
 
-use super::api::{device_row, insert_log, insert_log_row, Tx};
+use super::api::{device_row, insert_log_row, Tx, TxError};
+use super::batch::{insert_logs, rounds, Statements};
 use super::{pg_error, PgStore};
 use crate::config::PostgresConfig;
 use crate::model::{Counts, DeviceRecord, LogRecord, Record, StorageSize};
@@ -257,39 +258,30 @@ pub fn import(
 }
 
 /// Appends log entries (device list and countries kept as the server keeps
-/// them) and last logins, in large transactions.
+/// them) and last logins, in large transactions of set-based statements.
 pub fn bulk_load(
     cfg: &PostgresConfig,
     records: &mut dyn Iterator<Item = Record>,
 ) -> Result<Counts, BulkError> {
     block_on(async {
-        let mut client = connect(cfg).await?;
+        let client = connect(cfg).await?;
+        let st = Statements::prepare(&client).await?;
         let mut counts = Counts::default();
         let mut records = records.peekable();
-        let mut users = Users::default();
         while records.peek().is_some() {
-            let tx = client.transaction().await?;
+            let mut logs = Vec::new();
+            let mut last: HashMap<(String, String), i64> = HashMap::new();
             for rec in records.by_ref().take(LOAD_BATCH) {
                 counts.count(&rec);
                 match rec {
-                    Record::Log(log) => {
-                        let uid = users.id(&tx, &log.username).await?;
-                        insert_log(&tx, uid, &log, false).await?;
-                    }
+                    Record::Log(log) => logs.push(log),
                     Record::LastLogin {
                         username,
                         service,
                         ts,
                     } => {
-                        let uid = users.id(&tx, &username).await?;
-                        let upsert = tx
-                            .prepare_cached(
-                                "INSERT INTO last_login (user_id, service, ts) VALUES ($1, $2, $3)
-                                 ON CONFLICT (user_id, service) DO UPDATE
-                                 SET ts = GREATEST(last_login.ts, EXCLUDED.ts)",
-                            )
-                            .await?;
-                        tx.execute(&upsert, &[&uid, &service, &ts]).await?;
+                        let t = last.entry((username, service)).or_insert(ts);
+                        *t = (*t).max(ts);
                     }
                     Record::Device { .. } => {
                         return Err(BulkError::Unsupported(
@@ -299,7 +291,53 @@ pub fn bulk_load(
                     }
                 }
             }
-            tx.commit().await?;
+            client.batch_execute("BEGIN").await?;
+            let mut names: Vec<&str> = logs
+                .iter()
+                .map(|l| l.username.as_str())
+                .chain(last.keys().map(|(u, _)| u.as_str()))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            client
+                .execute(
+                    "INSERT INTO users (name) SELECT n FROM unnest($1::text[]) AS n
+                     ON CONFLICT (name) DO NOTHING",
+                    &[&names],
+                )
+                .await?;
+            let ids: HashMap<String, i64> = client
+                .query("SELECT name, id FROM users WHERE name = ANY($1)", &[&names])
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            for round in rounds(logs.iter().map(|l| l.username.as_str())) {
+                let rows: Vec<(i64, &LogRecord, bool)> = round
+                    .iter()
+                    .map(|&i| (ids[&logs[i].username], &logs[i], false))
+                    .collect();
+                insert_logs(&client, &st, &rows)
+                    .await
+                    .map_err(|e| match e {
+                        TxError::Pg(e) => BulkError::from(e),
+                        TxError::Store(e) => BulkError::Store(e),
+                    })?;
+            }
+            let (uid, service, ts): (Vec<i64>, Vec<&str>, Vec<i64>) = last
+                .iter()
+                .map(|((u, s), t)| (ids[u], s.as_str(), *t))
+                .collect();
+            client
+                .execute(
+                    "INSERT INTO last_login (user_id, service, ts)
+                     SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[])
+                     ON CONFLICT (user_id, service) DO UPDATE
+                     SET ts = GREATEST(last_login.ts, EXCLUDED.ts)",
+                    &[&uid, &service, &ts],
+                )
+                .await?;
+            client.batch_execute("COMMIT").await?;
         }
         client.batch_execute("ANALYZE").await?;
         Ok(counts)

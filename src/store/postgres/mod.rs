@@ -9,6 +9,9 @@
 //!   the other, and the detections of each see the other's entry: a user's
 //!   first login from a new device, received twice at the same moment, raises
 //!   one alert.
+//! - Log entries are group-committed: those that arrive while a transaction
+//!   runs are stored by the next one, with set-based statements (`unnest`)
+//!   sent together on the connection (see `batch`).
 //! - Alert deliveries are claimed with `FOR UPDATE SKIP LOCKED` and a lease,
 //!   so each is delivered once per sink across replicas, and again after the
 //!   lease when its replica died.
@@ -18,6 +21,7 @@
 //!   database.
 
 mod api;
+mod batch;
 pub mod bulk;
 mod schema;
 pub mod scratch;
@@ -187,6 +191,8 @@ pub struct PgStore {
     pool: Pool,
     /// For the operator's log, without a password.
     location: Arc<std::path::PathBuf>,
+    /// The group commit of log entries; `None` in its own workers.
+    queue: Option<batch::Queue>,
 }
 
 impl PgStore {
@@ -221,10 +227,13 @@ impl PgStore {
             .map_err(|e| StoreError::Other(e.to_string()))?;
         // One connection now, so that a wrong password fails the start.
         drop(pool.get().await.map_err(pool_error)?);
-        Ok(PgStore {
+        let mut store = PgStore {
             pool,
             location: Arc::new(crate::config::redact_password(&cfg.uri).into()),
-        })
+            queue: None,
+        };
+        store.queue = Some(batch::start(&store));
+        Ok(store)
     }
 
     pub fn path(&self) -> &std::path::Path {
@@ -314,6 +323,51 @@ mod tests {
     }
 
     crate::storage_conformance!(subject());
+
+    /// An entry PostgreSQL refuses (a NUL byte in a text column) fails
+    /// alone: the entries group-committed with it are stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_entry_fails_alone_in_its_batch() {
+        let Some(subject) = subject().await else {
+            return;
+        };
+        let store = subject.store.clone();
+        let mut writes = Vec::new();
+        for i in 0..40 {
+            let store = store.clone();
+            writes.push(tokio::spawn(async move {
+                let rec = crate::model::LogRecord {
+                    username: format!("u{}", i % 7),
+                    ts: 1_800_000_000,
+                    log_type: "login".into(),
+                    message: if i == 17 {
+                        "bad\0".into()
+                    } else {
+                        String::new()
+                    },
+                    ..Default::default()
+                };
+                store.record_log(rec, None).await
+            }));
+        }
+        let mut failed = Vec::new();
+        for (i, w) in writes.into_iter().enumerate() {
+            if w.await.unwrap().is_err() {
+                failed.push(i);
+            }
+        }
+        assert_eq!(failed, [17]);
+        let mut stored = 0;
+        for u in 0..7 {
+            stored += store
+                .user_logs(format!("u{u}"), i64::MIN, 100)
+                .await
+                .unwrap()
+                .len();
+        }
+        assert_eq!(stored, 39);
+        store.close();
+    }
 
     #[tokio::test]
     async fn replicas_starting_at_once_migrate_once() {
