@@ -638,7 +638,7 @@ impl Config {
                 readers,
                 max_batch,
                 synchronous_full,
-                device_index: raw.db.device_index.unwrap_or(true) && postgres.is_none(),
+                device_index: raw.db.device_index.unwrap_or(true),
                 postgres,
             },
             http: HttpConfig {

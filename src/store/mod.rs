@@ -130,7 +130,9 @@ impl Store {
     /// the backend runs beside it.
     pub async fn open(cfg: &DbConfig) -> Result<Store, StoreError> {
         match &cfg.postgres {
-            Some(pg) => Ok(Store::Postgres(postgres::PgStore::open(pg).await?)),
+            Some(pg) => Ok(Store::Postgres(
+                postgres::PgStore::open(pg, cfg.device_index).await?,
+            )),
             None => Ok(Store::Sqlite(sqlite::SqliteStore::open(cfg)?)),
         }
     }

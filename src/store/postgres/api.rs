@@ -605,6 +605,12 @@ impl PgStore {
     }
 
     pub async fn device_known(&self, user: String, sealed_id: Vec<u8>) -> Result<bool, StoreError> {
+        if let Some(known) = &self.known {
+            if known.holds(&user, &sealed_id) {
+                return Ok(true);
+            }
+        }
+        let generation = self.known.as_ref().map(|k| k.generation());
         let rows = self
             .query(
                 "SELECT EXISTS (SELECT 1 FROM users u JOIN devices d ON d.user_id = u.id
@@ -612,7 +618,11 @@ impl PgStore {
                 &[&user, &sealed_id],
             )
             .await?;
-        Ok(rows.first().is_some_and(|r| r.get(0)))
+        let found = rows.first().is_some_and(|r| r.get(0));
+        if let (true, Some(known), Some(g)) = (found, &self.known, generation) {
+            known.learn(g, [known.key(&user, &sealed_id)]);
+        }
+        Ok(found)
     }
 
     pub async fn last_logins(
@@ -851,7 +861,7 @@ impl PgStore {
     }
 
     pub fn device_index_stats(&self) -> Option<DeviceIndexStats> {
-        None
+        self.known.as_ref().map(|k| k.stats())
     }
 }
 

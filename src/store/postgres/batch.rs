@@ -137,7 +137,15 @@ impl PgStore {
     async fn store_batch(&self, jobs: &[Job]) -> Result<Vec<usize>, TxError> {
         let client = self.client().await?;
         let st = Statements::prepare(&client).await?;
+        let generation = self.known.as_ref().map(|k| k.generation());
         let outcome = store_batch(&client, &st, jobs).await;
+        if let (Ok(_), Some(known), Some(g)) = (&outcome, &self.known, generation) {
+            let pairs = jobs
+                .iter()
+                .filter(|j| !j.rec.sealed_id().is_empty())
+                .map(|j| known.key(&j.rec.username, j.rec.sealed_id()));
+            known.learn(g, pairs.collect::<Vec<_>>());
+        }
         if outcome.is_err() {
             if let Err(e) = client.batch_execute("ROLLBACK").await {
                 tracing::debug!("rollback after a failed batch: {e}");

@@ -35,10 +35,13 @@ fn block_on<T>(f: impl Future<Output = Result<T, BulkError>>) -> Result<T, BulkE
 /// A connection of its own (its statements prepared once and kept), the
 /// schema brought up to date (or refused).
 async fn connect(cfg: &PostgresConfig) -> Result<deadpool_postgres::Object, BulkError> {
-    let store = PgStore::open(&PostgresConfig {
-        pool_size: 1,
-        ..cfg.clone()
-    })
+    let store = PgStore::open(
+        &PostgresConfig {
+            pool_size: 1,
+            ..cfg.clone()
+        },
+        false,
+    )
     .await?;
     Ok(store.client().await?)
 }

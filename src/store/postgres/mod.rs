@@ -17,12 +17,14 @@
 //!   lease when its replica died.
 //! - Retention runs on one replica at a time (`pg_try_advisory_lock`), and
 //!   migrations once (`pg_advisory_lock` on a connection of their own).
-//! - No per-replica cache answers anything: `check_device` always asks the
-//!   database.
+//! - `check_device` of a known device may be answered by the replica's
+//!   device index, which only ever answers "known" and hears of every
+//!   removal by LISTEN/NOTIFY (see `known`); anything else asks the database.
 
 mod api;
 mod batch;
 pub mod bulk;
+mod known;
 mod schema;
 pub mod scratch;
 
@@ -193,11 +195,15 @@ pub struct PgStore {
     location: Arc<std::path::PathBuf>,
     /// The group commit of log entries; `None` in its own workers.
     queue: Option<batch::Queue>,
+    /// With `db.device_index`: pairs known to exist.
+    known: Option<Arc<known::KnownDevices>>,
+    /// The task keeping `known` coherent, stopped by [`PgStore::close`].
+    follower: Option<Arc<tokio::task::AbortHandle>>,
 }
 
 impl PgStore {
     /// Connects, runs the migrations once across replicas, and opens the pool.
-    pub async fn open(cfg: &PostgresConfig) -> Result<PgStore, StoreError> {
+    pub async fn open(cfg: &PostgresConfig, device_index: bool) -> Result<PgStore, StoreError> {
         let (pg, ca, _verify) = connection_config(cfg).map_err(StoreError::Other)?;
         let tls = tls(ca.as_deref()).map_err(StoreError::Other)?;
         // Migrations on a connection of their own, which holds the lock.
@@ -212,8 +218,8 @@ impl PgStore {
         let _ = driver.await;
         migrated?;
         let manager = Manager::from_config(
-            pg,
-            tls,
+            pg.clone(),
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -231,7 +237,15 @@ impl PgStore {
             pool,
             location: Arc::new(crate::config::redact_password(&cfg.uri).into()),
             queue: None,
+            known: None,
+            follower: None,
         };
+        if device_index {
+            let known = Arc::new(known::KnownDevices::new());
+            let follow = known::follow(known.clone(), pg, tls, store.pool.clone());
+            store.follower = Some(Arc::new(tokio::spawn(follow).abort_handle()));
+            store.known = Some(known);
+        }
         store.queue = Some(batch::start(&store));
         Ok(store)
     }
@@ -241,6 +255,9 @@ impl PgStore {
     }
 
     pub fn close(&self) {
+        if let Some(f) = &self.follower {
+            f.abort();
+        }
         self.pool.close();
     }
 
@@ -293,6 +310,10 @@ mod tests {
 
     /// A fresh database in the cluster.
     async fn subject() -> Option<Subject> {
+        subject_with(false).await
+    }
+
+    async fn subject_with(device_index: bool) -> Option<Subject> {
         static N: AtomicUsize = AtomicUsize::new(0);
         let cluster = cluster()?;
         let name = format!("conformance_{}", N.fetch_add(1, Ordering::Relaxed));
@@ -311,7 +332,7 @@ mod tests {
             readers: 0,
             max_batch: 0,
             synchronous_full: true,
-            device_index: false,
+            device_index,
             postgres: Some(config(cluster.uri(&name))),
         };
         Some(Subject {
@@ -323,6 +344,107 @@ mod tests {
     }
 
     crate::storage_conformance!(subject());
+
+    mod with_device_index {
+        crate::storage_conformance!(super::subject_with(true));
+    }
+
+    /// Waits until `f` holds, polling; fails after 20 s.
+    async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !f().await {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// One replica's device index never answers "unknown" for a device
+    /// another replica stored, and stops answering "known" for one another
+    /// replica erased or aged out, or when it stops hearing of removals.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_device_index_stays_coherent_across_replicas() {
+        use crate::model::{DeviceRecord, LogRecord};
+        let Some(cluster) = cluster() else { return };
+        cluster.create_database("index_coherence").unwrap();
+        let cfg = config(cluster.uri("index_coherence"));
+        let a = PgStore::open(&cfg, true).await.unwrap();
+        let b = PgStore::open(&cfg, true).await.unwrap();
+        eventually("b's index read", async || {
+            b.device_index_stats().unwrap().devices.is_some()
+        })
+        .await;
+        let entry = |user: &str, dev: &str, ts: i64| LogRecord {
+            username: user.into(),
+            ts,
+            log_type: "login".into(),
+            device: Some(DeviceRecord {
+                sealed_id: dev.as_bytes().to_vec(),
+                zone: "IT".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let now = crate::clock::now_unix();
+        a.record_log(entry("u", "d1", now), None).await.unwrap();
+        a.record_log(entry("old", "d0", now - 400 * 86_400), None)
+            .await
+            .unwrap();
+        // Stored by a, unknown to b's index: b asks the database, and keeps it.
+        assert!(b.device_known("u".into(), b"d1".to_vec()).await.unwrap());
+        assert!(b.device_known("old".into(), b"d0".to_vec()).await.unwrap());
+        assert_eq!(b.device_index_stats().unwrap().devices, Some(2));
+        assert!(b.known.as_ref().unwrap().holds("u", b"d1"));
+
+        // Erased by a: b stops answering "known" once the commit's
+        // notification arrives, and reads the table again.
+        a.forget_user("u".into()).await.unwrap();
+        eventually("b forgets u's device", async || {
+            !b.device_known("u".into(), b"d1".to_vec()).await.unwrap()
+        })
+        .await;
+        assert!(!b.known.as_ref().unwrap().holds("u", b"d1"));
+
+        // Aged out by a's retention: the same.
+        eventually("b reads the table again", async || {
+            b.device_index_stats().unwrap().devices == Some(1)
+        })
+        .await;
+        assert!(b.known.as_ref().unwrap().holds("old", b"d0"));
+        a.prune(now - 800 * 86_400, now - 200 * 86_400)
+            .await
+            .unwrap();
+        eventually("b drops the aged-out device", async || {
+            !b.known.as_ref().unwrap().holds("old", b"d0")
+        })
+        .await;
+        assert!(!b.device_known("old".into(), b"d0".to_vec()).await.unwrap());
+
+        // b's listening connection cut: its index answers nothing until it
+        // listens again and has read the table.
+        a.record_log(entry("w", "d2", now), None).await.unwrap();
+        assert!(b.device_known("w".into(), b"d2".to_vec()).await.unwrap());
+        let rebuilds = b.device_index_stats().unwrap().rebuilds;
+        let (client, conn) = tokio_postgres::connect(&cfg.uri, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        eventually("b listens again", async || {
+            b.device_index_stats().unwrap().rebuilds > rebuilds
+                && b.device_index_stats().unwrap().devices.is_some()
+        })
+        .await;
+        assert!(b.known.as_ref().unwrap().holds("w", b"d2"));
+        a.close();
+        b.close();
+    }
 
     /// An entry PostgreSQL refuses (a NUL byte in a text column) fails
     /// alone: the entries group-committed with it are stored.
@@ -377,7 +499,7 @@ mod tests {
         let opens: Vec<_> = (0..4)
             .map(|_| {
                 let cfg = cfg.clone();
-                tokio::spawn(async move { PgStore::open(&cfg).await })
+                tokio::spawn(async move { PgStore::open(&cfg, false).await })
             })
             .collect();
         for o in opens {
@@ -401,7 +523,7 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            PgStore::open(&cfg).await,
+            PgStore::open(&cfg, false).await,
             Err(StoreError::Downgrade { .. })
         ));
     }
@@ -429,7 +551,7 @@ mod tests {
         );
         let mut cfg = config(uri);
         cfg.ca_file = Some(certs.join("ca.pem"));
-        let store = PgStore::open(&cfg).await.unwrap();
+        let store = PgStore::open(&cfg, false).await.unwrap();
         let rec = crate::model::LogRecord {
             username: "u".into(),
             ts: 3600,
@@ -458,7 +580,7 @@ mod tests {
         store.close();
         // A CA that did not sign the server's certificate is refused.
         cfg.ca_file = Some(certs.join("bad-untrusted.pem"));
-        assert!(PgStore::open(&cfg).await.is_err());
+        assert!(PgStore::open(&cfg, false).await.is_err());
     }
 
     #[test]

@@ -87,6 +87,27 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alert_deliveries_due ON alert_deliveries (state, next_attempt);
     ",
+    // 2: every replica's device index hears of devices removed (or a pair
+    // changed in place) at the commit that does it.
+    "
+    CREATE FUNCTION usermetadb_devices_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP <> 'DELETE' THEN
+            PERFORM pg_notify('usermetadb_devices_removed', '');
+        ELSIF EXISTS (SELECT 1 FROM gone) THEN
+            PERFORM pg_notify('usermetadb_devices_removed', '');
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER devices_removed AFTER DELETE ON devices
+        REFERENCING OLD TABLE AS gone
+        FOR EACH STATEMENT EXECUTE FUNCTION usermetadb_devices_removed();
+    CREATE TRIGGER devices_rekeyed AFTER UPDATE OF user_id, device_id ON devices
+        FOR EACH STATEMENT EXECUTE FUNCTION usermetadb_devices_removed();
+    CREATE TRIGGER users_renamed AFTER UPDATE OF id, name ON users
+        FOR EACH STATEMENT EXECUTE FUNCTION usermetadb_devices_removed();
+    ",
 ];
 
 /// The schema version this build writes.

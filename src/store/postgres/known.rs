@@ -1,0 +1,247 @@
+//! The device index on PostgreSQL: (user name, sealed device ID) pairs known
+//! to exist, held in memory by each replica, so that `check_device` of a
+//! known device is answered without a query.
+//!
+//! It only ever answers "known". A pair it does not hold is asked of the
+//! database, so a device another replica has just stored is never answered
+//! "unknown"; a positive answer of the database is then kept.
+//!
+//! What it must not miss are removals (erasure, retention), which other
+//! replicas make. Every transaction that deletes devices sends a
+//! notification on [`CHANNEL`] at its commit; each replica LISTENs on a
+//! connection of its own and, on a notification, drops its whole index and
+//! reads it again from the table. Until it is listening and has read the
+//! table, and whenever its listening connection is lost, the index answers
+//! nothing. A generation number, moved by every drop, keeps a pair read
+//! before a removal from being kept after it.
+//!
+//! A pair is kept as 128 bits of two keyed SipHash-1-3 sums over the name and
+//! the sealed ID, with keys drawn at start; nothing of either is held in
+//! clear.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_postgres::AsyncMessage;
+
+use crate::model::DeviceIndexStats;
+
+/// The notification channel of device removals.
+pub(super) const CHANNEL: &str = "usermetadb_devices_removed";
+
+/// Rows read per round trip while the index is read from the table.
+const FETCH: i32 = 10_000;
+
+pub(super) struct KnownDevices {
+    keys: (RandomState, RandomState),
+    pairs: RwLock<HashSet<u128>>,
+    /// Moved by every drop of the index.
+    generation: AtomicU64,
+    /// Listening, and the table read since the last drop.
+    ready: AtomicBool,
+    rebuilds: AtomicU64,
+}
+
+impl KnownDevices {
+    pub(super) fn new() -> KnownDevices {
+        KnownDevices {
+            keys: (RandomState::new(), RandomState::new()),
+            pairs: RwLock::new(HashSet::new()),
+            generation: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            rebuilds: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn key(&self, name: &str, sealed_id: &[u8]) -> u128 {
+        let sum = |s: &RandomState| {
+            let mut h = s.build_hasher();
+            h.write(name.as_bytes());
+            h.write_u8(0xff);
+            h.write(sealed_id);
+            h.finish()
+        };
+        (u128::from(sum(&self.keys.0)) << 64) | u128::from(sum(&self.keys.1))
+    }
+
+    /// Whether the pair is known to exist; `false` means "ask the database".
+    pub(super) fn holds(&self, name: &str, sealed_id: &[u8]) -> bool {
+        self.ready.load(Ordering::Acquire)
+            && self
+                .pairs
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&self.key(name, sealed_id))
+    }
+
+    /// The generation to pass to [`KnownDevices::learn`] for pairs about to
+    /// be read or written.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Keeps pairs found to exist, unless the index was dropped since
+    /// `generation` was read (a removal may have come in between).
+    pub(super) fn learn(&self, generation: u64, keys: impl IntoIterator<Item = u128>) {
+        let mut pairs = self.pairs.write().unwrap_or_else(PoisonError::into_inner);
+        // Under the write lock: a drop moves the generation under it too.
+        if self.generation.load(Ordering::Acquire) == generation {
+            pairs.extend(keys);
+        }
+    }
+
+    /// Forgets every pair, answering nothing until the table is read again.
+    fn drop_all(&self) {
+        self.ready.store(false, Ordering::Release);
+        let mut pairs = self.pairs.write().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        pairs.clear();
+        pairs.shrink_to_fit();
+    }
+
+    pub(super) fn stats(&self) -> DeviceIndexStats {
+        let ready = self.ready.load(Ordering::Acquire);
+        DeviceIndexStats {
+            devices: ready.then(|| {
+                self.pairs
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .len()
+            }),
+            rebuilds: self.rebuilds.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the listening connection reports.
+enum Heard {
+    Removed,
+    Lost,
+}
+
+/// Keeps `known` coherent for as long as `store` lives: listens, reads the
+/// table, and starts again after every removal or lost connection.
+pub(super) async fn follow(
+    known: Arc<KnownDevices>,
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    pool: deadpool_postgres::Pool,
+) {
+    loop {
+        if pool.is_closed() {
+            return;
+        }
+        let (client, mut connection) = match config.connect(tls.clone()).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("device index: cannot listen for removals: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let (heard, mut hearing) = mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(_))) => {
+                        if heard.send(Heard::Removed).is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => {
+                        let _ = heard.send(Heard::Lost);
+                        return;
+                    }
+                }
+            }
+        });
+        if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+            tracing::warn!("device index: LISTEN failed: {e}");
+            driver.abort();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        // Read the table, again after every removal heard meanwhile.
+        'listening: loop {
+            known.drop_all();
+            let generation = known.generation();
+            match read_table(&known, &pool, generation).await {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!("device index: reading the devices failed: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue 'listening;
+                }
+            }
+            // Removals heard while reading: read again.
+            let mut removed = false;
+            loop {
+                match hearing.try_recv() {
+                    Ok(Heard::Removed) => removed = true,
+                    Ok(Heard::Lost) | Err(mpsc::error::TryRecvError::Disconnected) => {
+                        break 'listening
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                }
+            }
+            if removed {
+                continue 'listening;
+            }
+            if known.generation() == generation {
+                known.ready.store(true, Ordering::Release);
+                known.rebuilds.fetch_add(1, Ordering::Relaxed);
+            }
+            match hearing.recv().await {
+                Some(Heard::Removed) => continue 'listening,
+                Some(Heard::Lost) | None => break 'listening,
+            }
+        }
+        known.drop_all();
+        driver.abort();
+        drop(client);
+        if pool.is_closed() {
+            return;
+        }
+        tracing::warn!("device index: listening connection lost; lookups go to the database");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every pair of the table into the index, a portal's page at a time.
+async fn read_table(
+    known: &KnownDevices,
+    pool: &deadpool_postgres::Pool,
+    generation: u64,
+) -> Result<(), String> {
+    let mut client = pool.get().await.map_err(|e| e.to_string())?;
+    let tx = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
+    let portal = tx
+        .bind(
+            "SELECT u.name, d.device_id FROM devices d JOIN users u ON u.id = d.user_id",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let rows = tx
+            .query_portal(&portal, FETCH)
+            .await
+            .map_err(|e| e.to_string())?;
+        let keys: Vec<u128> = rows.iter().map(|r| known.key(r.get(0), r.get(1))).collect();
+        known.learn(generation, keys);
+        if rows.len() < FETCH as usize || known.generation() != generation {
+            break;
+        }
+    }
+    tx.commit().await.map_err(|e| e.to_string())
+}
