@@ -20,6 +20,8 @@
 //!   a read-only database.
 //! - `overload`: slow-header clients, idle / half-open connections, the
 //!   connection cap, and 503s beyond `max_inflight_requests`.
+//! - `ops`: the Grafana dashboard and the Prometheus rules in `contrib/`
+//!   query only metrics the server exports.
 //! - `properties`: property tests of decoding, validation, timestamps,
 //!   cookies, ACLs and config loading.
 
@@ -32,6 +34,7 @@ mod faults;
 mod hostile;
 mod mmdb;
 mod monitor;
+mod ops;
 mod overload;
 mod persistence;
 mod postgres;
