@@ -106,3 +106,94 @@ async fn the_dashboard_and_the_rules_query_only_exported_metrics() {
         "exported but not on the dashboard: {undrawn:?}"
     );
 }
+
+fn spec() -> serde_yaml::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.yaml");
+    serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// The OpenAPI description names exactly the server's routes, each with its
+/// method.
+#[test]
+fn the_api_description_names_every_route_and_no_other() {
+    use usermetadb::endpoint::Endpoint;
+    let spec = spec();
+    let mut documented = BTreeSet::new();
+    for (path, ops) in spec["paths"].as_mapping().unwrap() {
+        for (method, _) in ops.as_mapping().unwrap() {
+            documented.insert((
+                method.as_str().unwrap().to_uppercase(),
+                path.as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    let served: BTreeSet<(String, String)> = Endpoint::ALL
+        .iter()
+        .map(|e| (e.method().as_str().to_owned(), e.path().to_owned()))
+        .collect();
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    let unserved: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        undocumented.is_empty(),
+        "routes the spec lacks: {undocumented:?}"
+    );
+    assert!(
+        unserved.is_empty(),
+        "documented routes the server lacks: {unserved:?}"
+    );
+}
+
+/// Follows a local `$ref`.
+fn resolve<'a>(spec: &'a serde_yaml::Value, v: &'a serde_yaml::Value) -> &'a serde_yaml::Value {
+    match v.get("$ref").and_then(|r| r.as_str()) {
+        Some(r) => {
+            let mut at = spec;
+            for part in r.trim_start_matches("#/").split('/') {
+                at = &at[part];
+            }
+            resolve(spec, at)
+        }
+        None => v,
+    }
+}
+
+/// Every documented request example is answered 200 by a real server, with
+/// every property the documented answer requires; every documented answer
+/// example has the same keys as the real answer.
+#[tokio::test]
+async fn every_documented_example_round_trips() {
+    let spec = spec();
+    let ts = TestServer::start().await;
+    let mut c = client_at(ts.addr, "admin").await;
+    let mut checked = 0;
+    for (path, ops) in spec["paths"].as_mapping().unwrap() {
+        let path = path.as_str().unwrap();
+        let Some(op) = ops.get("post") else { continue };
+        let media = &op["requestBody"]["content"]["application/json"];
+        let example = &media["examples"]["example"]["value"];
+        let body: serde_json::Value = serde_json::to_value(example).unwrap();
+        let (status, answer) = c.post(path, body.clone()).await;
+        assert_eq!(status, 200, "{path} {body}: {answer}");
+        let ok = &op["responses"]["200"]["content"]["application/json"];
+        let schema = resolve(&spec, &ok["schema"]);
+        if let Some(required) = schema.get("required").and_then(|r| r.as_sequence()) {
+            for key in required {
+                let key = key.as_str().unwrap();
+                assert!(
+                    answer.get(key).is_some(),
+                    "{path}: answer {answer} lacks {key}"
+                );
+            }
+        }
+        if let Some(documented) = ok.get("examples") {
+            let documented: serde_json::Value =
+                serde_json::to_value(&documented["example"]["value"]).unwrap();
+            let keys = |v: &serde_json::Value| -> BTreeSet<String> {
+                v.as_object().unwrap().keys().cloned().collect()
+            };
+            assert_eq!(keys(&documented), keys(&answer), "{path}: {answer}");
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 12);
+}
