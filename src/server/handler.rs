@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -29,6 +29,10 @@ pub enum Reject {
     TooLarge,
     BodyTimeout,
     BadBody(String),
+    /// Both `Content-Length` and `Transfer-Encoding`: the framing a proxy in
+    /// front may have read differently (request smuggling). Refused, and the
+    /// connection closed, as nginx does.
+    AmbiguousFraming,
     Overloaded,
     Api(ApiError),
 }
@@ -65,7 +69,9 @@ impl Reject {
             Reject::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reject::TooLarge | Reject::Api(ApiError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Reject::BadBody(_) | Reject::Api(ApiError::Invalid(_)) => StatusCode::BAD_REQUEST,
+            Reject::BadBody(_) | Reject::AmbiguousFraming | Reject::Api(ApiError::Invalid(_)) => {
+                StatusCode::BAD_REQUEST
+            }
             Reject::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Reject::Api(ApiError::Store(e)) if e.is_unavailable() => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -85,6 +91,9 @@ impl Reject {
             Reject::TooLarge => "request body too large".into(),
             Reject::BodyTimeout => "request body not received in time".into(),
             Reject::BadBody(m) => m.clone(),
+            Reject::AmbiguousFraming => {
+                "a request must not carry both Content-Length and Transfer-Encoding".into()
+            }
             Reject::Overloaded => "server overloaded, retry later".into(),
             Reject::Api(ApiError::Invalid(m) | ApiError::TooLarge(m)) => m.clone(),
             Reject::Api(ApiError::Store(e)) => {
@@ -103,10 +112,17 @@ impl Reject {
             tracing::warn!(endpoint = name, status = status.as_u16(), error = %msg, "request rejected");
         }
         let mut resp = json_response(status, error_body(&msg));
-        if let Reject::MethodNotAllowed(m) = self {
-            if let Ok(v) = HeaderValue::from_str(m.as_str()) {
-                resp.headers_mut().insert(ALLOW, v);
+        match self {
+            Reject::MethodNotAllowed(m) => {
+                if let Ok(v) = HeaderValue::from_str(m.as_str()) {
+                    resp.headers_mut().insert(ALLOW, v);
+                }
             }
+            Reject::AmbiguousFraming => {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         resp
     }
@@ -174,7 +190,12 @@ pub async fn handle(
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let started = std::time::Instant::now();
     let endpoint = Endpoint::from_path(req.uri().path());
-    let resp = match serve(req, endpoint, &state, &peer).await {
+    let outcome = if peer.framing.next_is_ambiguous() {
+        Err(Reject::AmbiguousFraming)
+    } else {
+        serve(req, endpoint, &state, &peer).await
+    };
+    let resp = match outcome {
         Ok(resp) => resp,
         Err(reject) => reject.into_response(endpoint),
     };

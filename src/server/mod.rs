@@ -1,6 +1,7 @@
 //! The network side: accept, TLS handshake, client identity, HTTP/1.1, graceful
 //! shutdown. Requests are handed to [`handler`], which calls the service.
 
+pub mod framing;
 pub mod handler;
 mod idle;
 
@@ -58,12 +59,17 @@ pub struct State {
 pub struct Peer {
     /// Bit `e.bit()` is set when the ACL lets this peer call endpoint `e`.
     allowed: u32,
+    /// Which of the connection's requests carried two framings.
+    pub framing: Arc<framing::Ambiguity>,
 }
 
 impl Peer {
     /// Plain HTTP: no identity, no ACL.
     fn unauthenticated() -> Peer {
-        Peer { allowed: u32::MAX }
+        Peer {
+            allowed: u32::MAX,
+            framing: Default::default(),
+        }
     }
 
     fn with_cn(acl: &Acl, cn: &str) -> Peer {
@@ -72,11 +78,17 @@ impl Peer {
             .copied()
             .filter(|e| acl.allows(e.path(), cn))
             .fold(0, |bits, e| bits | e.bit());
-        Peer { allowed }
+        Peer {
+            allowed,
+            framing: Default::default(),
+        }
     }
 
     fn denied() -> Peer {
-        Peer { allowed: 0 }
+        Peer {
+            allowed: 0,
+            framing: Default::default(),
+        }
     }
 
     pub fn allows(&self, e: Endpoint) -> bool {
@@ -283,6 +295,7 @@ async fn serve_connection(
     match tls {
         None => {
             let peer = Arc::new(Peer::unauthenticated());
+            let stream = framing::Followed::new(stream, peer.framing.clone());
             let svc = service_fn(move |req| handler::handle(req, state.clone(), peer.clone()));
             let stream = idle::IdleTimeout::new(stream, idle);
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
@@ -331,6 +344,7 @@ async fn serve_connection(
                 }
             };
             let peer = Arc::new(peer);
+            let stream = framing::Followed::new(stream, peer.framing.clone());
             let svc = service_fn(move |req| handler::handle(req, state.clone(), peer.clone()));
             let stream = idle::IdleTimeout::new(stream, idle);
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
