@@ -1,6 +1,8 @@
 //! `user-meta-server`: the usermetadb server, its config check and database
 //! maintenance.
 
+mod notify;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -294,6 +296,8 @@ fn serve(config_path: &std::path::Path, addr: &str) -> anyhow::Result<()> {
             database = %config.db.path.display(),
             "listening on {scheme}://{local}"
         );
+        // Bound, and the database open and migrated: ready.
+        notify::notify(&format!("READY=1\nSTATUS=listening on {scheme}://{local}"));
         let privacy = server.privacy();
         tokio::spawn(async move {
             let Ok(mut hup) =
@@ -302,15 +306,25 @@ fn serve(config_path: &std::path::Path, addr: &str) -> anyhow::Result<()> {
                 return;
             };
             while hup.recv().await.is_some() {
+                notify::notify(&format!(
+                    "RELOADING=1\nMONOTONIC_USEC={}",
+                    notify::monotonic_usec()
+                ));
                 if let Some(g) = &privacy.geoip {
                     match g.reload() {
                         Ok(()) => tracing::info!("GeoIP database reloaded"),
                         Err(e) => tracing::error!(error = %e, "GeoIP reload failed; keeping the old database"),
                     }
                 }
+                notify::notify("READY=1");
             }
         });
-        server.run(shutdown_signal()).await;
+        server
+            .run(async {
+                shutdown_signal().await;
+                notify::notify("STOPPING=1");
+            })
+            .await;
         Ok::<(), anyhow::Error>(())
     })
 }

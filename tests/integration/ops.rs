@@ -197,3 +197,65 @@ async fn every_documented_example_round_trips() {
     }
     assert_eq!(checked, 12);
 }
+
+/// Under systemd's `Type=notify`, the server says READY=1 once it answers
+/// (listener bound, database open and migrated), RELOADING=1 and READY=1
+/// around a SIGHUP reload, and STOPPING=1 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_notifies_systemd_of_readiness_reload_and_stop() {
+    use std::os::unix::net::UnixDatagram;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.yml");
+    std::fs::write(&config, config_yaml(dir.path(), "")).unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let recv = |socket: &UnixDatagram| -> String {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a notification");
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    };
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_user-meta-server"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = recv(&socket);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(
+        ready.contains("STATUS=listening on https://127.0.0.1:"),
+        "{ready:?}"
+    );
+    // Ready means answering, at once.
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = client_at(addr, "admin").await;
+    let r =
+        c.0.request(hyper::Method::GET, "/health", None, bytes::Bytes::new())
+            .await
+            .unwrap();
+    assert_eq!(r.status, 200);
+
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    let reloading = recv(&socket);
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading:?}"
+    );
+    assert_eq!(recv(&socket), "READY=1");
+
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert_eq!(recv(&socket), "STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
