@@ -235,20 +235,12 @@ pub(super) async fn insert_log(
     if let Some(d) = d.filter(|d| !d.sealed_id.is_empty()) {
         exec(
             tx,
-            "INSERT INTO devices (user_id, device_id, zone, browser, os, mobile, user_agent,
-                 first_seen, last_seen, num_logins)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)
-             ON CONFLICT (user_id, device_id) DO UPDATE SET
-                 zone = CASE WHEN EXCLUDED.zone <> '' THEN EXCLUDED.zone ELSE devices.zone END,
-                 browser = CASE WHEN EXCLUDED.browser <> '' THEN EXCLUDED.browser
-                           ELSE devices.browser END,
-                 os = CASE WHEN EXCLUDED.os <> '' THEN EXCLUDED.os ELSE devices.os END,
-                 mobile = EXCLUDED.mobile,
-                 user_agent = CASE WHEN EXCLUDED.user_agent <> '' THEN EXCLUDED.user_agent
-                              ELSE devices.user_agent END,
-                 first_seen = LEAST(devices.first_seen, EXCLUDED.first_seen),
-                 last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen),
-                 num_logins = devices.num_logins + EXCLUDED.num_logins",
+            concat!(
+                "INSERT INTO devices (user_id, device_id, zone, browser, os, mobile, user_agent,
+                     first_seen, last_seen, num_logins)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) ",
+                device_merge!()
+            ),
             &[
                 &uid,
                 &d.sealed_id,

@@ -207,23 +207,15 @@ const SQL: [&str; 7] = [
          $6::text[], $7::text[], $8::bytea[], $9::text[], $10::text[], $11::text[],
          $12::bool[], $13::text[])",
     // DEVICES: each (user, device) at most once per round.
-    "INSERT INTO devices (user_id, device_id, zone, browser, os, mobile, user_agent,
-         first_seen, last_seen, num_logins)
-     SELECT u, d, z, b, o, m, a, t, t, n
-     FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[], $5::text[],
-                 $6::bool[], $7::text[], $8::bigint[], $9::bigint[])
-          AS q(u, d, z, b, o, m, a, t, n)
-     ON CONFLICT (user_id, device_id) DO UPDATE SET
-         zone = CASE WHEN EXCLUDED.zone <> '' THEN EXCLUDED.zone ELSE devices.zone END,
-         browser = CASE WHEN EXCLUDED.browser <> '' THEN EXCLUDED.browser
-                   ELSE devices.browser END,
-         os = CASE WHEN EXCLUDED.os <> '' THEN EXCLUDED.os ELSE devices.os END,
-         mobile = EXCLUDED.mobile,
-         user_agent = CASE WHEN EXCLUDED.user_agent <> '' THEN EXCLUDED.user_agent
-                      ELSE devices.user_agent END,
-         first_seen = LEAST(devices.first_seen, EXCLUDED.first_seen),
-         last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen),
-         num_logins = devices.num_logins + EXCLUDED.num_logins",
+    concat!(
+        "INSERT INTO devices (user_id, device_id, zone, browser, os, mobile, user_agent,
+             first_seen, last_seen, num_logins)
+         SELECT u, d, z, b, o, m, a, t, t, n
+         FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[], $5::text[],
+                     $6::bool[], $7::text[], $8::bigint[], $9::bigint[])
+              AS q(u, d, z, b, o, m, a, t, n) ",
+        device_merge!()
+    ),
     // COUNTRIES: kept to the day.
     "INSERT INTO user_countries (user_id, zone, first_seen, last_seen)
      SELECT u, z, d, d FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS q(u, z, d)

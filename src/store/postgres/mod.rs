@@ -21,6 +21,24 @@
 //!   device index, which only ever answers "known" and hears of every
 //!   removal by LISTEN/NOTIFY (see `known`); anything else asks the database.
 
+/// How a device entry merges into the user's device row: non-empty
+/// attributes replace, the first and last sighting widen, logins add up.
+macro_rules! device_merge {
+    () => {
+        "ON CONFLICT (user_id, device_id) DO UPDATE SET
+             zone = CASE WHEN EXCLUDED.zone <> '' THEN EXCLUDED.zone ELSE devices.zone END,
+             browser = CASE WHEN EXCLUDED.browser <> '' THEN EXCLUDED.browser
+                       ELSE devices.browser END,
+             os = CASE WHEN EXCLUDED.os <> '' THEN EXCLUDED.os ELSE devices.os END,
+             mobile = EXCLUDED.mobile,
+             user_agent = CASE WHEN EXCLUDED.user_agent <> '' THEN EXCLUDED.user_agent
+                          ELSE devices.user_agent END,
+             first_seen = LEAST(devices.first_seen, EXCLUDED.first_seen),
+             last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen),
+             num_logins = devices.num_logins + EXCLUDED.num_logins"
+    };
+}
+
 mod api;
 mod batch;
 pub mod bulk;
