@@ -7,17 +7,26 @@
 //! the handler refuses that request with 400 and closes the connection, as
 //! nginx does, before anything of it is processed.
 //!
+//! Following the framing also gives the header timeout its meaning: the time
+//! from a request head's first byte to its end. (The HTTP library's own
+//! header timeout also runs while a keep-alive connection waits between
+//! requests, which would close idle connections long before the idle
+//! timeout.)
+//!
 //! Only framing is followed (heads, `Content-Length` bodies, chunked bodies);
 //! whatever this reader cannot follow, it stops following, and the library's
 //! own checks (which refuse any malformed framing) stand alone.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 /// Largest request head followed (the server's own buffer is 64 KiB).
 const MAX_HEAD: usize = 64 * 1024;
@@ -76,6 +85,11 @@ impl Tracker {
             heads: 0,
             out,
         }
+    }
+
+    /// Whether part of a request head has arrived, and not its end.
+    pub fn in_head(&self) -> bool {
+        matches!(&self.state, State::Head(h) if !h.is_empty())
     }
 
     /// Takes the next bytes read from the connection.
@@ -237,17 +251,23 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A connection whose incoming bytes go through a [`Tracker`].
+/// A connection whose incoming bytes go through a [`Tracker`], and which
+/// ends when a request head takes longer than `header_timeout` to arrive.
 pub struct Followed<S> {
     inner: S,
     tracker: Tracker,
+    header_timeout: Duration,
+    /// While a head is arriving: when it must have arrived.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> Followed<S> {
-    pub fn new(inner: S, out: Arc<Ambiguity>) -> Self {
+    pub fn new(inner: S, out: Arc<Ambiguity>, header_timeout: Duration) -> Self {
         Followed {
             inner,
             tracker: Tracker::new(out),
+            header_timeout,
+            deadline: None,
         }
     }
 }
@@ -259,12 +279,36 @@ impl<S: AsyncRead + Unpin> AsyncRead for Followed<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            let this = &mut *self;
-            this.tracker.feed(&buf.filled()[before..]);
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        match r {
+            Poll::Ready(Ok(())) => {
+                this.tracker.feed(&buf.filled()[before..]);
+                if !this.tracker.in_head() {
+                    this.deadline = None;
+                } else if this.deadline.is_none() {
+                    // A deadline from the head's first byte, not reset by
+                    // each byte.
+                    this.deadline = Some(Box::pin(tokio::time::sleep(this.header_timeout)));
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let expired = match this.deadline.as_mut() {
+                    Some(d) => d.as_mut().poll(cx).is_ready(),
+                    None => false,
+                };
+                if expired {
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request head not received in time",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+            other => other,
         }
-        r
     }
 }
 

@@ -289,13 +289,17 @@ async fn serve_connection(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(state.http.header_timeout)
+        // The header timeout proper (from a head's first byte) is kept by
+        // `framing::Followed`; the library's own, which also runs between
+        // keep-alive requests, only backs up the idle timeout.
+        .header_read_timeout(idle)
         .max_buf_size(64 * 1024)
         .keep_alive(true);
     match tls {
         None => {
             let peer = Arc::new(Peer::unauthenticated());
-            let stream = framing::Followed::new(stream, peer.framing.clone());
+            let stream =
+                framing::Followed::new(stream, peer.framing.clone(), state.http.header_timeout);
             let svc = service_fn(move |req| handler::handle(req, state.clone(), peer.clone()));
             let stream = idle::IdleTimeout::new(stream, idle);
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
@@ -344,7 +348,8 @@ async fn serve_connection(
                 }
             };
             let peer = Arc::new(peer);
-            let stream = framing::Followed::new(stream, peer.framing.clone());
+            let stream =
+                framing::Followed::new(stream, peer.framing.clone(), state.http.header_timeout);
             let svc = service_fn(move |req| handler::handle(req, state.clone(), peer.clone()));
             let stream = idle::IdleTimeout::new(stream, idle);
             let conn = builder.serve_connection(TokioIo::new(stream), svc);

@@ -611,3 +611,26 @@ async fn metrics_are_prometheus_text_behind_the_acl() {
         assert!(!text.contains(secret), "{secret} in metrics");
     }
 }
+
+/// The header timeout runs from a request head's first byte: a keep-alive
+/// connection that waits between requests longer than it (but less than the
+/// idle timeout) is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_outlive_the_header_timeout() {
+    let (_dir, bin) = start("  header_timeout: 1s\n  idle_timeout: 10s\n");
+    let mut c = client_at(bin.addr, "sso-server").await;
+    for _ in 0..2 {
+        let r =
+            c.0.request(hyper::Method::GET, "/health", None, bytes::Bytes::new())
+                .await
+                .unwrap();
+        assert_eq!(r.status, 200);
+        // Idle time on the connection is what is under test.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    let r =
+        c.0.request(hyper::Method::GET, "/health", None, bytes::Bytes::new())
+            .await
+            .expect("the idle keep-alive connection was closed");
+    assert_eq!(r.status, 200);
+}
