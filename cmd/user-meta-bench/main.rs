@@ -781,24 +781,8 @@ fn pgbench_insert_rate(
     dir: &std::path::Path,
     args: &RunArgs,
 ) -> Result<f64> {
-    let psql = |sql: &str| {
-        pg.tool(
-            "psql",
-            &[
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-U",
-                "postgres",
-                "-d",
-                "bench",
-                "-c",
-                sql,
-            ],
-        )
-    };
-    psql(
+    pg.sql_in(
+        "bench",
         "CREATE TABLE IF NOT EXISTS pgbench_log (id BIGSERIAL PRIMARY KEY, \
          user_id BIGINT NOT NULL, ts BIGINT NOT NULL, log_type TEXT NOT NULL, \
          device_id BYTEA, zone TEXT)",
@@ -838,7 +822,8 @@ fn pgbench_insert_rate(
         .and_then(|l| l.split_whitespace().next())
         .and_then(|v| v.parse::<f64>().ok())
         .with_context(|| format!("pgbench said:\n{text}"))?;
-    psql("DROP TABLE pgbench_log").context("dropping pgbench's table")?;
+    pg.sql_in("bench", "DROP TABLE pgbench_log")
+        .context("dropping pgbench's table")?;
     eprintln!("  pgbench: {tps:.0} single-row INSERTs/s");
     Ok(tps)
 }

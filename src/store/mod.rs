@@ -16,6 +16,7 @@
 
 #[cfg(test)]
 pub mod conformance;
+mod pairs;
 pub mod postgres;
 pub mod sqlite;
 

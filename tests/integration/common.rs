@@ -410,25 +410,14 @@ pub fn postgres_yaml(dir: &Path, extra: &str) -> String {
 
 /// Rows in each table of database `name` of the cluster.
 pub fn postgres_counts(name: &str) -> [i64; 4] {
-    let out = pg_cluster()
+    let text = pg_cluster()
         .unwrap()
-        .tool(
-            "psql",
-            &[
-                "-X",
-                "-A",
-                "-t",
-                "-U",
-                "postgres",
-                "-d",
-                name,
-                "-c",
-                "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM user_logs), \
-                 (SELECT count(*) FROM devices), (SELECT count(*) FROM last_login)",
-            ],
+        .sql_in(
+            name,
+            "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM user_logs), \
+             (SELECT count(*) FROM devices), (SELECT count(*) FROM last_login)",
         )
         .unwrap();
-    let text = String::from_utf8(out).unwrap();
     let n: Vec<i64> = text.trim().split('|').map(|v| v.parse().unwrap()).collect();
     [n[0], n[1], n[2], n[3]]
 }

@@ -101,7 +101,8 @@ const RETENTION_LOCK: i64 = 0x7265_7465_6e74_696f;
 /// Rows deleted per table in one retention transaction.
 const PRUNE_BATCH: i64 = 500;
 
-fn opt(s: &str) -> Option<&str> {
+/// `None` for an empty string, stored as NULL.
+pub(super) fn opt(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
 
@@ -597,12 +598,16 @@ impl PgStore {
     }
 
     pub async fn device_known(&self, user: String, sealed_id: Vec<u8>) -> Result<bool, StoreError> {
-        if let Some(known) = &self.known {
-            if known.holds(&user, &sealed_id) {
+        // The pair's key, and the index's generation before the query.
+        let known = self
+            .known
+            .as_ref()
+            .map(|k| (k, k.key(&user, &sealed_id), k.generation()));
+        if let Some((k, key, _)) = known {
+            if k.holds(key) {
                 return Ok(true);
             }
         }
-        let generation = self.known.as_ref().map(|k| k.generation());
         let rows = self
             .query(
                 "SELECT EXISTS (SELECT 1 FROM users u JOIN devices d ON d.user_id = u.id
@@ -611,8 +616,8 @@ impl PgStore {
             )
             .await?;
         let found = rows.first().is_some_and(|r| r.get(0));
-        if let (true, Some(known), Some(g)) = (found, &self.known, generation) {
-            known.learn(g, [known.key(&user, &sealed_id)]);
+        if let (true, Some((k, key, generation))) = (found, known) {
+            k.learn(generation, [key]);
         }
         Ok(found)
     }

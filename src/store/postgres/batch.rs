@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::types::ToSql;
 
-use super::api::TxError;
+use super::api::{opt, TxError};
 use super::{pg_error, retryable, PgStore, RETRIES};
 use crate::clock::quantize;
 use crate::model::{AlertDraft, History, LogRecord};
@@ -87,10 +87,6 @@ pub(super) fn rounds<'a>(users: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>
         *n += 1;
     }
     rounds
-}
-
-fn opt(s: &str) -> Option<&str> {
-    (!s.is_empty()).then_some(s)
 }
 
 impl PgStore {

@@ -15,12 +15,9 @@
 //! nothing. A generation number, moved by every drop, keeps a pair read
 //! before a removal from being kept after it.
 //!
-//! A pair is kept as 128 bits of two keyed SipHash-1-3 sums over the name and
-//! the sealed ID, with keys drawn at start; nothing of either is held in
-//! clear.
+//! Pairs are kept as keyed 128-bit sums (`store::pairs`), nothing of either
+//! in clear.
 
-use std::collections::HashSet;
-use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -29,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
 use crate::model::DeviceIndexStats;
+use crate::store::pairs::{KeySet, PairKeys, PreHashed};
 
 /// The notification channel of device removals.
 pub(super) const CHANNEL: &str = "usermetadb_devices_removed";
@@ -37,8 +35,8 @@ pub(super) const CHANNEL: &str = "usermetadb_devices_removed";
 const FETCH: i32 = 10_000;
 
 pub(super) struct KnownDevices {
-    keys: (RandomState, RandomState),
-    pairs: RwLock<HashSet<u128>>,
+    keys: PairKeys,
+    pairs: RwLock<KeySet>,
     /// Moved by every drop of the index.
     generation: AtomicU64,
     /// Listening, and the table read since the last drop.
@@ -49,8 +47,8 @@ pub(super) struct KnownDevices {
 impl KnownDevices {
     pub(super) fn new() -> KnownDevices {
         KnownDevices {
-            keys: (RandomState::new(), RandomState::new()),
-            pairs: RwLock::new(HashSet::new()),
+            keys: PairKeys::new(),
+            pairs: RwLock::new(KeySet::with_hasher(PreHashed)),
             generation: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             rebuilds: AtomicU64::new(0),
@@ -58,24 +56,18 @@ impl KnownDevices {
     }
 
     pub(super) fn key(&self, name: &str, sealed_id: &[u8]) -> u128 {
-        let sum = |s: &RandomState| {
-            let mut h = s.build_hasher();
-            h.write(name.as_bytes());
-            h.write_u8(0xff);
-            h.write(sealed_id);
-            h.finish()
-        };
-        (u128::from(sum(&self.keys.0)) << 64) | u128::from(sum(&self.keys.1))
+        self.keys.key(name, sealed_id)
     }
 
-    /// Whether the pair is known to exist; `false` means "ask the database".
-    pub(super) fn holds(&self, name: &str, sealed_id: &[u8]) -> bool {
+    /// Whether the pair of `key` is known to exist; `false` means "ask the
+    /// database".
+    pub(super) fn holds(&self, key: u128) -> bool {
         self.ready.load(Ordering::Acquire)
             && self
                 .pairs
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
-                .contains(&self.key(name, sealed_id))
+                .contains(&key)
     }
 
     /// The generation to pass to [`KnownDevices::learn`] for pairs about to

@@ -253,27 +253,33 @@ impl Scratch {
         format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
-    /// Runs one SQL command as the superuser, in database `postgres`.
+    /// Runs `sql` in the `postgres` database as its owner.
     pub fn sql(&self, sql: &str) -> io::Result<()> {
-        self.run(
+        self.sql_in("postgres", sql).map(drop)
+    }
+
+    /// Runs `sql` in database `db` as the cluster's owner, stopping at the
+    /// first error; the rows printed unaligned (`|` between columns), one a
+    /// line, without headers.
+    pub fn sql_in(&self, db: &str, sql: &str) -> io::Result<String> {
+        let out = self.tool(
             "psql",
             &[
                 "-X",
                 "-q",
+                "-A",
+                "-t",
                 "-v",
                 "ON_ERROR_STOP=1",
-                "-h",
-                &self.root.to_string_lossy(),
-                "-p",
-                &self.port.to_string(),
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                db,
                 "-c",
                 sql,
             ],
-        )
+        )?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
     /// A new, empty database.

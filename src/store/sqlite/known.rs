@@ -13,12 +13,9 @@
 //! index, and a thread of its own reads it again from the table. Until that
 //! read is done, lookups go to the database as before.
 //!
-//! A pair is kept as 128 bits of two keyed SipHash-1-3 sums over the name and
-//! the sealed ID, with keys drawn at start: about 40 bytes a device in all.
-//! Two different pairs share a key with a chance of about n / 2^128.
+//! A pair is kept as a keyed 128-bit sum (`store::pairs`): about 40 bytes a
+//! device in all.
 
-use std::collections::HashSet;
-use std::hash::{BuildHasher, Hasher, RandomState};
 use std::path::Path;
 use std::sync::{Condvar, Mutex, PoisonError, RwLock};
 use std::time::Instant;
@@ -26,6 +23,7 @@ use std::time::Instant;
 use rusqlite::Connection;
 
 use super::{lock, StoreError};
+use crate::store::pairs::{KeySet, PairKeys, PreHashed};
 
 /// Makes the writer's connection note device changes in `temp.device_changes`,
 /// in order: `added` or `removed` with the user's name and the sealed ID, or
@@ -80,35 +78,6 @@ fn apply(set: &mut KeySet, changes: &[Change]) {
     }
 }
 
-/// Identity hashing for keys that are already keyed hash sums.
-#[derive(Default, Clone, Copy)]
-struct PreHashed;
-
-struct PreHashedHasher(u64);
-
-impl BuildHasher for PreHashed {
-    type Hasher = PreHashedHasher;
-    fn build_hasher(&self) -> PreHashedHasher {
-        PreHashedHasher(0)
-    }
-}
-
-impl Hasher for PreHashedHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
-    }
-}
-
-type KeySet = HashSet<u128, PreHashed>;
-
 #[derive(Default)]
 struct State {
     /// `None` while the index is not in step with the table.
@@ -129,7 +98,7 @@ struct Rebuild {
 use crate::model::DeviceIndexStats as KnownStats;
 
 pub struct KnownDevices {
-    keys: (RandomState, RandomState),
+    keys: PairKeys,
     state: RwLock<State>,
     rebuild: Mutex<Rebuild>,
     wake: Condvar,
@@ -141,7 +110,7 @@ impl KnownDevices {
     /// reads it.
     pub(super) fn new() -> KnownDevices {
         KnownDevices {
-            keys: (RandomState::new(), RandomState::new()),
+            keys: PairKeys::new(),
             state: RwLock::new(State::default()),
             rebuild: Mutex::new(Rebuild {
                 wanted: true,
@@ -153,9 +122,7 @@ impl KnownDevices {
     }
 
     pub(super) fn key(&self, name: &str, sealed_id: &[u8]) -> u128 {
-        let a = self.keys.0.hash_one((name, sealed_id));
-        let b = self.keys.1.hash_one((name, sealed_id));
-        (u128::from(a) << 64) | u128::from(b)
+        self.keys.key(name, sealed_id)
     }
 
     /// Whether the user has this device, or `None` while the index is not in
@@ -233,7 +200,7 @@ impl KnownDevices {
     pub fn stats(&self) -> KnownStats {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
         KnownStats {
-            devices: state.set.as_ref().map(HashSet::len),
+            devices: state.set.as_ref().map(KeySet::len),
             rebuilds: self.rebuilds.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
