@@ -1,5 +1,6 @@
 //! A client of the API over mutual TLS (or plain HTTP), on one keep-alive
-//! HTTP/1.1 connection. Used by the admin CLI, the benchmark and the tests.
+//! connection: HTTP/2 when the server agrees to it by ALPN, else HTTP/1.1.
+//! Used by the admin CLI, the benchmark, the webhook sink and the tests.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -7,10 +8,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper::header::{HeaderMap, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use serde::de::DeserializeOwned;
@@ -54,10 +55,41 @@ pub enum ClientError {
     Encode(serde_json::Error),
 }
 
-/// A TLS client configuration trusting `ca`, presenting `cert`/`key` when given.
+/// Which HTTP versions a client offers by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocols {
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only.
+    Http2,
+    /// HTTP/2 preferred, HTTP/1.1 accepted (as Go's `net/http` client).
+    Any,
+}
+
+impl Protocols {
+    fn alpn(self) -> Vec<Vec<u8>> {
+        match self {
+            Protocols::Http1 => vec![b"http/1.1".to_vec()],
+            Protocols::Http2 => vec![b"h2".to_vec()],
+            Protocols::Any => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        }
+    }
+}
+
+/// A TLS client configuration trusting `ca`, presenting `cert`/`key` when
+/// given, offering HTTP/2 and HTTP/1.1.
 pub fn tls_config(
     ca: &Path,
     identity: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    tls_config_for(ca, identity, Protocols::Any)
+}
+
+/// [`tls_config`] offering only `protocols`.
+pub fn tls_config_for(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    protocols: Protocols,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
@@ -66,8 +98,29 @@ pub fn tls_config(
         Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
         None => builder.with_no_client_auth(),
     };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = protocols.alpn();
     Ok(Arc::new(cfg))
+}
+
+/// The HTTP handshake on an open stream; the connection is driven by a task
+/// of its own.
+async fn handshake<S>(io: TokioIo<S>, h2: bool) -> Result<Sender, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if h2 {
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Sender::Http2(sender))
+    } else {
+        let (sender, conn) = http1::handshake(io).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Sender::Http1(sender))
+    }
 }
 
 /// An answer as received.
@@ -78,9 +131,14 @@ pub struct RawResponse {
     pub body: Bytes,
 }
 
+enum Sender {
+    Http1(http1::SendRequest<Full<Bytes>>),
+    Http2(http2::SendRequest<Full<Bytes>>),
+}
+
 /// One open connection.
 pub struct Connection {
-    sender: http1::SendRequest<Full<Bytes>>,
+    sender: Sender,
     host: String,
 }
 
@@ -105,21 +163,32 @@ impl Connection {
                     .connect(name, tcp)
                     .await
                     .map_err(|source| ClientError::Handshake { addr, source })?;
-                let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                sender
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                handshake(TokioIo::new(stream), h2).await?
             }
-            None => {
-                let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                sender
-            }
+            None => handshake(TokioIo::new(tcp), false).await?,
         };
         Ok(Connection { sender, host })
+    }
+
+    /// The HTTP version the connection speaks.
+    pub fn version(&self) -> hyper::Version {
+        match self.sender {
+            Sender::Http1(_) => hyper::Version::HTTP_11,
+            Sender::Http2(_) => hyper::Version::HTTP_2,
+        }
+    }
+
+    /// Another handle on the same connection, whose requests run beside this
+    /// one's as concurrent streams: HTTP/2 only.
+    pub fn stream(&self) -> Option<Connection> {
+        match &self.sender {
+            Sender::Http1(_) => None,
+            Sender::Http2(s) => Some(Connection {
+                sender: Sender::Http2(s.clone()),
+                host: self.host.clone(),
+            }),
+        }
     }
 
     /// Sends any request and returns the answer as it is.
@@ -143,10 +212,12 @@ impl Connection {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<RawResponse, ClientError> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, &self.host);
+        let mut req = Request::builder().method(method);
+        req = match self.sender {
+            Sender::Http1(_) => req.uri(path).header(HOST, &self.host),
+            // HTTP/2 names the host in the `:authority` pseudo-header.
+            Sender::Http2(_) => req.uri(format!("https://{}{path}", self.host)),
+        };
         if let Some(ct) = content_type {
             req = req.header(CONTENT_TYPE, ct);
         }
@@ -156,8 +227,16 @@ impl Connection {
         let req = req
             .body(Full::new(body))
             .map_err(|e| ClientError::ServerName(e.to_string()))?;
-        self.sender.ready().await?;
-        let resp = self.sender.send_request(req).await?;
+        let resp = match &mut self.sender {
+            Sender::Http1(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+            Sender::Http2(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+        };
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await?.to_bytes();

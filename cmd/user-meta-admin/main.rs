@@ -7,6 +7,8 @@
 //! accounts.
 
 mod conn;
+#[path = "../common/generate.rs"]
+mod generate;
 mod html;
 mod output;
 mod report;
@@ -15,7 +17,7 @@ mod unused;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use usermetadb::wire::*;
 
 use conn::{Api, Failure, Flags};
@@ -214,6 +216,11 @@ enum Command {
     },
     /// Whether the server is up (GET /health).
     Health,
+    /// Print the manual page or a shell's completion script.
+    Generate {
+        #[arg(value_enum)]
+        what: generate::Artifact,
+    },
 }
 
 fn main() -> ExitCode {
@@ -286,6 +293,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         key: cli.key,
     };
     let format = cli.format;
+    if let Command::Generate { what } = cli.command {
+        return generate::generate(Cli::command(), what).map_err(io);
+    }
     // Refuse what needs no server before connecting to one.
     if let Command::ForgetUser { yes: false, .. } = &cli.command {
         return Err(Failure::usage(
@@ -551,7 +561,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             })
             .map_err(io)?;
         }
-        Command::Unused { .. } | Command::Report { .. } => {}
+        Command::Unused { .. } | Command::Report { .. } | Command::Generate { .. } => {}
     }
     Ok(())
 }

@@ -57,6 +57,9 @@ pub struct Scenario {
     pub duration: Duration,
     /// Open a new connection (full TLS handshake) for every request.
     pub connect_per_request: bool,
+    /// Workers per connection, each with a stream of its own (HTTP/2); 1
+    /// for HTTP/1.1.
+    pub streams: usize,
     pub body: BodyFn,
     pub check: Option<CheckFn>,
     /// Sample the server's resident memory while the scenario runs.
@@ -154,6 +157,21 @@ pub async fn run(sc: &Scenario, target: &Target) -> Result<Outcome> {
     } else {
         conns.resize_with(sc.connections, || None);
     }
+    if sc.streams > 1 {
+        // Each further worker on a connection is a stream of it.
+        let mut multiplexed = Vec::with_capacity(conns.len() * sc.streams);
+        for c in conns {
+            let c = c.context("streams need keep-alive connections")?;
+            for _ in 1..sc.streams {
+                let s = c
+                    .stream()
+                    .with_context(|| format!("{}: the server did not agree to HTTP/2", sc.name))?;
+                multiplexed.push(Some(s));
+            }
+            multiplexed.push(Some(c));
+        }
+        conns = multiplexed;
+    }
 
     let start = Instant::now();
     let window = Arc::new(Window {
@@ -175,7 +193,7 @@ pub async fn run(sc: &Scenario, target: &Target) -> Result<Outcome> {
         }
         Pace::Closed => None,
     };
-    let mut workers = Vec::with_capacity(sc.connections);
+    let mut workers = Vec::with_capacity(conns.len());
     for (i, conn) in conns.into_iter().enumerate() {
         let result = WorkerResult {
             latency: Some(histogram()?),

@@ -8,6 +8,8 @@
 //! answer was a 2xx.
 
 mod data;
+#[path = "../common/generate.rs"]
+mod generate;
 mod load;
 mod procfs;
 mod report;
@@ -22,13 +24,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use hyper::Method;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rustls::client::Resumption;
 use rustls::ClientConfig;
-use usermetadb::client::tls_config;
+use usermetadb::client::{tls_config_for, Protocols};
 use usermetadb::config::{parse_duration, PrivacyConfig};
 use usermetadb::crypto::DeviceKey;
 use usermetadb::privacy::{GeoIp, Privacy};
@@ -58,6 +60,11 @@ struct Cli {
 enum Command {
     /// Fill a database with a realistic history, directly through the library.
     Seed(SeedArgs),
+    /// Print the manual page or a shell's completion script.
+    Generate {
+        #[arg(value_enum)]
+        what: generate::Artifact,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -129,6 +136,12 @@ struct RunArgs {
     /// Keep-alive connections of every closed-loop scenario.
     #[arg(long, default_value_t = 32)]
     connections: usize,
+    /// HTTP/2 connections of the `*_h2` scenarios.
+    #[arg(long, default_value_t = 4)]
+    h2_connections: usize,
+    /// Concurrent streams on each HTTP/2 connection of the `*_h2` scenarios.
+    #[arg(long, default_value_t = 8)]
+    h2_streams: usize,
     /// Measured time of each scenario (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = duration)]
     duration: Duration,
@@ -168,7 +181,7 @@ struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "check_device,get_user_logs,get_unused_accounts,add_log,add_log_rate,handshake"
+        default_value = "check_device,check_device_h2,get_user_logs,get_unused_accounts,add_log,add_log_h2,add_log_rate,handshake"
     )]
     scenarios: Vec<String>,
     /// Threads of the load generator.
@@ -217,6 +230,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Seed(args)) => seed_command(args).map(|()| true),
+        Some(Command::Generate { what }) => generate::generate(Cli::command(), what)
+            .map(|()| true)
+            .context("writing to stdout"),
         None => run_command(cli.run),
     };
     match result {
@@ -293,6 +309,8 @@ fn seed_command(args: SeedArgs) -> Result<()> {
 /// The settings the run uses, after `--smoke` shrank them.
 fn apply_smoke(a: &mut RunArgs) {
     a.connections = a.connections.min(4);
+    a.h2_connections = a.h2_connections.min(2);
+    a.h2_streams = a.h2_streams.min(4);
     a.duration = Duration::from_millis(300);
     a.warmup = Duration::from_millis(100);
     a.pause = Duration::ZERO;
@@ -310,24 +328,29 @@ struct Identities {
     /// The writer's identity with session resumption off: every connection
     /// makes a full handshake.
     fresh: Arc<ClientConfig>,
+    /// The writer's identity offering HTTP/2 only.
+    writer_h2: Arc<ClientConfig>,
 }
 
 fn identities(certs: &Path) -> Result<Identities> {
     let ca = certs.join("ca.pem");
-    let load = |name: &str| -> Result<Arc<ClientConfig>> {
+    let load = |name: &str, protocols: Protocols| -> Result<Arc<ClientConfig>> {
         let cert = certs.join(format!("{name}.pem"));
         let key = certs.join(format!("{name}.key"));
-        tls_config(&ca, Some((&cert, &key)))
+        tls_config_for(&ca, Some((&cert, &key)), protocols)
             .with_context(|| format!("client identity {}", cert.display()))
     };
-    let writer = load("client-sso-server")?;
-    let reader = load("client-accounts-panel")?;
+    // HTTP/1.1 unless a scenario says otherwise: one request per connection
+    // at a time, as the scenarios' connection counts mean.
+    let writer = load("client-sso-server", Protocols::Http1)?;
+    let reader = load("client-accounts-panel", Protocols::Http1)?;
     let mut fresh = (*writer).clone();
     fresh.resumption = Resumption::disabled();
     Ok(Identities {
         writer,
         reader,
         fresh: Arc::new(fresh),
+        writer_h2: load("client-sso-server", Protocols::Http2)?,
     })
 }
 
@@ -611,6 +634,8 @@ fn scenarios(args: &RunArgs, pop: &Population, ids: &Identities) -> Result<Vec<P
             s.as_str(),
             "health"
                 | "check_device"
+                | "check_device_h2"
+                | "add_log_h2"
                 | "get_user_logs"
                 | "get_unused_accounts"
                 | "add_log"
@@ -631,6 +656,7 @@ fn scenarios(args: &RunArgs, pop: &Population, ids: &Identities) -> Result<Vec<P
         warmup: args.warmup,
         duration: args.duration,
         connect_per_request: false,
+        streams: 1,
         body: Arc::new(|_| Bytes::new()),
         check: None,
         sample_memory: false,
@@ -656,6 +682,30 @@ fn scenarios(args: &RunArgs, pop: &Population, ids: &Identities) -> Result<Vec<P
                 body: Arc::new(move |rng| p.check_device(rng, unknown).into()),
                 check: checker::<CheckDeviceResponse>(v, |r| u64::from(r.seen)),
                 ..base.clone()
+            },
+            Some("devices seen"),
+        ));
+    }
+    // HTTP/2: few connections, several streams each.
+    let h2 = Scenario {
+        tls: ids.writer_h2.clone(),
+        connections: args.h2_connections,
+        streams: args.h2_streams,
+        ..base.clone()
+    };
+    if wanted("check_device_h2") {
+        let p = pop.clone();
+        let unknown = args.unknown_device_percent;
+        out.push((
+            Scenario {
+                name: format!(
+                    "check_device_h2 ({}x{})",
+                    args.h2_connections, args.h2_streams
+                ),
+                path: "/api/check_device",
+                body: Arc::new(move |rng| p.check_device(rng, unknown).into()),
+                check: checker::<CheckDeviceResponse>(v, |r| u64::from(r.seen)),
+                ..h2.clone()
             },
             Some("devices seen"),
         ));
@@ -719,6 +769,18 @@ fn scenarios(args: &RunArgs, pop: &Population, ids: &Identities) -> Result<Vec<P
                 check: checker::<EmptyResponse>(v, |_| 0),
                 sample_memory: true,
                 ..base.clone()
+            },
+            None,
+        ));
+    }
+    if wanted("add_log_h2") {
+        out.push((
+            Scenario {
+                name: format!("add_log_h2 ({}x{})", args.h2_connections, args.h2_streams),
+                path: "/api/add_log",
+                body: add_log_body(pop.clone()),
+                check: checker::<EmptyResponse>(v, |_| 0),
+                ..h2.clone()
             },
             None,
         ));

@@ -1,6 +1,8 @@
 //! `user-meta-server`: the usermetadb server, its config check and database
 //! maintenance.
 
+#[path = "../common/generate.rs"]
+mod generate;
 mod notify;
 
 use std::net::SocketAddr;
@@ -8,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use usermetadb::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use usermetadb::server::{tls, Server};
 
@@ -42,6 +44,11 @@ enum Command {
     Db {
         #[command(subcommand)]
         command: DbCommand,
+    },
+    /// Print the manual page or a shell's completion script.
+    Generate {
+        #[arg(value_enum)]
+        what: generate::Artifact,
     },
 }
 
@@ -100,6 +107,9 @@ fn main() -> ExitCode {
         Command::Serve => serve(&cli.config, &cli.addr),
         Command::CheckConfig => return check_config(&cli.config),
         Command::Db { command } => db(&cli.config, command),
+        Command::Generate { what } => {
+            generate::generate(Cli::command(), what).context("writing to stdout")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
-//! The network side: accept, TLS handshake, client identity, HTTP/1.1, graceful
-//! shutdown. Requests are handed to [`handler`], which calls the service.
+//! The network side: accept, TLS handshake, client identity, HTTP/1.1 and
+//! HTTP/2 (chosen by ALPN), graceful shutdown. Requests are handed to
+//! [`handler`], which calls the service.
 
 pub mod framing;
 pub mod handler;
@@ -13,9 +14,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -279,13 +280,26 @@ impl Server {
 /// How long a stopping dispatcher may take to give its claims back.
 const DISPATCHER_GRACE: Duration = Duration::from_secs(5);
 
-async fn serve_connection(
-    stream: TcpStream,
-    state: Arc<State>,
-    tls: Option<Arc<(TlsAcceptor, Acl)>>,
-    watcher: hyper_util::server::graceful::Watcher,
-) {
-    let idle = state.http.idle_timeout;
+/// HTTP/2 limits. Each bounds what one connection can make the server hold
+/// or do; `max_connections` bounds the number of connections.
+pub mod h2_limits {
+    /// Streams open at once per connection; more are refused (`REFUSED_STREAM`).
+    pub const MAX_CONCURRENT_STREAMS: u32 = 64;
+    /// The decoded request header list, in bytes (as HPACK counts it); a
+    /// larger one is answered 431 and never reaches a handler. Also bounds
+    /// a header block spread over CONTINUATION frames.
+    pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+    /// Streams the client reset before they were served: more than this at
+    /// once ends the connection (`ENHANCE_YOUR_CALM`; rapid reset).
+    pub const MAX_PENDING_RESETS: usize = 20;
+    /// Streams the server had to reset for a client's protocol errors; more
+    /// ends the connection.
+    pub const MAX_ERROR_RESETS: usize = 256;
+    /// Response bytes buffered per stream while the client's window is shut.
+    pub const MAX_SEND_BUFFER: usize = 64 * 1024;
+}
+
+fn http1_builder(idle: Duration) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -295,17 +309,77 @@ async fn serve_connection(
         .header_read_timeout(idle)
         .max_buf_size(64 * 1024)
         .keep_alive(true);
+    builder
+}
+
+fn http2_builder() -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2_limits::MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(h2_limits::MAX_HEADER_LIST_SIZE)
+        .max_pending_accept_reset_streams(h2_limits::MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(h2_limits::MAX_ERROR_RESETS)
+        .max_send_buf_size(h2_limits::MAX_SEND_BUFFER)
+        // A request body is at most the bulk limit; the window lets one
+        // arrive without a round trip per 64 KiB.
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20);
+    // No keep-alive pings: a connection no request uses is closed by the idle
+    // timeout, which counts bytes, and pings would keep it open.
+    builder
+}
+
+/// Serves one connection, after any TLS handshake, as HTTP/2 when `h2`.
+async fn serve_http<S>(
+    stream: S,
+    state: Arc<State>,
+    peer: Arc<Peer>,
+    watcher: hyper_util::server::graceful::Watcher,
+    h2: bool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let idle = state.http.idle_timeout;
+    let result = if h2 {
+        // HTTP/2 has no framing ambiguity to follow: lengths are in frames,
+        // and the library refuses `Transfer-Encoding` in a request.
+        let builder = http2_builder();
+        let stream = idle::IdleTimeout::new(stream, idle);
+        let svc = service_fn(move |req| handler::handle(req, state.clone(), peer.clone()));
+        watcher
+            .watch(builder.serve_connection(TokioIo::new(stream), svc))
+            .await
+    } else {
+        let stream =
+            framing::Followed::new(stream, peer.framing.clone(), state.http.header_timeout);
+        let stream = idle::IdleTimeout::new(stream, idle);
+        let svc = service_fn(move |req| handler::handle(req, state.clone(), peer.clone()));
+        watcher
+            .watch(http1_builder(idle).serve_connection(TokioIo::new(stream), svc))
+            .await
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    state: Arc<State>,
+    tls: Option<Arc<(TlsAcceptor, Acl)>>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
     match tls {
         None => {
-            let peer = Arc::new(Peer::unauthenticated());
-            let stream =
-                framing::Followed::new(stream, peer.framing.clone(), state.http.header_timeout);
-            let svc = service_fn(move |req| handler::handle(req, state.clone(), peer.clone()));
-            let stream = idle::IdleTimeout::new(stream, idle);
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            serve_http(
+                stream,
+                state,
+                Arc::new(Peer::unauthenticated()),
+                watcher,
+                false,
+            )
+            .await
         }
         Some(tls) => {
             let (acceptor, acl) = &*tls;
@@ -347,15 +421,8 @@ async fn serve_connection(
                     Peer::denied()
                 }
             };
-            let peer = Arc::new(peer);
-            let stream =
-                framing::Followed::new(stream, peer.framing.clone(), state.http.header_timeout);
-            let svc = service_fn(move |req| handler::handle(req, state.clone(), peer.clone()));
-            let stream = idle::IdleTimeout::new(stream, idle);
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_http(stream, state, Arc::new(peer), watcher, h2).await
         }
     }
 }

@@ -5,6 +5,9 @@
 //! database of a throwaway PostgreSQL cluster instead, so that the tests of
 //! the API run on both backends; the tests that read SQLite's files, or
 //! fault its disk, keep SQLite (`TestServer::start_sqlite_in`).
+//!
+//! With `USERMETADB_TEST_HTTP=2`, the API clients speak HTTP/2 (by ALPN)
+//! instead of HTTP/1.1; clients writing raw HTTP/1.1 keep it.
 
 #![allow(dead_code)]
 
@@ -14,7 +17,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
-use usermetadb::client::{tls_config, ClientError, Connection, RawResponse};
+use usermetadb::client::{tls_config_for, ClientError, Connection, Protocols, RawResponse};
 use usermetadb::config::Config;
 use usermetadb::server::Server;
 
@@ -50,11 +53,26 @@ pub fn config_yaml(dir: &Path, extra: &str) -> String {
     )
 }
 
-/// A client TLS configuration presenting `testdata/certs/<name>.pem` / `.key`.
+/// The HTTP version API clients speak: HTTP/2 with `USERMETADB_TEST_HTTP=2`.
+pub fn test_protocols() -> Protocols {
+    match std::env::var("USERMETADB_TEST_HTTP").as_deref() {
+        Ok("2") => Protocols::Http2,
+        _ => Protocols::Http1,
+    }
+}
+
+/// A client TLS configuration presenting `testdata/certs/<name>.pem` / `.key`,
+/// offering HTTP/1.1 only (for raw HTTP/1.1 bytes).
 pub fn identity(name: &str) -> std::sync::Arc<rustls::ClientConfig> {
-    tls_config(
+    identity_for(name, Protocols::Http1)
+}
+
+/// [`identity`] offering `protocols`.
+pub fn identity_for(name: &str, protocols: Protocols) -> std::sync::Arc<rustls::ClientConfig> {
+    tls_config_for(
         &cert("ca.pem"),
         Some((&cert(&format!("{name}.pem")), &cert(&format!("{name}.key")))),
+        protocols,
     )
     .unwrap()
 }
@@ -123,7 +141,7 @@ impl TestServer {
 
     /// A client presenting `testdata/certs/<name>.pem` / `.key`.
     pub async fn client_cert(&self, name: &str) -> Result<Client, ClientError> {
-        let tls = identity(name);
+        let tls = identity_for(name, test_protocols());
         Ok(Client(
             Connection::connect(self.addr, "localhost", Some(tls)).await?,
         ))
@@ -300,7 +318,7 @@ pub async fn client_at(addr: SocketAddr, cn: &str) -> Client {
 /// [`client_at`], or why the connection failed (a server at its connection
 /// cap closes it during the handshake).
 pub async fn try_client_at(addr: SocketAddr, cn: &str) -> Result<Client, ClientError> {
-    let tls = identity(&format!("client-{cn}"));
+    let tls = identity_for(&format!("client-{cn}"), test_protocols());
     Ok(Client(
         Connection::connect(addr, "localhost", Some(tls)).await?,
     ))

@@ -20,6 +20,9 @@
 //!   a read-only database.
 //! - `overload`: slow-header clients, idle / half-open connections, the
 //!   connection cap, and 503s beyond `max_inflight_requests`.
+//! - `h2`: HTTP/2 by ALPN, the ACL per multiplexed request, and frame-level
+//!   abuse (rapid resets, CONTINUATION flood, too many streams, oversized
+//!   header lists, a window that never opens).
 //! - `ops`: the Grafana dashboard and the Prometheus rules in `contrib/`
 //!   query only metrics the server exports.
 //! - `properties`: property tests of decoding, validation, timestamps,
@@ -31,6 +34,7 @@ mod common;
 mod config_files;
 mod errors;
 mod faults;
+mod h2;
 mod hostile;
 mod mmdb;
 mod monitor;

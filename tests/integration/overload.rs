@@ -12,7 +12,6 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use usermetadb::client::tls_config;
 
 use crate::common::*;
 use crate::faults::Binary;
@@ -44,14 +43,8 @@ fn raise_fd_limit(want: u64) -> u64 {
 
 /// A completed mutual-TLS connection presenting `client-<cn>`.
 async fn tls_connect(addr: SocketAddr, cn: &str) -> std::io::Result<TlsStream<TcpStream>> {
-    let tls = tls_config(
-        &cert("ca.pem"),
-        Some((
-            &cert(&format!("client-{cn}.pem")),
-            &cert(&format!("client-{cn}.key")),
-        )),
-    )
-    .map_err(std::io::Error::other)?;
+    // HTTP/1.1 only: the tests write raw HTTP/1.1.
+    let tls = identity(&format!("client-{cn}"));
     let tcp = TcpStream::connect(addr).await?;
     tokio_rustls::TlsConnector::from(tls)
         .connect("localhost".try_into().map_err(std::io::Error::other)?, tcp)
@@ -301,14 +294,7 @@ async fn idle_silent_and_half_open_connections_are_closed_at_their_timeouts() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let tcp = socket.connect(addr).await.unwrap();
-    let tls = tls_config(
-        &cert("ca.pem"),
-        Some((
-            &cert("client-accounts-panel.pem"),
-            &cert("client-accounts-panel.key"),
-        )),
-    )
-    .unwrap();
+    let tls = identity("client-accounts-panel");
     let mut stalled = tokio_rustls::TlsConnector::from(tls)
         .connect("localhost".try_into().unwrap(), tcp)
         .await

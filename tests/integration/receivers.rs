@@ -125,9 +125,18 @@ impl WebhookReceiver {
                             let Ok(stream) = acceptor.accept(stream).await else {
                                 return;
                             };
-                            let _ = http1::Builder::new()
+                            // Like most web servers, HTTP/2 when the sink offers it.
+                            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                let _ = hyper::server::conn::http2::Builder::new(
+                                    hyper_util::rt::TokioExecutor::new(),
+                                )
                                 .serve_connection(TokioIo::new(stream), svc)
                                 .await;
+                            } else {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), svc)
+                                    .await;
+                            }
                         }
                         None => {
                             let _ = http1::Builder::new()
