@@ -12,7 +12,9 @@ use serde::{Deserialize, Deserializer};
 
 use crate::acl::{Acl, AclEntry};
 
+pub mod agents;
 pub mod alerts;
+pub use agents::AgentsConfig;
 pub use alerts::AlertsConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +124,9 @@ pub struct RawConfig {
     /// The login monitor: rules and where alerts go.
     #[serde(default)]
     pub alerts: Option<alerts::RawAlerts>,
+    /// Windows login agents (the winauthmon protocol).
+    #[serde(default)]
+    pub agents: Option<agents::RawAgents>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -222,6 +227,8 @@ pub struct RawPrivacy {
     pub keep_user_agent: Option<bool>,
     /// Report rows describing fewer distinct users than this are withheld (default 5).
     pub report_min_users: Option<u32>,
+    /// Time spent in a session (agents) is stored rounded to this (default 5m).
+    pub session_granularity: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,6 +253,7 @@ pub struct Config {
     pub geoip: Option<PathBuf>,
     pub secrets: SecretsConfig,
     pub alerts: AlertsConfig,
+    pub agents: AgentsConfig,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -346,6 +354,8 @@ pub struct PrivacyConfig {
     pub keep_user_agent: bool,
     /// The k of k-anonymity in reports: a row about fewer users is withheld.
     pub report_min_users: u32,
+    /// Time spent in a session is stored rounded to this.
+    pub session_granularity: Duration,
 }
 
 impl Default for PrivacyConfig {
@@ -355,6 +365,7 @@ impl Default for PrivacyConfig {
             last_login_granularity: Duration::from_secs(86_400),
             keep_user_agent: false,
             report_min_users: 5,
+            session_granularity: Duration::from_secs(300),
         }
     }
 }
@@ -562,9 +573,15 @@ impl Config {
             raw.retention.interval,
             rdefaults.interval.as_secs(),
         );
+        let session_granularity = nonzero(
+            "privacy.session_granularity",
+            raw.privacy.session_granularity,
+            defaults.session_granularity.as_secs(),
+        );
         for (key, g) in [
             ("privacy.timestamp_granularity", timestamp_granularity),
             ("privacy.last_login_granularity", last_login_granularity),
+            ("privacy.session_granularity", session_granularity),
         ] {
             if g.subsec_nanos() != 0 || g > Duration::from_secs(7 * 86_400) {
                 problem(key, "must be whole seconds, at most 7d".into());
@@ -595,6 +612,7 @@ impl Config {
             .map(|f| non_empty("secrets.device_key_file", f));
 
         let alerts = AlertsConfig::from_raw(raw.alerts, &mut problems);
+        let agents = AgentsConfig::from_raw(raw.agents, &mut problems);
         let postgres = match raw.db_uri.as_deref() {
             Some(uri) if is_postgres_uri(uri) => {
                 if device_key_file.is_none() {
@@ -658,6 +676,7 @@ impl Config {
                 last_login_granularity,
                 keep_user_agent: raw.privacy.keep_user_agent.unwrap_or(false),
                 report_min_users,
+                session_granularity,
             },
             retention: RetentionConfig {
                 user_logs,
@@ -667,6 +686,7 @@ impl Config {
             geoip,
             secrets: SecretsConfig { device_key_file },
             alerts,
+            agents,
         })
     }
 }
@@ -694,6 +714,10 @@ impl Config {
             if let Some(f) = &pg.ca_file {
                 files.push(("db.ca_file", f));
             }
+        }
+        if let Some(t) = &self.agents.tls {
+            files.push(("agents.tls.cert", &t.cert));
+            files.push(("agents.tls.key", &t.key));
         }
         if let Some(f) = self.alerts.webhook.as_ref().and_then(|w| w.secret.file()) {
             files.push(("alerts.webhook.secret_file", f));
