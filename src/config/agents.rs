@@ -91,8 +91,7 @@ impl Default for AgentsConfig {
 pub fn valid_tenant(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 64
-        && t
-            .bytes()
+        && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
@@ -138,7 +137,8 @@ impl AgentsConfig {
             problem("agents.rate_limit", "must be between 1 and 100000".into());
         }
         let dedup_window = raw.dedup_window.map_or(defaults.dedup_window, |d| d.0);
-        if dedup_window < Duration::from_secs(3600) || dedup_window > Duration::from_secs(90 * 86_400)
+        if dedup_window < Duration::from_secs(3600)
+            || dedup_window > Duration::from_secs(90 * 86_400)
         {
             problem("agents.dedup_window", "must be between 1h and 90d".into());
         }
@@ -147,7 +147,10 @@ impl AgentsConfig {
             Some(PerUserTimeRaw::All(true)) => PerUserTime::All,
             Some(PerUserTimeRaw::Tenants(list)) => {
                 for t in list.iter().filter(|t| !valid_tenant(t)) {
-                    problem("agents.per_user_time", format!("{t:?} is not a tenant name"));
+                    problem(
+                        "agents.per_user_time",
+                        format!("{t:?} is not a tenant name"),
+                    );
                 }
                 PerUserTime::Tenants(list.into_iter().collect())
             }

@@ -1010,6 +1010,253 @@ pub async fn export_and_import_round_trip(store: &Store, db: &DbConfig, another:
 /// Runs every case of the suite as a test of its own, each on a fresh
 /// database from `$open` (a future giving a [`Subject`], or `None` when the
 /// backend cannot run here and its tests say so and pass).
+
+fn agent_event(
+    user: &str,
+    computer: &str,
+    ts: i64,
+    tag: u8,
+    step: store::SessionStep,
+) -> store::AgentEvent {
+    store::AgentEvent {
+        rec: entry(user, ts - ts % HOUR, "login", Some(device(computer, "GB"))),
+        dedup: [tag; 32],
+        dedup_expires: ts + 7 * DAY,
+        session: step,
+    }
+}
+
+/// Agent keys: stored by hash, found by hash, listed, disabled for good.
+pub async fn agent_keys_are_found_by_hash_and_disabled(
+    store: &Store,
+    _db: &DbConfig,
+    _another: &DbConfig,
+) {
+    let a = store
+        .agent_key_add("acme".into(), "hq".into(), [1; 32], T0)
+        .await
+        .unwrap();
+    let b = store
+        .agent_key_add("globex".into(), "lab".into(), [2; 32], T0)
+        .await
+        .unwrap();
+    assert_ne!(a.id, b.id);
+    assert_eq!(
+        store.agent_key_by_hash([1; 32]).await.unwrap(),
+        Some(a.clone())
+    );
+    assert_eq!(store.agent_key_by_hash([3; 32]).await.unwrap(), None);
+    // The same hash twice is refused, and changes nothing.
+    assert!(store
+        .agent_key_add("acme".into(), "hq".into(), [1; 32], T0)
+        .await
+        .is_err());
+    assert!(store.agent_key_disable(b.id).await.unwrap());
+    assert!(!store.agent_key_disable(b.id + 100).await.unwrap());
+    let keys = store.agent_keys().await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!((keys[0].id, keys[0].disabled), (a.id, false));
+    assert_eq!((keys[1].id, keys[1].disabled), (b.id, true));
+}
+
+/// An agent event is stored once however often it is retried, runs the
+/// detections, and its sessions add up to time spent by day, rounded; an
+/// unmatched close adds nothing; erasure and expiry delete what they should.
+pub async fn agent_events_are_stored_once_and_sessions_add_up(
+    store: &Store,
+    _db: &DbConfig,
+    _another: &DbConfig,
+) {
+    use store::{AgentOutcome, SessionStep};
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let open = |started| SessionStep::Open {
+        session: [9; 32],
+        started,
+    };
+    let close = |ended| SessionStep::Close {
+        session: [9; 32],
+        ended,
+        granularity: 300,
+    };
+    let t = T0 + 9 * HOUR + 17;
+    let first = agent_event("acme/john", "PC1", t, 1, open(t));
+    assert_eq!(
+        store
+            .record_agent_event(first.clone(), noting(&seen, &["log"]))
+            .await
+            .unwrap(),
+        AgentOutcome::Stored { alerts: 0 }
+    );
+    assert_eq!(
+        store
+            .record_agent_event(first, noting(&seen, &["log"]))
+            .await
+            .unwrap(),
+        AgentOutcome::Duplicate
+    );
+    // 50 min 10 s later: 50 min at 5-minute granularity.
+    let end = t + 3010;
+    let lock = agent_event("acme/john", "PC1", end, 2, close(end));
+    assert!(matches!(
+        store
+            .record_agent_event(lock.clone(), noting(&seen, &["log"]))
+            .await
+            .unwrap(),
+        AgentOutcome::Stored { .. }
+    ));
+    assert_eq!(
+        store
+            .record_agent_event(lock, noting(&seen, &["log"]))
+            .await
+            .unwrap(),
+        AgentOutcome::Duplicate
+    );
+    // A second session the same day, from another computer: a new device.
+    let t2 = T0 + 14 * HOUR;
+    let mut other = agent_event("acme/john", "PC2", t2, 3, open(t2));
+    other.session = SessionStep::Open {
+        session: [8; 32],
+        started: t2,
+    };
+    assert_eq!(
+        store
+            .record_agent_event(other, noting(&seen, &["log"]))
+            .await
+            .unwrap(),
+        AgentOutcome::Stored { alerts: 1 }
+    );
+    let mut end2 = agent_event("acme/john", "PC2", t2 + 600, 4, close(t2 + 600));
+    end2.session = SessionStep::Close {
+        session: [8; 32],
+        ended: t2 + 600,
+        granularity: 300,
+    };
+    store
+        .record_agent_event(end2, noting(&seen, &["log"]))
+        .await
+        .unwrap();
+    // A close with no open session adds nothing.
+    let stray = agent_event("acme/john", "PC1", t2 + 900, 5, close(t2 + 900));
+    store
+        .record_agent_event(stray, noting(&seen, &["log"]))
+        .await
+        .unwrap();
+    // Another tenant's user of the same name.
+    let g = T0 + 10 * HOUR;
+    let mut theirs = agent_event("globex/john", "PC1", g, 6, open(g));
+    theirs.session = SessionStep::Open {
+        session: [7; 32],
+        started: g,
+    };
+    store
+        .record_agent_event(theirs, noting(&seen, &["log"]))
+        .await
+        .unwrap();
+    let mut theirs_end = agent_event("globex/john", "PC1", g + 1200, 7, close(g + 1200));
+    theirs_end.session = SessionStep::Close {
+        session: [7; 32],
+        ended: g + 1200,
+        granularity: 300,
+    };
+    store
+        .record_agent_event(theirs_end, noting(&seen, &["log"]))
+        .await
+        .unwrap();
+
+    let rows = store
+        .time_spent("acme/".into(), T0, T0 + DAY)
+        .await
+        .unwrap();
+    let got: Vec<(&str, &[u8], i64, i64, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.username.as_str(),
+                r.sealed_device.as_slice(),
+                r.day,
+                r.seconds,
+                r.first_start,
+                r.last_end,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "acme/john",
+                &b"PC1"[..],
+                T0,
+                3000,
+                T0 + 9 * HOUR,
+                T0 + 9 * HOUR + 3000
+            ),
+            ("acme/john", &b"PC2"[..], T0, 600, t2, t2 + 600),
+        ]
+    );
+    let all = store.time_spent(String::new(), T0, T0 + DAY).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(store
+        .time_spent("acme/".into(), T0 + DAY, T0 + 2 * DAY)
+        .await
+        .unwrap()
+        .is_empty());
+    // Five distinct events stored for acme/john, each once.
+    let logs = store.user_logs("acme/john".into(), 0, 100).await.unwrap();
+    assert_eq!(logs.len(), 5);
+
+    // An open session is held only until it expires.
+    let late = T0 + 20 * HOUR;
+    let mut dangling = agent_event("acme/jane", "PC9", late, 10, open(late));
+    dangling.session = SessionStep::Open {
+        session: [6; 32],
+        started: late,
+    };
+    store
+        .record_agent_event(dangling, noting(&seen, &["log"]))
+        .await
+        .unwrap();
+    assert!(store.expire_agent_state(late + 86_400).await.unwrap() >= 1);
+    let mut closes = agent_event("acme/jane", "PC9", late + 60, 11, close(late + 60));
+    closes.session = SessionStep::Close {
+        session: [6; 32],
+        ended: late + 60,
+        granularity: 300,
+    };
+    store
+        .record_agent_event(closes, noting(&seen, &["log"]))
+        .await
+        .unwrap();
+    assert!(store
+        .time_spent("acme/jane".into(), T0, T0 + DAY)
+        .await
+        .unwrap()
+        .is_empty());
+    // Expired retry hashes are gone: the same event is stored again.
+    store.expire_agent_state(t + 8 * DAY).await.unwrap();
+    let again = agent_event("acme/john", "PC1", t, 1, open(t));
+    assert!(matches!(
+        store
+            .record_agent_event(again, noting(&seen, &["log"]))
+            .await
+            .unwrap(),
+        AgentOutcome::Stored { .. }
+    ));
+
+    // Erasure takes the user's time spent and sessions with it.
+    store.forget_user("acme/john".into()).await.unwrap();
+    let left = store.time_spent(String::new(), T0, T0 + DAY).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].username, "globex/john");
+    // Retention takes time spent with the logs.
+    store.prune(T0 + DAY, 0).await.unwrap();
+    assert!(store
+        .time_spent(String::new(), T0, T0 + DAY)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 #[macro_export]
 macro_rules! storage_conformance {
     ($open:expr) => {
@@ -1027,7 +1274,9 @@ macro_rules! storage_conformance {
             the_overview_gathers_a_user,
             aggregates_count_events_and_users,
             export_and_import_round_trip,
-            a_bulk_load_is_stored_as_the_server_stores
+            a_bulk_load_is_stored_as_the_server_stores,
+            agent_keys_are_found_by_hash_and_disabled,
+            agent_events_are_stored_once_and_sessions_add_up
         );
     };
     (@cases $open:expr; $($case:ident),*) => {

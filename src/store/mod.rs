@@ -14,6 +14,7 @@
 //! The conformance suite (`store/conformance.rs`) states the interface's
 //! behaviour once, as functions of a `Store`, and runs on every backend.
 
+pub mod agents;
 #[cfg(test)]
 pub mod conformance;
 mod pairs;
@@ -30,6 +31,7 @@ use crate::model::{
     Event, History, LogRecord, LogRow, Record, StorageSize, StoredAlert, UserOverview,
 };
 
+pub use agents::{AgentEvent, AgentKey, AgentOutcome, SessionStep, TimeSpentRow};
 pub use sqlite::configure_sqlite;
 
 /// What went wrong in storage, in a form that can be sent to every request of a
@@ -159,6 +161,62 @@ impl Store {
         detect: Option<Detections>,
     ) -> Result<usize, StoreError> {
         backend!(self, s => s.record_log(rec, detect).await)
+    }
+
+    /// Stores an agent's event unless its `dedup` hash is already stored (a
+    /// retry): the hash, the log entry with its detections and alerts, and
+    /// the session step, in one transaction.
+    pub async fn record_agent_event(
+        &self,
+        ev: AgentEvent,
+        detect: Detections,
+    ) -> Result<AgentOutcome, StoreError> {
+        backend!(self, s => s.record_agent_event(ev, detect).await)
+    }
+
+    /// Stores a new agent API key (by its hash).
+    pub async fn agent_key_add(
+        &self,
+        tenant: String,
+        site: String,
+        key_hash: [u8; 32],
+        created: i64,
+    ) -> Result<AgentKey, StoreError> {
+        backend!(self, s => s.agent_key_add(tenant, site, key_hash, created).await)
+    }
+
+    /// Every agent key, oldest first.
+    pub async fn agent_keys(&self) -> Result<Vec<AgentKey>, StoreError> {
+        backend!(self, s => s.agent_keys().await)
+    }
+
+    /// Disables a key for good; false when there is no such key.
+    pub async fn agent_key_disable(&self, id: i64) -> Result<bool, StoreError> {
+        backend!(self, s => s.agent_key_disable(id).await)
+    }
+
+    /// The key with this hash, disabled or not.
+    pub async fn agent_key_by_hash(
+        &self,
+        key_hash: [u8; 32],
+    ) -> Result<Option<AgentKey>, StoreError> {
+        backend!(self, s => s.agent_key_by_hash(key_hash).await)
+    }
+
+    /// Deletes retry hashes and open sessions that expired by `now`.
+    pub async fn expire_agent_state(&self, now: i64) -> Result<u64, StoreError> {
+        backend!(self, s => s.expire_agent_state(now).await)
+    }
+
+    /// Time spent on days in `[from_day, to_day)` by users whose names start
+    /// with `user_prefix` (a tenant's `T/`), by day, user and computer.
+    pub async fn time_spent(
+        &self,
+        user_prefix: String,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<Vec<TimeSpentRow>, StoreError> {
+        backend!(self, s => s.time_spent(user_prefix, from_day, to_day).await)
     }
 
     /// Records a login to `service`; an older time never replaces a newer one.

@@ -69,7 +69,7 @@ macro_rules! in_transaction {
 pub(super) type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
 /// Runs `sql` through the connection's statement cache.
-async fn exec(
+pub(super) async fn exec(
     tx: &Tx<'_>,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
@@ -78,7 +78,7 @@ async fn exec(
     tx.execute(&stmt, params).await
 }
 
-async fn one(
+pub(super) async fn one(
     tx: &Tx<'_>,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
@@ -87,7 +87,7 @@ async fn one(
     tx.query_one(&stmt, params).await
 }
 
-async fn opt_row(
+pub(super) async fn opt_row(
     tx: &Tx<'_>,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
@@ -108,7 +108,7 @@ pub(super) fn opt(s: &str) -> Option<&str> {
 
 /// The user's ID, taking the row's lock: writes of one user run one after
 /// the other, each seeing the last's rows.
-async fn lock_user(tx: &Tx<'_>, name: &str) -> Result<i64, TxError> {
+pub(super) async fn lock_user(tx: &Tx<'_>, name: &str) -> Result<i64, TxError> {
     loop {
         let found = opt_row(
             tx,
@@ -360,6 +360,33 @@ async fn insert_alert(
     Ok(())
 }
 
+/// Stores a log entry of the locked user `uid` and, with `detect`, runs the
+/// detections on the history before it and queues the alerts they raise.
+/// Returns how many were raised.
+pub(super) async fn record_for(
+    tx: &Tx<'_>,
+    uid: i64,
+    rec: &LogRecord,
+    detect: Option<&Detections>,
+) -> Result<usize, TxError> {
+    match detect {
+        None => {
+            insert_log(tx, uid, rec, false).await?;
+            Ok(0)
+        }
+        Some(d) => {
+            let event = rec.event();
+            let (h, current) = history(tx, uid, &event, rec.sealed_id(), d.burst_window).await?;
+            insert_log(tx, uid, rec, current).await?;
+            let drafts = (d.rules)(&h, &event);
+            for a in &drafts {
+                insert_alert(tx, uid, a, &d.sinks).await?;
+            }
+            Ok(drafts.len())
+        }
+    }
+}
+
 /// Set while a VACUUM after an erasure is queued or running.
 static VACUUM_PENDING: AtomicBool = AtomicBool::new(false);
 
@@ -389,23 +416,7 @@ impl PgStore {
     ) -> Result<usize, StoreError> {
         in_transaction!(self, |tx| {
             let uid = lock_user(&tx, &rec.username).await?;
-            match &detect {
-                None => {
-                    insert_log(&tx, uid, &rec, false).await?;
-                    Ok(0)
-                }
-                Some(d) => {
-                    let event = rec.event();
-                    let (h, current) =
-                        history(&tx, uid, &event, rec.sealed_id(), d.burst_window).await?;
-                    insert_log(&tx, uid, &rec, current).await?;
-                    let drafts = (d.rules)(&h, &event);
-                    for a in &drafts {
-                        insert_alert(&tx, uid, a, &d.sinks).await?;
-                    }
-                    Ok(drafts.len())
-                }
-            }
+            record_for(&tx, uid, &rec, detect.as_ref()).await
         })
     }
 
@@ -451,6 +462,10 @@ impl PgStore {
             )
             .await?;
             tx.execute("DELETE FROM user_countries WHERE user_id = $1", &[&uid])
+                .await?;
+            tx.execute("DELETE FROM agent_sessions WHERE user_id = $1", &[&uid])
+                .await?;
+            tx.execute("DELETE FROM time_spent WHERE user_id = $1", &[&uid])
                 .await?;
             Ok(Deleted {
                 user_logs: tx
@@ -903,6 +918,14 @@ async fn prune_locked(
                     &[&devices_before, &PRUNE_BATCH],
                 )
                 .await?;
+            // Time spent ages out with the logs, by the day it was spent.
+            tx.execute(
+                "DELETE FROM time_spent WHERE (user_id, device_id, day) IN
+                     (SELECT user_id, device_id, day FROM time_spent WHERE day < $1
+                      ORDER BY day LIMIT $2)",
+                &[&logs_before, &PRUNE_BATCH],
+            )
+            .await?;
             let users = if user_logs + devices + alerts > 0 {
                 tx.execute(
                     "DELETE FROM users WHERE id IN (
@@ -911,6 +934,8 @@ async fn prune_locked(
                            AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.user_id = u.id)
                            AND NOT EXISTS (SELECT 1 FROM last_login x WHERE x.user_id = u.id)
                            AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.user_id = u.id)
+                           AND NOT EXISTS (SELECT 1 FROM time_spent t WHERE t.user_id = u.id)
+                           AND NOT EXISTS (SELECT 1 FROM agent_sessions s WHERE s.user_id = u.id)
                          LIMIT $1)",
                     &[&PRUNE_BATCH],
                 )

@@ -39,7 +39,9 @@ macro_rules! device_merge {
     };
 }
 
+#[macro_use]
 mod api;
+mod agents;
 mod batch;
 pub mod bulk;
 mod known;

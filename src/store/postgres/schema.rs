@@ -108,6 +108,42 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER users_renamed AFTER UPDATE OF id, name ON users
         FOR EACH STATEMENT EXECUTE FUNCTION usermetadb_devices_removed();
     ",
+    // 3: Windows agents, as SQLite's migration 5: API keys (hashed), the
+    // keyed hashes that recognise a retried event, open sessions (an exact
+    // start, deleted at close or after a day), time spent (rounded).
+    "
+    CREATE TABLE agent_keys (
+        id       BIGSERIAL PRIMARY KEY,
+        tenant   TEXT NOT NULL,
+        site     TEXT NOT NULL,
+        key_hash BYTEA NOT NULL UNIQUE,
+        created  BIGINT NOT NULL,
+        disabled BOOLEAN NOT NULL DEFAULT false
+    );
+    CREATE TABLE agent_dedup (
+        tag     BYTEA PRIMARY KEY,
+        expires BIGINT NOT NULL
+    );
+    CREATE INDEX agent_dedup_by_expiry ON agent_dedup (expires);
+    CREATE TABLE agent_sessions (
+        session BYTEA PRIMARY KEY,
+        user_id BIGINT NOT NULL,
+        started BIGINT NOT NULL,
+        expires BIGINT NOT NULL
+    );
+    CREATE INDEX agent_sessions_by_user ON agent_sessions (user_id);
+    CREATE INDEX agent_sessions_by_expiry ON agent_sessions (expires);
+    CREATE TABLE time_spent (
+        user_id     BIGINT NOT NULL,
+        device_id   BYTEA NOT NULL,
+        day         BIGINT NOT NULL,
+        seconds     BIGINT NOT NULL,
+        first_start BIGINT NOT NULL,
+        last_end    BIGINT NOT NULL,
+        PRIMARY KEY (user_id, device_id, day)
+    );
+    CREATE INDEX time_spent_by_day ON time_spent (day);
+    ",
 ];
 
 /// The schema version this build writes.

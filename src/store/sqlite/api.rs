@@ -9,6 +9,30 @@ use crate::model::{
 use crate::store::{Detections, StoreError};
 use crate::wire::{LOG_TYPE_LOGIN, LOG_TYPE_LOGIN_FAILURE};
 
+/// Stores a log entry of user `uid` and, with `detect`, runs the detections
+/// on the history before it and queues the alerts they raise. Returns how
+/// many were raised.
+pub(super) fn record_for(
+    c: &rusqlite::Connection,
+    uid: i64,
+    rec: &LogRecord,
+    detect: Option<Detections>,
+) -> Result<usize, StoreError> {
+    let Some(d) = detect else {
+        alerts::record_log(c, uid, rec, false)?;
+        return Ok(0);
+    };
+    let event = rec.event();
+    let (history, country_current) =
+        alerts::history(c, uid, &event, rec.sealed_id(), d.burst_window)?;
+    alerts::record_log(c, uid, rec, country_current)?;
+    let drafts = (d.rules)(&history, &event);
+    for a in &drafts {
+        alerts::insert_alert(c, uid, a, &d.sinks)?;
+    }
+    Ok(drafts.len())
+}
+
 /// Rows deleted per table in one retention transaction.
 const PRUNE_BATCH: i64 = 500;
 
@@ -20,19 +44,7 @@ impl SqliteStore {
     ) -> Result<usize, StoreError> {
         self.write(move |c| {
             let uid = ops::ensure_user(c, &rec.username)?;
-            let Some(d) = detect else {
-                alerts::record_log(c, uid, &rec, false)?;
-                return Ok(0);
-            };
-            let event = rec.event();
-            let (history, country_current) =
-                alerts::history(c, uid, &event, rec.sealed_id(), d.burst_window)?;
-            alerts::record_log(c, uid, &rec, country_current)?;
-            let drafts = (d.rules)(&history, &event);
-            for a in &drafts {
-                alerts::insert_alert(c, uid, a, &d.sinks)?;
-            }
-            Ok(drafts.len())
+            record_for(c, uid, &rec, detect)
         })
         .await
     }

@@ -323,6 +323,8 @@ pub fn forget_user(conn: &Connection, name: &str) -> Result<Deleted, StoreError>
         "DELETE FROM alert_deliveries WHERE alert_id IN (SELECT id FROM alerts WHERE user_id = ?1)",
     )?;
     del("DELETE FROM user_countries WHERE user_id = ?1")?;
+    del("DELETE FROM agent_sessions WHERE user_id = ?1")?;
+    del("DELETE FROM time_spent WHERE user_id = ?1")?;
     Ok(Deleted {
         user_logs: del("DELETE FROM user_logs WHERE user_id = ?1")?,
         devices: del("DELETE FROM devices WHERE user_id = ?1")?,
@@ -430,6 +432,12 @@ pub fn prune_step(
             "DELETE FROM alerts WHERE id IN ({expired_alerts})"
         ))?
         .execute(params![logs_before, batch])? as u64;
+    // Time spent ages out with the logs, by the day it was spent.
+    conn.prepare_cached(
+        "DELETE FROM time_spent WHERE (user_id, device_id, day) IN
+             (SELECT user_id, device_id, day FROM time_spent WHERE day < ?1 ORDER BY day LIMIT ?2)",
+    )?
+    .execute(params![logs_before, batch])?;
     let mut stmt = conn.prepare_cached(
         "DELETE FROM user_countries WHERE user_id = ?1 AND zone = ?2 AND last_seen < ?3",
     )?;
@@ -444,6 +452,8 @@ pub fn prune_step(
                    AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.user_id = u.id)
                    AND NOT EXISTS (SELECT 1 FROM last_login x WHERE x.user_id = u.id)
                    AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.user_id = u.id)
+                   AND NOT EXISTS (SELECT 1 FROM time_spent t WHERE t.user_id = u.id)
+                   AND NOT EXISTS (SELECT 1 FROM agent_sessions s WHERE s.user_id = u.id)
                  LIMIT ?1)",
         )?
         .execute([batch])? as u64

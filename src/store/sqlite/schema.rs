@@ -123,6 +123,43 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE user_logs_v4 RENAME TO user_logs;
     CREATE INDEX user_logs_by_ts ON user_logs (ts, seq);
     ",
+    // 5: Windows agents: API keys (hashed), the keyed hashes that recognise
+    // a retried event (deleted after the dedup window), open sessions (an
+    // exact start, deleted when the session closes or after a day) and the
+    // time spent per user, computer and day (rounded).
+    "
+    CREATE TABLE agent_keys (
+        id       INTEGER PRIMARY KEY,
+        tenant   TEXT NOT NULL,
+        site     TEXT NOT NULL,
+        key_hash BLOB NOT NULL UNIQUE,
+        created  INTEGER NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE agent_dedup (
+        tag     BLOB PRIMARY KEY,
+        expires INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX agent_dedup_by_expiry ON agent_dedup (expires);
+    CREATE TABLE agent_sessions (
+        session BLOB PRIMARY KEY,
+        user_id INTEGER NOT NULL,
+        started INTEGER NOT NULL,
+        expires INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX agent_sessions_by_user ON agent_sessions (user_id);
+    CREATE INDEX agent_sessions_by_expiry ON agent_sessions (expires);
+    CREATE TABLE time_spent (
+        user_id     INTEGER NOT NULL,
+        device_id   BLOB NOT NULL,
+        day         INTEGER NOT NULL,
+        seconds     INTEGER NOT NULL,
+        first_start INTEGER NOT NULL,
+        last_end    INTEGER NOT NULL,
+        PRIMARY KEY (user_id, device_id, day)
+    ) WITHOUT ROWID;
+    CREATE INDEX time_spent_by_day ON time_spent (day);
+    ",
 ];
 
 /// The schema version this build writes.
