@@ -46,12 +46,28 @@ pub enum KeyError {
     },
 }
 
+/// A new agent API key: 32 random bytes as 64 hex digits.
+pub fn new_agent_key() -> String {
+    let mut k = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut k);
+    k.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What is stored of an agent API key: its SHA-256. The keys are random, so
+/// a plain hash is enough to make a copy of the database useless to post
+/// events with.
+pub fn agent_key_hash(key: &str) -> [u8; 32] {
+    use sha2::Digest;
+    Sha256::digest(key.as_bytes()).into()
+}
+
 /// The server's device key. `Debug` never shows it.
 #[derive(Clone)]
 pub struct DeviceKey {
     id_cipher: Aes256Gcm,
     id_siv: HmacSha256,
     cookie_cipher: Aes256Gcm,
+    agent_tags: HmacSha256,
 }
 
 impl std::fmt::Debug for DeviceKey {
@@ -79,10 +95,12 @@ impl DeviceKey {
         let id_key = derive(master, b"usermetadb device-id encryption");
         let siv_key = derive(master, b"usermetadb device-id nonce");
         let cookie_key = derive(master, b"usermetadb device cookie");
+        let agent_key = derive(master, b"usermetadb agent event tag");
         DeviceKey {
             id_cipher: Aes256Gcm::new(&id_key.into()),
             id_siv: hmac(&siv_key),
             cookie_cipher: Aes256Gcm::new(&cookie_key.into()),
+            agent_tags: hmac(&agent_key),
         }
     }
 
@@ -119,6 +137,18 @@ impl DeviceKey {
             source,
         })?;
         Ok((DeviceKey::from_bytes(&k), true))
+    }
+
+    /// A keyed hash of `parts` (each length-prefixed, so no two lists
+    /// collide): recognises an agent's retried event, or names a session,
+    /// without storing what it hashes.
+    pub fn agent_tag(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = self.agent_tags.clone();
+        for p in parts {
+            mac.update(&(p.len() as u64).to_be_bytes());
+            mac.update(p);
+        }
+        mac.finalize().into_bytes().into()
     }
 
     /// Seals a device ID for storage under `user`. Deterministic.

@@ -240,6 +240,45 @@ impl DeliveryOutcome {
     }
 }
 
+/// What became of a request on the agents' listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentOutcome {
+    /// A new event, stored (201).
+    Stored,
+    /// A retry of an event already stored (200).
+    Duplicate,
+    /// A malformed body or timestamp (400).
+    Invalid,
+    /// Over the key's rate limit (429).
+    RateLimited,
+    /// A missing, unknown or disabled key (401).
+    Unauthorized,
+    /// Storage failed (5xx).
+    Failed,
+}
+
+impl AgentOutcome {
+    pub const ALL: [AgentOutcome; 6] = [
+        AgentOutcome::Stored,
+        AgentOutcome::Duplicate,
+        AgentOutcome::Invalid,
+        AgentOutcome::RateLimited,
+        AgentOutcome::Unauthorized,
+        AgentOutcome::Failed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AgentOutcome::Stored => "stored",
+            AgentOutcome::Duplicate => "duplicate",
+            AgentOutcome::Invalid => "invalid",
+            AgentOutcome::RateLimited => "rate_limited",
+            AgentOutcome::Unauthorized => "unauthorized",
+            AgentOutcome::Failed => "failed",
+        }
+    }
+}
+
 type Row<const N: usize> = [AtomicU64; N];
 
 const fn row<const N: usize>() -> Row<N> {
@@ -267,6 +306,7 @@ pub struct Metrics {
     identity_failures: Row<5>,
     storage_errors: Row<5>,
     alert_deliveries: [Row<3>; 3],
+    agent_requests: Row<6>,
 }
 
 static METRICS: Metrics = Metrics::new();
@@ -330,6 +370,7 @@ impl Metrics {
             identity_failures: row(),
             storage_errors: row(),
             alert_deliveries: [const { row() }; 3],
+            agent_requests: row(),
         }
     }
 
@@ -391,6 +432,11 @@ impl Metrics {
 
     pub fn identity_failure(&self, reason: IdentityFailure) {
         self.identity_failures[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// One request on the agents' listener (log_event or health).
+    pub fn agent_request(&self, outcome: AgentOutcome) {
+        self.agent_requests[outcome as usize].fetch_add(1, Relaxed);
     }
 
     pub fn storage_error(&self, kind: StorageFailure) {
@@ -632,6 +678,20 @@ impl Metrics {
                     self.alert_deliveries[sink as usize][outcome as usize].load(Relaxed),
                 );
             }
+        }
+        head(
+            o,
+            "usermetadb_agent_requests_total",
+            "counter",
+            "Requests of Windows agents, by outcome (unauthorized: a missing, unknown or disabled key).",
+        );
+        for outcome in AgentOutcome::ALL {
+            line(
+                o,
+                "usermetadb_agent_requests_total",
+                &[("outcome", outcome.label())],
+                self.agent_requests[outcome as usize].load(Relaxed),
+            );
         }
         out
     }

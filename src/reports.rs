@@ -6,7 +6,9 @@
 //! many rows were. The range is widened to whole UTC days so that two nearby
 //! ranges cannot be subtracted to isolate one hour of one person. There are no
 //! per-user rows: the time between login and logout is answered as a
-//! distribution and percentiles.
+//! distribution and percentiles. The one exception is `time_spent` (Windows
+//! agents), a workplace-monitoring report: per user only for a tenant that
+//! opted in (`agents.per_user_time`), else the same k-anonymous totals.
 //!
 //! The store computes the groups ([`crate::model::Aggregate`]); this module
 //! validates the request, applies the threshold and labels the result.
@@ -29,6 +31,13 @@ pub struct ReportRequest {
     pub to: Timestamp,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub kind: String,
+    /// `time_spent`: only this tenant's users (`TENANT/...`); per user when
+    /// the tenant opted in.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tenant: String,
+    /// `time_spent`, per user: one row per computer rather than per day.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub per_computer: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +75,24 @@ pub struct Report {
     /// Why the report is empty or partial, when it is not about suppression.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
+    /// `time_spent` per user, for a tenant that opted in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub time_spent: Vec<TimeSpent>,
+}
+
+/// Time a user spent at Windows computers on a day (at one computer, with
+/// `per_computer`), at storage granularity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeSpent {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    pub username: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub computer: String,
+    pub seconds: i64,
+    /// The first session's start and the last one's end that day.
+    pub first_start: Timestamp,
+    pub last_end: Timestamp,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +121,7 @@ pub enum Kind {
     LoginFailuresPerDay,
     AlertsByKind,
     SessionDurations,
+    TimeSpent,
 }
 
 impl Kind {
@@ -112,10 +140,12 @@ impl Kind {
             Kind::NewDevicesPerDay => vec![Aggregate::NewDevicesPerDay],
             Kind::AlertsByKind => vec![Aggregate::AlertsByKind],
             Kind::SessionDurations => vec![Aggregate::SessionBuckets, Aggregate::SessionStats],
+            // Read apart, from the agents' time spent.
+            Kind::TimeSpent => Vec::new(),
         }
     }
 
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::LoginsPerDay,
         Kind::LoginsPerService,
         Kind::DistinctUsers,
@@ -126,6 +156,7 @@ impl Kind {
         Kind::LoginFailuresPerDay,
         Kind::AlertsByKind,
         Kind::SessionDurations,
+        Kind::TimeSpent,
     ];
 
     pub fn name(self) -> &'static str {
@@ -140,6 +171,7 @@ impl Kind {
             Kind::LoginFailuresPerDay => "login_failures_per_day",
             Kind::AlertsByKind => "alerts_by_kind",
             Kind::SessionDurations => "session_durations",
+            Kind::TimeSpent => "time_spent",
         }
     }
 
@@ -165,6 +197,7 @@ impl Kind {
                 "sessions",
                 false,
             ),
+            Kind::TimeSpent => ("Time spent at Windows computers", "day", "seconds", true),
         }
     }
 
@@ -293,9 +326,99 @@ fn sessions_report(buckets: Vec<(usize, i64, i64)>, stats: SessionStats, k: i64)
     report
 }
 
+fn day_label(day: i64) -> String {
+    chrono::DateTime::from_timestamp(day, 0)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
+}
+
+/// `time_spent`: total time per day (and the users behind it), k-anonymous;
+/// per user as well for a tenant that opted in.
+async fn time_spent_report(
+    svc: &Service,
+    req: &ReportRequest,
+    from: i64,
+    to: i64,
+    k: i64,
+) -> Result<Report, ApiError> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let prefix = if req.tenant.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", req.tenant)
+    };
+    let rows = svc.store.time_spent(prefix, from, to).await?;
+    let mut days: BTreeMap<i64, (i64, BTreeSet<&str>)> = BTreeMap::new();
+    for r in &rows {
+        let d = days.entry(r.day).or_default();
+        d.0 += r.seconds;
+        d.1.insert(&r.username);
+    }
+    let groups = days
+        .iter()
+        .map(|(day, (seconds, users))| GroupRow {
+            key: day_label(*day),
+            count: *seconds,
+            users: users.len() as i64,
+        })
+        .collect();
+    let mut report = labelled(Kind::TimeSpent, groups, k);
+    let per_user = !req.tenant.is_empty() && svc.agents.per_user_time.allows(&req.tenant);
+    if !per_user {
+        report.note = if req.tenant.is_empty() {
+            "totals over every tenant; per user only with tenant, for a tenant in agents.per_user_time".into()
+        } else {
+            format!(
+                "per-user time is off for tenant {} (agents.per_user_time); totals only",
+                req.tenant
+            )
+        };
+        return Ok(report);
+    }
+    // (day, user, computer) -> (seconds, first start, last end)
+    let mut per: BTreeMap<(i64, &str, String), (i64, i64, i64)> = BTreeMap::new();
+    for r in &rows {
+        let computer = if req.per_computer {
+            svc.privacy.open_device_id(&r.username, &r.sealed_device)
+        } else {
+            String::new()
+        };
+        let e = per
+            .entry((r.day, &r.username, computer))
+            .or_insert((0, i64::MAX, i64::MIN));
+        e.0 += r.seconds;
+        e.1 = e.1.min(r.first_start);
+        e.2 = e.2.max(r.last_end);
+    }
+    report.time_spent = per
+        .into_iter()
+        .map(
+            |((day, user, computer), (seconds, first, last))| TimeSpent {
+                day: day_label(day),
+                username: user.to_owned(),
+                computer,
+                seconds,
+                first_start: Timestamp::from_unix(first),
+                last_end: Timestamp::from_unix(last),
+            },
+        )
+        .collect();
+    report.note = format!(
+        "per user: tenant {} opted in (agents.per_user_time); times at privacy.session_granularity",
+        req.tenant
+    );
+    Ok(report)
+}
+
 /// Computes the reports asked for, each withholding its small groups.
 pub async fn report(svc: &Service, req: ReportRequest) -> Result<ReportResponse, ApiError> {
     let (from, to) = day_range(&req.from, &req.to)?;
+    if !req.tenant.is_empty() && !crate::config::agents::valid_tenant(&req.tenant) {
+        return Err(ApiError::Invalid(format!(
+            "tenant {:?}: 1 to 64 letters, digits, '-', '_' or '.'",
+            req.tenant
+        )));
+    }
     let kinds: Vec<Kind> = if req.kind.is_empty() {
         Kind::ALL.to_vec()
     } else {
@@ -345,6 +468,7 @@ pub async fn report(svc: &Service, req: ReportRequest) -> Result<ReportResponse,
                 };
                 sessions_report(buckets, stats, k)
             }
+            Kind::TimeSpent => time_spent_report(svc, &req, from, to, k).await?,
             _ => labelled(kind, groups(next()), k),
         };
         reports.push(report);

@@ -15,6 +15,8 @@ pub async fn prune(
 ) -> Result<Deleted, StoreError> {
     let logs_before = now.saturating_sub(retention.user_logs.as_secs() as i64);
     let devices_before = now.saturating_sub(retention.devices.as_secs() as i64);
+    // Agents' retry hashes past their window, sessions open for a day.
+    store.expire_agent_state(now).await?;
     store.prune(logs_before, devices_before).await
 }
 

@@ -89,6 +89,20 @@ pub fn server_config(cert: &Path, key: &Path, ca: &Path) -> Result<ServerConfig,
     Ok(cfg)
 }
 
+/// TLS 1.2 and 1.3 with no client certificate: for the agents' listener,
+/// whose clients authenticate with an API key.
+pub fn server_config_without_client_auth(
+    cert: &Path,
+    key: &Path,
+) -> Result<ServerConfig, TlsError> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(cert)?, load_key(key)?)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
 /// Why a verified certificate still has no usable identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentityError {

@@ -19,6 +19,9 @@ pub const LOG_TYPE_OTP_ENABLED: &str = "otp_enabled";
 pub const LOG_TYPE_OTP_DISABLED: &str = "otp_disabled";
 /// Added by the login monitor: a failed authentication attempt.
 pub const LOG_TYPE_LOGIN_FAILURE: &str = "login_failure";
+/// Added for Windows agents: the workstation was locked / unlocked.
+pub const LOG_TYPE_LOCK: &str = "lock";
+pub const LOG_TYPE_UNLOCK: &str = "unlock";
 
 /// A point in time on the wire: RFC 3339 in, RFC 3339 in UTC (`Z`) out, with
 /// as many fractional digits as needed (Go's `time.RFC3339Nano`).

@@ -207,12 +207,19 @@ enum Command {
         days: i64,
         /// Only this report: logins_per_day, logins_per_service, distinct_users,
         /// countries, browsers, operating_systems, new_devices_per_day,
-        /// login_failures_per_day, alerts_by_kind, session_durations.
+        /// login_failures_per_day, alerts_by_kind, session_durations, time_spent.
         #[arg(long)]
         kind: Option<String>,
         /// Write a self-contained HTML page with charts to FILE instead.
         #[arg(long, value_name = "FILE")]
         html: Option<PathBuf>,
+        /// time_spent: only this tenant's users; per user if it opted in
+        /// (agents.per_user_time).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// time_spent per user: a row per computer.
+        #[arg(long)]
+        per_computer: bool,
     },
     /// Whether the server is up (GET /health).
     Health,
@@ -329,6 +336,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             days,
             kind,
             html,
+            tenant,
+            per_computer,
         } => {
             let args = report::Args {
                 from,
@@ -336,6 +345,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 days,
                 kind,
                 html,
+                tenant,
+                per_computer,
             };
             return report::run(api, args, format, chrono::Utc::now()).await;
         }

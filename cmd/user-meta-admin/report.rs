@@ -17,6 +17,8 @@ pub struct Args {
     pub days: i64,
     pub kind: Option<String>,
     pub html: Option<PathBuf>,
+    pub tenant: Option<String>,
+    pub per_computer: bool,
 }
 
 /// `YYYY-MM-DD` (midnight UTC) or RFC 3339.
@@ -76,6 +78,20 @@ fn print_tables(resp: &ReportResponse, out: &mut dyn Write) -> std::io::Result<(
         }
         for note in suppression_notes(r, resp.min_users) {
             writeln!(out, "{note}")?;
+        }
+        if !r.time_spent.is_empty() {
+            let mut t = Table::new(&["day", "user", "computer", "time", "first start", "last end"]);
+            for e in &r.time_spent {
+                t.row(vec![
+                    e.day.clone(),
+                    e.username.clone(),
+                    e.computer.clone(),
+                    format!("{}h{:02}", e.seconds / 3600, e.seconds % 3600 / 60),
+                    e.first_start.0.format("%H:%M").to_string(),
+                    e.last_end.0.format("%H:%M").to_string(),
+                ]);
+            }
+            t.write_table(out)?;
         }
         if !r.note.is_empty() {
             writeln!(out, "Note: {}", r.note)?;
@@ -152,6 +168,8 @@ pub async fn run(api: Api, args: Args, format: Format, now: DateTime<Utc>) -> Re
         from,
         to,
         kind: args.kind.unwrap_or_default(),
+        tenant: args.tenant.unwrap_or_default(),
+        per_computer: args.per_computer,
     };
     let mut conn = api.connect().await?;
     let resp: ReportResponse = api.call(&mut conn, "/api/report", &req).await?;

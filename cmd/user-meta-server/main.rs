@@ -45,10 +45,36 @@ enum Command {
         #[command(subcommand)]
         command: DbCommand,
     },
+    /// API keys of Windows login agents (the winauthmon protocol).
+    AgentKey {
+        #[command(subcommand)]
+        command: AgentKeyCommand,
+    },
     /// Print the manual page or a shell's completion script.
     Generate {
         #[arg(value_enum)]
         what: generate::Artifact,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentKeyCommand {
+    /// Make a key for one site of a tenant; it is printed once, and only its
+    /// hash is stored.
+    Add {
+        /// The tenant (company): its agents' users are TENANT/username.
+        #[arg(long)]
+        tenant: String,
+        /// The site (office, domain) the key is for.
+        #[arg(long)]
+        site: String,
+    },
+    /// Every key: ID, tenant, site, day made, state.
+    List,
+    /// Disable a key for good: its agents are answered 401.
+    Disable {
+        #[arg(value_name = "ID")]
+        id: i64,
     },
 }
 
@@ -107,6 +133,7 @@ fn main() -> ExitCode {
         Command::Serve => serve(&cli.config, &cli.addr),
         Command::CheckConfig => return check_config(&cli.config),
         Command::Db { command } => db(&cli.config, command),
+        Command::AgentKey { command } => agent_key(&cli.config, command),
         Command::Generate { what } => {
             generate::generate(Cli::command(), what).context("writing to stdout")
         }
@@ -153,6 +180,12 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             ok = false;
         }
     }
+    if let Some(t) = config.agents.tls.as_ref().filter(|_| ok) {
+        if let Err(e) = tls::server_config_without_client_auth(&t.cert, &t.key) {
+            println!("{}: agents.tls: {e}", path.display());
+            ok = false;
+        }
+    }
     if let Some(g) = config.geoip.as_ref().filter(|_| ok) {
         if let Err(e) = usermetadb::privacy::GeoIp::open(g) {
             println!("{}: geoip.db: {e}", path.display());
@@ -179,6 +212,64 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the runtime")
+}
+
+fn agent_key(config_path: &std::path::Path, command: AgentKeyCommand) -> anyhow::Result<()> {
+    use usermetadb::config::agents::valid_tenant;
+    let config = Config::load(config_path)?;
+    if let AgentKeyCommand::Add { tenant, site } = &command {
+        if !valid_tenant(tenant) {
+            anyhow::bail!(
+                "--tenant {tenant:?}: 1 to 64 letters, digits, '-', '_' or '.' (it prefixes user names)"
+            );
+        }
+        if site.trim().is_empty() || site.len() > 128 || site.chars().any(char::is_control) {
+            anyhow::bail!("--site: 1 to 128 characters, no control characters");
+        }
+    }
+    let runtime = runtime()?;
+    let store = runtime.block_on(usermetadb::store::Store::open(&config.db))?;
+    let result = runtime.block_on(async {
+        match command {
+            AgentKeyCommand::Add { tenant, site } => {
+                let key = usermetadb::crypto::new_agent_key();
+                let day = usermetadb::clock::quantize(usermetadb::clock::now_unix(), 86_400);
+                let made = store
+                    .agent_key_add(tenant, site, usermetadb::crypto::agent_key_hash(&key), day)
+                    .await?;
+                eprintln!(
+                    "key {} for tenant {} site {}; it is shown only now:",
+                    made.id, made.tenant, made.site
+                );
+                println!("{key}");
+            }
+            AgentKeyCommand::List => {
+                println!(
+                    "{:>4}  {:<20} {:<24} {:<10}  state",
+                    "id", "tenant", "site", "made"
+                );
+                for k in store.agent_keys().await? {
+                    let made = chrono::DateTime::from_timestamp(k.created, 0)
+                        .map(|d| d.format("%Y-%m-%d").to_string())
+                        .unwrap_or_default();
+                    let state = if k.disabled { "disabled" } else { "active" };
+                    println!(
+                        "{:>4}  {:<20} {:<24} {made:<10}  {state}",
+                        k.id, k.tenant, k.site
+                    );
+                }
+            }
+            AgentKeyCommand::Disable { id } => {
+                if !store.agent_key_disable(id).await? {
+                    anyhow::bail!("no agent key {id}");
+                }
+                println!("agent key {id} disabled");
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    });
+    store.close();
+    result
 }
 
 fn db(config_path: &std::path::Path, command: DbCommand) -> anyhow::Result<()> {
@@ -306,6 +397,10 @@ fn serve(config_path: &std::path::Path, addr: &str) -> anyhow::Result<()> {
             database = %config.db.path.display(),
             "listening on {scheme}://{local}"
         );
+        if let Some(agents) = server.agents_addr() {
+            let scheme = if config.agents.tls.is_some() { "https" } else { "http" };
+            tracing::info!(address = %agents, "agents: listening on {scheme}://{agents}");
+        }
         // Bound, and the database open and migrated: ready.
         notify::notify(&format!("READY=1\nSTATUS=listening on {scheme}://{local}"));
         let privacy = server.privacy();

@@ -45,7 +45,7 @@ impl From<ApiError> for Reject {
 
 pub use crate::clock::now_unix;
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+pub(super) fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -140,7 +140,7 @@ fn is_json(req: &Request<Incoming>) -> bool {
     media.eq_ignore_ascii_case("application/json")
 }
 
-async fn read_body(
+pub(super) async fn read_body(
     req: Request<Incoming>,
     limit: usize,
     timeout: Duration,

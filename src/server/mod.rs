@@ -2,6 +2,7 @@
 //! HTTP/2 (chosen by ALPN), graceful shutdown. Requests are handed to
 //! [`handler`], which calls the service.
 
+pub mod agents;
 pub mod framing;
 pub mod handler;
 mod idle;
@@ -9,6 +10,7 @@ mod idle;
 pub use crate::endpoint;
 pub use crate::tls;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -105,6 +107,7 @@ pub struct Server {
     store: Store,
     privacy: Arc<Privacy>,
     sinks: Arc<crate::monitor::sinks::Sinks>,
+    agents: Option<(agents::Listener, u32)>,
 }
 
 /// Opens the database, loads keys and certificates: everything that can fail
@@ -129,13 +132,14 @@ pub async fn build_state(
         None => None,
     };
     let privacy = Arc::new(Privacy::new(config.privacy, key, geoip));
-    let service = Service::new(
+    let mut service = Service::new(
         store.clone(),
         privacy.clone(),
         config.retention,
         &config.http,
         config.alerts.clone(),
     );
+    service.agents = config.agents.clone();
     let state = Arc::new(State {
         service,
         http: config.http.clone(),
@@ -158,6 +162,9 @@ impl Server {
             crate::monitor::sinks::Sinks::new(&config.alerts).map_err(ServerError::Alerts)?,
         );
         let listener = TcpListener::bind(addr).await?;
+        let agents = agents::Listener::bind(&config.agents)
+            .await?
+            .map(|l| (l, config.agents.rate_limit));
         Ok(Server {
             listener,
             state,
@@ -165,7 +172,13 @@ impl Server {
             store,
             privacy,
             sinks,
+            agents,
         })
+    }
+
+    /// Where Windows agents post, when `agents.addr` is set.
+    pub fn agents_addr(&self) -> Option<SocketAddr> {
+        self.agents.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -190,6 +203,7 @@ impl Server {
             tls,
             store,
             sinks,
+            agents,
             ..
         } = self;
         if tls.is_none() {
@@ -197,6 +211,11 @@ impl Server {
         }
         let tls = tls.map(Arc::new);
         let (stop_dispatcher, dispatcher_stop) = tokio::sync::watch::channel(false);
+        let (stop_agents, agents_stop) = tokio::sync::watch::channel(false);
+        let agents = agents.map(|(listener, rate)| {
+            let limits = Arc::new(agents::RateLimit::new(rate));
+            tokio::spawn(agents::run(listener, state.clone(), limits, agents_stop))
+        });
         let mut dispatcher = tokio::spawn(
             crate::monitor::dispatch::Dispatcher {
                 store: store.clone(),
@@ -257,11 +276,15 @@ impl Server {
         }
         drop(listener);
         tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop_agents.send(true);
         tokio::select! {
             _ = graceful.shutdown() => {}
             _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
                 tracing::warn!("grace period over, closing remaining connections");
             }
+        }
+        if let Some(a) = agents {
+            let _ = a.await;
         }
         retention.abort();
         let _ = stop_dispatcher.send(true);
@@ -330,8 +353,46 @@ fn http2_builder() -> http2::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves one connection, after any TLS handshake, as HTTP/2 when `h2`.
-async fn serve_http<S>(
+/// Serves one connection, after any TLS handshake, as HTTP/2 when `h2`,
+/// each request with `handle`. On HTTP/1.1 the connection's framing is
+/// followed into `framing` for `handle` to consult.
+async fn serve_http<S, F, Fut>(
+    stream: S,
+    http: &HttpConfig,
+    framing: Arc<framing::Ambiguity>,
+    handle: F,
+    watcher: hyper_util::server::graceful::Watcher,
+    h2: bool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, Infallible>>
+        + Send
+        + 'static,
+{
+    let idle = http.idle_timeout;
+    let svc = service_fn(handle);
+    let result = if h2 {
+        // HTTP/2 has no framing ambiguity to follow: lengths are in frames,
+        // and the library refuses `Transfer-Encoding` in a request.
+        let stream = idle::IdleTimeout::new(stream, idle);
+        watcher
+            .watch(http2_builder().serve_connection(TokioIo::new(stream), svc))
+            .await
+    } else {
+        let stream = framing::Followed::new(stream, framing, http.header_timeout);
+        let stream = idle::IdleTimeout::new(stream, idle);
+        watcher
+            .watch(http1_builder(idle).serve_connection(TokioIo::new(stream), svc))
+            .await
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Serves a connection of the API to `peer`.
+async fn serve_api<S>(
     stream: S,
     state: Arc<State>,
     peer: Arc<Peer>,
@@ -340,28 +401,10 @@ async fn serve_http<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let idle = state.http.idle_timeout;
-    let result = if h2 {
-        // HTTP/2 has no framing ambiguity to follow: lengths are in frames,
-        // and the library refuses `Transfer-Encoding` in a request.
-        let builder = http2_builder();
-        let stream = idle::IdleTimeout::new(stream, idle);
-        let svc = service_fn(move |req| handler::handle(req, state.clone(), peer.clone()));
-        watcher
-            .watch(builder.serve_connection(TokioIo::new(stream), svc))
-            .await
-    } else {
-        let stream =
-            framing::Followed::new(stream, peer.framing.clone(), state.http.header_timeout);
-        let stream = idle::IdleTimeout::new(stream, idle);
-        let svc = service_fn(move |req| handler::handle(req, state.clone(), peer.clone()));
-        watcher
-            .watch(http1_builder(idle).serve_connection(TokioIo::new(stream), svc))
-            .await
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with an error");
-    }
+    let http = state.http.clone();
+    let framing = peer.framing.clone();
+    let handle = move |req| handler::handle(req, state.clone(), peer.clone());
+    serve_http(stream, &http, framing, handle, watcher, h2).await
 }
 
 async fn serve_connection(
@@ -372,7 +415,7 @@ async fn serve_connection(
 ) {
     match tls {
         None => {
-            serve_http(
+            serve_api(
                 stream,
                 state,
                 Arc::new(Peer::unauthenticated()),
@@ -422,7 +465,7 @@ async fn serve_connection(
                 }
             };
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            serve_http(stream, state, Arc::new(peer), watcher, h2).await
+            serve_api(stream, state, Arc::new(peer), watcher, h2).await
         }
     }
 }

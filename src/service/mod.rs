@@ -6,6 +6,7 @@
 //!   accounts, device cookies, erasure);
 //! - [`alerts`]: the monitor's endpoints, a user's alerts and summary.
 
+pub mod agents;
 pub mod alerts;
 
 use std::borrow::Cow;
@@ -113,6 +114,8 @@ pub struct Service {
     pub sinks: Arc<Vec<&'static str>>,
     /// Wakes the alert dispatcher when an alert is queued.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Windows agents: the retry window and the per-user time opt-ins.
+    pub agents: crate::config::AgentsConfig,
 }
 
 impl Service {
@@ -131,6 +134,7 @@ impl Service {
             sinks: Arc::new(alerts.sinks()),
             alerts: Arc::new(alerts),
             wake: Arc::new(tokio::sync::Notify::new()),
+            agents: crate::config::AgentsConfig::default(),
         }
     }
 

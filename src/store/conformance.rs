@@ -1007,10 +1007,6 @@ pub async fn export_and_import_round_trip(store: &Store, db: &DbConfig, another:
     .unwrap();
 }
 
-/// Runs every case of the suite as a test of its own, each on a fresh
-/// database from `$open` (a future giving a [`Subject`], or `None` when the
-/// backend cannot run here and its tests say so and pass).
-
 fn agent_event(
     user: &str,
     computer: &str,
@@ -1167,31 +1163,19 @@ pub async fn agent_events_are_stored_once_and_sessions_add_up(
         .time_spent("acme/".into(), T0, T0 + DAY)
         .await
         .unwrap();
-    let got: Vec<(&str, &[u8], i64, i64, i64, i64)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r.username.as_str(),
-                r.sealed_device.as_slice(),
-                r.day,
-                r.seconds,
-                r.first_start,
-                r.last_end,
-            )
-        })
-        .collect();
+    let row = |device: &[u8], seconds, first_start, last_end| store::TimeSpentRow {
+        username: "acme/john".into(),
+        sealed_device: device.to_vec(),
+        day: T0,
+        seconds,
+        first_start,
+        last_end,
+    };
     assert_eq!(
-        got,
+        rows,
         vec![
-            (
-                "acme/john",
-                &b"PC1"[..],
-                T0,
-                3000,
-                T0 + 9 * HOUR,
-                T0 + 9 * HOUR + 3000
-            ),
-            ("acme/john", &b"PC2"[..], T0, 600, t2, t2 + 600),
+            row(b"PC1", 3000, T0 + 9 * HOUR, T0 + 9 * HOUR + 3000),
+            row(b"PC2", 600, t2, t2 + 600),
         ]
     );
     let all = store.time_spent(String::new(), T0, T0 + DAY).await.unwrap();
@@ -1257,6 +1241,9 @@ pub async fn agent_events_are_stored_once_and_sessions_add_up(
         .is_empty());
 }
 
+/// Runs every case of the suite as a test of its own, each on a fresh
+/// database from `$open` (a future giving a [`Subject`], or `None` when the
+/// backend cannot run here and its tests say so and pass).
 #[macro_export]
 macro_rules! storage_conformance {
     ($open:expr) => {

@@ -79,6 +79,10 @@ pub fn identity_for(name: &str, protocols: Protocols) -> std::sync::Arc<rustls::
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The agents' listener, when the config has `agents.addr`.
+    pub agents: Option<SocketAddr>,
+    /// The configuration file the server runs on (for the CLI).
+    pub config: PathBuf,
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -118,12 +122,17 @@ impl TestServer {
             .await
             .unwrap();
         let addr = server.local_addr().unwrap();
+        let agents = server.agents_addr();
+        let config = dir.path().join("server.yml");
+        std::fs::write(&config, &yaml).unwrap();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
         TestServer {
             addr,
+            agents,
+            config,
             dir,
             stop: Some(tx),
             task: Some(task),

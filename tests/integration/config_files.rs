@@ -14,6 +14,30 @@ fn example_config_parses_cleanly() {
 }
 
 #[test]
+fn the_example_agents_block_parses_once_uncommented() {
+    let text = std::fs::read_to_string(repo().join("user-meta-server.example.yml")).unwrap();
+    let (head, block) = text.split_once("# agents:").unwrap();
+    let block = format!("# agents:{block}")
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l).to_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = Config::from_yaml(&format!("{head}{block}\n")).unwrap();
+    assert_eq!(c.agents.addr.unwrap().port(), 5506);
+    assert_eq!(c.agents.rate_limit, 60);
+    assert_eq!(c.agents.dedup_window.as_secs(), 7 * 86_400);
+    assert!(!c.agents.per_user_time.allows("acme"));
+    assert_eq!(c.privacy.session_granularity.as_secs(), 300);
+    // And its mistakes are named by key.
+    let bad =
+        format!("{head}agents:\n  addr: nowhere\n  rate_limit: 0\n  per_user_time: [\"a b\"]\n");
+    let err = Config::from_yaml(&bad).unwrap_err().to_string();
+    for key in ["agents.addr", "agents.rate_limit", "agents.per_user_time"] {
+        assert!(err.contains(key), "{key} not named in: {err}");
+    }
+}
+
+#[test]
 fn dev_config_is_complete_from_the_repository_root() {
     let c = Config::load(&repo().join("testdata/dev.yml")).unwrap();
     let tls = c.http.tls.unwrap();

@@ -8,6 +8,9 @@
 //! - `privacy`: GeoIP, user agents, cookies, erasure, retention, and a raw-bytes audit.
 //! - `monitor`: detections, alert delivery to a real webhook receiver and SMTP server, summaries.
 //! - `config_files`: the shipped configs parse; `check-config` reports problems.
+//! - `agents`: Windows login agents over their own protocol: keys, both
+//!   field sets, retries, bad keys and bodies, the rate limit, health,
+//!   tenants, new computers, time spent from a scripted day.
 //! - `admin`: the compiled `user-meta-admin` against a real server: every
 //!   subcommand, exit codes, the stale-account job; `db export|import|backup`.
 //! - `reports`: the aggregate reports, their small-group suppression, and the
@@ -29,6 +32,7 @@
 //!   cookies, ACLs and config loading.
 
 mod admin;
+mod agents;
 mod api;
 mod common;
 mod config_files;

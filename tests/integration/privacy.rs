@@ -267,7 +267,7 @@ async fn an_erased_user_leaves_no_trace_in_the_database_files() {
 }
 
 /// Every file of the database, concatenated.
-fn database_bytes(dir: &std::path::Path) -> Vec<u8> {
+pub fn database_bytes(dir: &std::path::Path) -> Vec<u8> {
     let mut all = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
@@ -279,7 +279,7 @@ fn database_bytes(dir: &std::path::Path) -> Vec<u8> {
     all
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 

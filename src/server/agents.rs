@@ -1,0 +1,303 @@
+//! The listener for Windows login agents (the winauthmon protocol): server
+//! TLS only (agents authenticate with an API key, not a certificate), two
+//! paths, `POST /api/log_event` and `POST /api/health`, each with an
+//! `X-API-Key` header, answered as the agent expects. A per-key rate limit
+//! answers 429. A missing, unknown and disabled key are answered alike.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use super::handler::{json_response, read_body, Reject};
+use super::{framing, State};
+use crate::metrics::AgentOutcome as Outcome;
+use crate::service::ApiError;
+use crate::store::{AgentKey, AgentOutcome};
+
+/// Largest event body; the agent's are a few hundred bytes.
+const MAX_BODY: usize = 16 * 1024;
+const KEY_HEADER: &str = "x-api-key";
+
+/// A token bucket per key: `per_minute` events, refilled continuously.
+pub struct RateLimit {
+    per_minute: f64,
+    buckets: Mutex<HashMap<i64, (f64, Instant)>>,
+}
+
+impl RateLimit {
+    pub fn new(per_minute: u32) -> RateLimit {
+        RateLimit {
+            per_minute: f64::from(per_minute),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token of `key`; `Err(seconds)` until the next one when empty.
+    pub fn take(&self, key: i64) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, at) = buckets.entry(key).or_insert((self.per_minute, now));
+        let refill = now.duration_since(*at).as_secs_f64() * self.per_minute / 60.0;
+        *tokens = (*tokens + refill).min(self.per_minute);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) * 60.0 / self.per_minute).ceil() as u64)
+        }
+    }
+}
+
+/// The agents' listener, bound.
+pub struct Listener {
+    pub listener: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Listener {
+    pub async fn bind(
+        cfg: &crate::config::AgentsConfig,
+    ) -> Result<Option<Listener>, super::ServerError> {
+        let Some(addr) = cfg.addr else {
+            return Ok(None);
+        };
+        let tls = match &cfg.tls {
+            Some(t) => Some(TlsAcceptor::from(Arc::new(
+                super::tls::server_config_without_client_auth(&t.cert, &t.key)?,
+            ))),
+            None => None,
+        };
+        Ok(Some(Listener {
+            listener: TcpListener::bind(addr).await?,
+            tls,
+        }))
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+fn message(status: StatusCode, text: &str, ok: bool) -> Response<Full<Bytes>> {
+    let body = json!({"message": text, "status": if ok { "success" } else { "error" }});
+    json_response(status, body.to_string().into_bytes())
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    crate::metrics::global().agent_request(Outcome::Unauthorized);
+    message(
+        StatusCode::UNAUTHORIZED,
+        "invalid or missing API key",
+        false,
+    )
+}
+
+fn unavailable(e: &ApiError) -> Response<Full<Bytes>> {
+    crate::metrics::global().agent_request(Outcome::Failed);
+    if let ApiError::Store(e) = e {
+        crate::metrics::global().storage_error(e.metric());
+    }
+    tracing::error!(error = %e, "agent event: storage failure");
+    message(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage unavailable, retry later",
+        false,
+    )
+}
+
+/// Serves one request of an agent connected from `peer` (used for the
+/// country only, when public, and then dropped).
+pub async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+    limits: Arc<RateLimit>,
+    framing: Arc<framing::Ambiguity>,
+    peer: IpAddr,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    if framing.next_is_ambiguous() {
+        return Ok(Reject::AmbiguousFraming.into_response(None));
+    }
+    let path = req.uri().path().to_owned();
+    let health = match path.as_str() {
+        "/api/log_event" => false,
+        "/api/health" => true,
+        _ => return Ok(message(StatusCode::NOT_FOUND, "not found", false)),
+    };
+    if req.method() != Method::POST && !(health && req.method() == Method::GET) {
+        let mut resp = message(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", false);
+        resp.headers_mut()
+            .insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
+        return Ok(resp);
+    }
+    let presented = req
+        .headers()
+        .get(KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if presented.is_empty() {
+        return Ok(unauthorized());
+    }
+    let key = match state.service.agent_key(&presented).await {
+        Ok(Some(k)) => k,
+        Ok(None) => return Ok(unauthorized()),
+        Err(e) if health => {
+            tracing::error!(error = %e, "agent health: storage failure");
+            crate::metrics::global().agent_request(Outcome::Failed);
+            let body = json!({
+                "status": "error",
+                "message": "database unavailable",
+                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "database": "disconnected",
+                "api_key_verified": false,
+            });
+            return Ok(json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                body.to_string().into_bytes(),
+            ));
+        }
+        Err(e) => return Ok(unavailable(&e)),
+    };
+    if health {
+        let body = json!({
+            "status": "ok",
+            "message": "API is healthy",
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "database": "connected",
+            "api_key_verified": true,
+        });
+        return Ok(json_response(StatusCode::OK, body.to_string().into_bytes()));
+    }
+    if let Err(wait) = limits.take(key.id) {
+        crate::metrics::global().agent_request(Outcome::RateLimited);
+        let mut resp = message(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", false);
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(wait.max(1)));
+        return Ok(resp);
+    }
+    Ok(log_event(req, &state, &key, peer).await)
+}
+
+async fn log_event(
+    req: Request<Incoming>,
+    state: &State,
+    key: &AgentKey,
+    peer: IpAddr,
+) -> Response<Full<Bytes>> {
+    let _permit = match state.inflight.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            crate::metrics::global().agent_request(Outcome::Failed);
+            return message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server busy, retry later",
+                false,
+            );
+        }
+    };
+    let body = match read_body(req, MAX_BODY, state.http.request_timeout).await {
+        Ok(b) => b,
+        Err(r) => {
+            crate::metrics::global().agent_request(Outcome::Invalid);
+            let status = r.status();
+            return message(
+                status,
+                status.canonical_reason().unwrap_or("bad request"),
+                false,
+            );
+        }
+    };
+    let now = crate::clock::now_unix();
+    match state.service.agent_event(key, &body, Some(peer), now).await {
+        Ok(AgentOutcome::Stored { .. }) => {
+            crate::metrics::global().agent_request(Outcome::Stored);
+            message(StatusCode::CREATED, "Event logged successfully", true)
+        }
+        Ok(AgentOutcome::Duplicate) => {
+            crate::metrics::global().agent_request(Outcome::Duplicate);
+            message(StatusCode::OK, "Event already recorded", true)
+        }
+        Err(ApiError::Invalid(msg)) | Err(ApiError::TooLarge(msg)) => {
+            crate::metrics::global().agent_request(Outcome::Invalid);
+            tracing::debug!(error = %msg, "agent event refused");
+            message(StatusCode::BAD_REQUEST, &msg, false)
+        }
+        Err(e) => unavailable(&e),
+    }
+}
+
+/// Accepts agents until `shutdown` flips, then lets in-flight requests
+/// finish (up to the grace period).
+pub async fn run(
+    listener: Listener,
+    state: Arc<State>,
+    limits: Arc<RateLimit>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    if listener.tls.is_none() {
+        tracing::warn!("NO TLS CONFIGURED FOR AGENTS: agents' API keys cross the network in clear; use only for tests or a trusted local network");
+    }
+    let connections = Arc::new(Semaphore::new(state.http.max_connections));
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "agents: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            crate::metrics::global().connection_refused();
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (state, limits, tls) = (state.clone(), limits.clone(), listener.tls.clone());
+        let watcher = graceful.watcher();
+        let peer = addr.ip();
+        tokio::spawn(async move {
+            let framing: Arc<framing::Ambiguity> = Default::default();
+            let http = state.http.clone();
+            let handle = {
+                let framing = framing.clone();
+                move |req| handle(req, state.clone(), limits.clone(), framing.clone(), peer)
+            };
+            match tls {
+                None => super::serve_http(stream, &http, framing, handle, watcher, false).await,
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(http.handshake_timeout, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            _ => {
+                                tracing::debug!("agents: TLS handshake failed");
+                                return;
+                            }
+                        };
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    super::serve_http(stream, &http, framing, handle, watcher, h2).await
+                }
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(super::SHUTDOWN_GRACE, graceful.shutdown()).await;
+}
