@@ -15,6 +15,9 @@ pub enum Endpoint {
     GetUserAlerts,
     GetUserSummary,
     Report,
+    GetEvents,
+    GetAlerts,
+    RetryAlert,
     Health,
     Metrics,
 }
@@ -33,6 +36,9 @@ impl Endpoint {
         Endpoint::GetUserAlerts,
         Endpoint::GetUserSummary,
         Endpoint::Report,
+        Endpoint::GetEvents,
+        Endpoint::GetAlerts,
+        Endpoint::RetryAlert,
         Endpoint::Health,
         Endpoint::Metrics,
     ];
@@ -57,6 +63,9 @@ impl Endpoint {
             Endpoint::GetUserAlerts => "/api/get_user_alerts",
             Endpoint::GetUserSummary => "/api/get_user_summary",
             Endpoint::Report => "/api/report",
+            Endpoint::GetEvents => "/api/get_events",
+            Endpoint::GetAlerts => "/api/get_alerts",
+            Endpoint::RetryAlert => "/api/retry_alert",
             Endpoint::Health => "/health",
             Endpoint::Metrics => "/metrics",
         }
@@ -77,6 +86,9 @@ impl Endpoint {
             Endpoint::GetUserAlerts => "get_user_alerts",
             Endpoint::GetUserSummary => "get_user_summary",
             Endpoint::Report => "report",
+            Endpoint::GetEvents => "get_events",
+            Endpoint::GetAlerts => "get_alerts",
+            Endpoint::RetryAlert => "retry_alert",
             Endpoint::Health => "health",
             Endpoint::Metrics => "metrics",
         }

@@ -4,17 +4,19 @@
 //! The layers, top to bottom; each calls only the ones below it (a test,
 //! `layers::no_module_calls_up`, holds the code to this map):
 //!
-//! 1. [`server`]: TLS, HTTP, routes, ACL enforcement, the one error → status
-//!    mapping, the background jobs' start. Calls everything below.
+//! 1. [`server`]: TLS, HTTP/1.1 and HTTP/2, routes, ACL enforcement, the one
+//!    error → status mapping, the Windows agents' listener, the background
+//!    jobs' start. Calls everything below.
 //! 2. [`reports`]: admin reports over a time range, small groups withheld.
 //!    [`transfer`]: a whole database as JSON Lines (export, import).
-//! 3. [`service`]: the API's behaviour: validation, privacy transforms,
-//!    answers; `now` passed in. Calls the monitor's rules and the store.
+//! 3. [`service`]: the API's behaviour, and the Windows agents' events:
+//!    validation, privacy transforms, answers; `now` passed in. Calls the
+//!    monitor's rules and the store.
 //! 4. [`monitor`]: the login monitor's rules (pure functions run inside the
 //!    `add_log` transaction), the alert dispatcher and its sinks, the
 //!    sentences. [`retention`]: the background deletion of expired rows.
-//! 5. [`client`]: an HTTP/1.1 client over TLS (the webhook sink, the admin
-//!    tool, the tests). [`privacy`]: quantization, GeoIP country,
+//! 5. [`client`]: an HTTP/1.1 and HTTP/2 client over TLS (the webhook sink,
+//!    the admin tool, the tests). [`privacy`]: quantization, GeoIP country,
 //!    user-agent parsing, device-ID sealing.
 //! 6. [`store`]: the storage interface in domain terms and its backends
 //!    (`store::sqlite`, `store::postgres`); all SQL lives there, each

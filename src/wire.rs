@@ -486,6 +486,9 @@ pub struct DeliveryInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertInfo {
     pub id: i64,
+    /// The user it is about: in answers across users (`get_alerts`) only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub username: String,
     pub kind: String,
     pub timestamp: Timestamp,
     /// One plain sentence: "New device on 2026-11-20: Firefox on Linux from Italy".
@@ -497,6 +500,61 @@ pub struct AlertInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GetUserAlertsResponse {
     pub alerts: Vec<AlertInfo>,
+}
+
+/// `get_events`: the newest log entries across users, for administrators.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GetEventsRequest {
+    /// Start; unset: 30 days before `to`.
+    pub from: Timestamp,
+    /// End, exclusive; unset: now.
+    pub to: Timestamp,
+    /// Only this tenant's users (`TENANT/...`).
+    #[serde(deserialize_with = "nullable_string")]
+    pub tenant: String,
+    /// Only this user.
+    #[serde(deserialize_with = "nullable_string")]
+    pub username: String,
+    /// Only this log type.
+    #[serde(deserialize_with = "nullable_string")]
+    pub log_type: String,
+    /// 0: 100; at most 1000.
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetEventsResponse {
+    pub result: Vec<LogEntry>,
+}
+
+/// `get_alerts`: the alert outbox across users, for administrators.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GetAlertsRequest {
+    /// 0: every alert kept.
+    pub max_days: i64,
+    /// Only alerts with a delivery `pending`, `failed` or `delivered`; empty: all.
+    #[serde(deserialize_with = "nullable_string")]
+    pub state: String,
+    /// 0: 100; at most 1000.
+    pub limit: i64,
+}
+
+/// The outbox: alerts with their deliveries, each naming its user.
+pub type GetAlertsResponse = GetUserAlertsResponse;
+
+/// `retry_alert`: every undelivered delivery of the alert, due now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryAlertRequest {
+    pub id: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryAlertResponse {
+    /// Deliveries made due again (0: none undelivered, or no such alert).
+    pub rescheduled: i64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

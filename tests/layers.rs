@@ -29,14 +29,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "wire",
         ],
     ),
-    ("reports", &["model", "service", "wire"]),
+    ("reports", &["config", "model", "service", "wire"]),
     (
         "transfer",
         &["config", "model", "privacy", "service", "store", "wire"],
     ),
     (
         "service",
-        &["config", "model", "monitor", "privacy", "store", "wire"],
+        &[
+            "clock", "config", "crypto", "model", "monitor", "privacy", "store", "wire",
+        ],
     ),
     (
         "monitor",

@@ -269,6 +269,9 @@ async fn serve(
         Endpoint::GetUserAlerts => encode(&svc.get_user_alerts(decode(&body)?, now).await?),
         Endpoint::GetUserSummary => encode(&svc.get_user_summary(decode(&body)?, now).await?),
         Endpoint::Report => encode(&crate::reports::report(svc, decode(&body)?).await?),
+        Endpoint::GetEvents => encode(&svc.get_events(decode(&body)?, now).await?),
+        Endpoint::GetAlerts => encode(&svc.get_alerts(decode(&body)?, now).await?),
+        Endpoint::RetryAlert => encode(&svc.retry_alert(decode(&body)?).await?),
         Endpoint::Health | Endpoint::Metrics => return Err(Reject::NotFound),
     })
 }

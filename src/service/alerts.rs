@@ -15,6 +15,7 @@ const SUMMARY_ALERTS: i64 = 10;
 fn alert_info(a: StoredAlert, deliveries: Vec<Delivery>) -> AlertInfo {
     AlertInfo {
         id: a.id,
+        username: String::new(),
         kind: a.kind.as_str().to_owned(),
         timestamp: Timestamp::from_unix(a.created),
         text: text::alert_sentence(a.kind, a.created, &a.details),
@@ -49,6 +50,54 @@ impl Service {
         let found = self.store.user_alerts(user, since, MAX_ALERTS).await?;
         Ok(GetUserAlertsResponse {
             alerts: found.into_iter().map(|(a, d)| alert_info(a, d)).collect(),
+        })
+    }
+
+    pub async fn get_alerts(
+        &self,
+        req: GetAlertsRequest,
+        now: i64,
+    ) -> Result<GetAlertsResponse, ApiError> {
+        check_days("max_days", req.max_days)?;
+        if !matches!(req.state.as_str(), "" | "pending" | "failed" | "delivered") {
+            return Err(super::invalid(
+                "state must be pending, failed, delivered or empty",
+            ));
+        }
+        let limit = super::check_limit(req.limit)?;
+        let since = if req.max_days == 0 {
+            i64::MIN
+        } else {
+            now - req.max_days * 86_400
+        };
+        let found = self.store.recent_alerts(since, req.state, limit).await?;
+        Ok(GetAlertsResponse {
+            alerts: found
+                .into_iter()
+                .map(|(a, d)| {
+                    let username = a.username.clone();
+                    AlertInfo {
+                        username,
+                        ..alert_info(a, d)
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    pub async fn retry_alert(
+        &self,
+        req: RetryAlertRequest,
+    ) -> Result<RetryAlertResponse, ApiError> {
+        if req.id <= 0 {
+            return Err(super::invalid("id must be an alert's ID"));
+        }
+        let n = self.store.retry_alert(req.id).await?;
+        if n > 0 {
+            self.wake.notify_one();
+        }
+        Ok(RetryAlertResponse {
+            rescheduled: n as i64,
         })
     }
 

@@ -61,6 +61,15 @@ fn check_text(field: &str, v: &str, max: usize, identifier: bool) -> Result<(), 
     Ok(())
 }
 
+/// A list limit: 0 means 100; at most 1000.
+fn check_limit(limit: i64) -> Result<i64, ApiError> {
+    match limit {
+        0 => Ok(100),
+        1..=1000 => Ok(limit),
+        _ => Err(invalid("limit must be between 0 and 1000")),
+    }
+}
+
 pub fn check_username(v: &str) -> Result<(), ApiError> {
     if v.is_empty() {
         return Err(invalid("username is required"));
@@ -200,6 +209,65 @@ impl Service {
             self.wake.notify_one();
         }
         Ok(EmptyResponse {})
+    }
+
+    /// The newest entries across users, for administrators.
+    pub async fn get_events(
+        &self,
+        req: GetEventsRequest,
+        now: i64,
+    ) -> Result<GetEventsResponse, ApiError> {
+        let to = if req.to.is_zero() {
+            now + 1
+        } else {
+            req.to.unix()
+        };
+        let from = if req.from.is_zero() {
+            to - 30 * 86_400
+        } else {
+            req.from.unix()
+        };
+        if from >= to {
+            return Err(invalid("from must be before to"));
+        }
+        if !req.username.is_empty() {
+            check_username(&req.username)?;
+        }
+        if !req.tenant.is_empty() && !crate::config::agents::valid_tenant(&req.tenant) {
+            return Err(invalid("tenant: 1 to 64 letters, digits, '-', '_' or '.'"));
+        }
+        check_text("log_type", &req.log_type, 64, true)?;
+        let limit = check_limit(req.limit)?;
+        let filter = crate::store::EventFilter {
+            from,
+            to,
+            username: req.username,
+            user_prefix: if req.tenant.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", req.tenant)
+            },
+            log_type: req.log_type,
+            limit,
+        };
+        let rows = self.store.recent_logs(filter).await?;
+        Ok(GetEventsResponse {
+            result: rows
+                .into_iter()
+                .map(|r| LogEntry {
+                    timestamp: Timestamp::from_unix(r.ts),
+                    device_info: r
+                        .device
+                        .map(|d| self.privacy.restore_device(&r.username, d)),
+                    username: r.username,
+                    log_type: r.log_type,
+                    message: r.message,
+                    service: r.service,
+                    login_method: r.login_method,
+                    login_authenticator_id: r.login_authenticator_id,
+                })
+                .collect(),
+        })
     }
 
     /// The user's log, as the JSON body of the answer.

@@ -1241,6 +1241,109 @@ pub async fn agent_events_are_stored_once_and_sessions_add_up(
         .is_empty());
 }
 
+/// An administrator browses the newest entries and alerts across users,
+/// filtered, and makes an alert's undelivered deliveries due again.
+pub async fn browsing_across_users(store: &Store, _db: &DbConfig, _another: &DbConfig) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    for (i, (user, kind)) in [
+        ("acme/ann", "login"),
+        ("acme/bob", "lock"),
+        ("globex/cy", "login"),
+        ("acme/ann", "logout"),
+        ("dan", "login"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let ts = T0 + i as i64 * HOUR;
+        store
+            .record_log(
+                entry(user, ts, kind, Some(device(&format!("d{i}"), "IT"))),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let all = |f: store::EventFilter| async move {
+        store
+            .recent_logs(f)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.username, r.log_type))
+            .collect::<Vec<_>>()
+    };
+    let base = store::EventFilter {
+        from: T0,
+        to: T0 + DAY,
+        limit: 100,
+        ..Default::default()
+    };
+    let s = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    assert_eq!(
+        all(base.clone()).await,
+        vec![
+            s("dan", "login"),
+            s("acme/ann", "logout"),
+            s("globex/cy", "login"),
+            s("acme/bob", "lock"),
+            s("acme/ann", "login")
+        ]
+    );
+    let acme = store::EventFilter {
+        user_prefix: "acme/".into(),
+        ..base.clone()
+    };
+    assert_eq!(all(acme.clone()).await.len(), 3);
+    let ann_logins = store::EventFilter {
+        username: "acme/ann".into(),
+        log_type: "login".into(),
+        ..acme.clone()
+    };
+    assert_eq!(all(ann_logins).await, vec![s("acme/ann", "login")]);
+    let window = store::EventFilter {
+        from: T0 + HOUR,
+        to: T0 + 3 * HOUR,
+        ..base.clone()
+    };
+    assert_eq!(all(window).await.len(), 2);
+    let one = store::EventFilter { limit: 1, ..base };
+    assert_eq!(all(one).await, vec![s("dan", "login")]);
+
+    // Alerts across users, by delivery state; retry makes them due again.
+    for (i, user) in ["acme/ann", "globex/cy"].iter().enumerate() {
+        let ts = T0 + (10 + i as i64) * HOUR;
+        store
+            .record_log(
+                entry(user, ts, "login", Some(device("new", "FR"))),
+                Some(noting(&seen, &["webhook"])),
+            )
+            .await
+            .unwrap();
+    }
+    let alerts = store.recent_alerts(T0, String::new(), 10).await.unwrap();
+    let users: Vec<&str> = alerts.iter().map(|(a, _)| a.username.as_str()).collect();
+    assert_eq!(users, ["globex/cy", "acme/ann"]);
+    let id = alerts[1].0.id;
+    store
+        .mark_failed(id, "webhook".into(), "refused".into(), None)
+        .await
+        .unwrap();
+    let failed = store.recent_alerts(T0, "failed".into(), 10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0.id, id);
+    assert_eq!(failed[0].1[0].state, "failed");
+    assert_eq!(store.retry_alert(id).await.unwrap(), 1);
+    assert!(store
+        .recent_alerts(T0, "failed".into(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let due = store.claim_due(T0 + DAY, 60, 10).await.unwrap();
+    assert!(due.iter().any(|d| d.alert.id == id), "due again at once");
+    assert_eq!(store.retry_alert(id + 1000).await.unwrap(), 0);
+}
+
 /// Runs every case of the suite as a test of its own, each on a fresh
 /// database from `$open` (a future giving a [`Subject`], or `None` when the
 /// backend cannot run here and its tests say so and pass).
@@ -1263,7 +1366,8 @@ macro_rules! storage_conformance {
             export_and_import_round_trip,
             a_bulk_load_is_stored_as_the_server_stores,
             agent_keys_are_found_by_hash_and_disabled,
-            agent_events_are_stored_once_and_sessions_add_up
+            agent_events_are_stored_once_and_sessions_add_up,
+            browsing_across_users
         );
     };
     (@cases $open:expr; $($case:ident),*) => {

@@ -111,6 +111,21 @@ pub struct Detections {
     pub rules: Rules,
 }
 
+/// Which log entries an administrator browses across users.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Entries with `from <= ts < to`.
+    pub from: i64,
+    pub to: i64,
+    /// Only this user, when not empty.
+    pub username: String,
+    /// Only users whose names start with this (a tenant's `T/`), when not empty.
+    pub user_prefix: String,
+    /// Only this log type, when not empty.
+    pub log_type: String,
+    pub limit: i64,
+}
+
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
 pub enum Store {
@@ -172,6 +187,28 @@ impl Store {
         detect: Detections,
     ) -> Result<AgentOutcome, StoreError> {
         backend!(self, s => s.record_agent_event(ev, detect).await)
+    }
+
+    /// The newest log entries across users that pass `filter`, newest first.
+    pub async fn recent_logs(&self, filter: EventFilter) -> Result<Vec<LogRecord>, StoreError> {
+        backend!(self, s => s.recent_logs(filter).await)
+    }
+
+    /// The newest alerts across users since `since`, with their deliveries;
+    /// with `state`, only alerts with a delivery in that state.
+    pub async fn recent_alerts(
+        &self,
+        since: i64,
+        state: String,
+        limit: i64,
+    ) -> Result<Vec<(StoredAlert, Vec<Delivery>)>, StoreError> {
+        backend!(self, s => s.recent_alerts(since, state, limit).await)
+    }
+
+    /// Makes every undelivered delivery of an alert due now (a failed one
+    /// pending again); how many.
+    pub async fn retry_alert(&self, alert_id: i64) -> Result<u64, StoreError> {
+        backend!(self, s => s.retry_alert(alert_id).await)
     }
 
     /// Stores a new agent API key (by its hash).

@@ -988,6 +988,14 @@ async fn user_alerts(
         .await
         .map_err(pg_error)?;
     let alerts: Vec<StoredAlert> = rows.iter().map(|r| alert_row(r, 0)).collect();
+    with_deliveries(client, alerts).await
+}
+
+/// Each alert with its deliveries, by sink.
+async fn with_deliveries(
+    client: &impl GenericClient,
+    alerts: Vec<StoredAlert>,
+) -> Result<Vec<(StoredAlert, Vec<Delivery>)>, StoreError> {
     if alerts.is_empty() {
         return Ok(Vec::new());
     }
@@ -1018,6 +1026,111 @@ async fn user_alerts(
             (a, d)
         })
         .collect())
+}
+
+impl PgStore {
+    pub async fn recent_logs(
+        &self,
+        f: crate::store::EventFilter,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT u.name, {LOG_COLUMNS}
+                     FROM user_logs l JOIN users u ON u.id = l.user_id
+                     WHERE l.ts >= $1 AND l.ts < $2
+                       AND ($3 = '' OR u.name = $3)
+                       AND starts_with(u.name, $4)
+                       AND ($5 = '' OR l.log_type = $5)
+                     ORDER BY l.ts DESC, l.seq DESC LIMIT $6"
+                ),
+                &[
+                    &f.from,
+                    &f.to,
+                    &f.username,
+                    &f.user_prefix,
+                    &f.log_type,
+                    &f.limit,
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                // The row's columns after the name, as a log row reads them.
+                let cols = LogColumnsAfter(r);
+                cols.record(name)
+            })
+            .collect())
+    }
+
+    pub async fn recent_alerts(
+        &self,
+        since: i64,
+        state: String,
+        limit: i64,
+    ) -> Result<Vec<(StoredAlert, Vec<Delivery>)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT a.id, u.name, a.kind, a.created, a.details
+                 FROM alerts a JOIN users u ON u.id = a.user_id
+                 WHERE a.created >= $1
+                   AND ($2 = '' OR EXISTS (SELECT 1 FROM alert_deliveries d
+                                           WHERE d.alert_id = a.id AND d.state = $2))
+                 ORDER BY a.created DESC, a.id DESC
+                 LIMIT $3",
+                &[&since, &state, &limit],
+            )
+            .await
+            .map_err(pg_error)?;
+        let alerts = rows.iter().map(|r| alert_row(r, 0)).collect();
+        with_deliveries(&**client, alerts).await
+    }
+
+    pub async fn retry_alert(&self, alert_id: i64) -> Result<u64, StoreError> {
+        in_transaction!(self, |tx| {
+            Ok(exec(
+                &tx,
+                "UPDATE alert_deliveries SET state = 'pending', next_attempt = 0
+                 WHERE alert_id = $1 AND state <> 'delivered'",
+                &[&alert_id],
+            )
+            .await?)
+        })
+    }
+}
+
+/// A result row whose first column is a user name and the rest [`LOG_COLUMNS`].
+struct LogColumnsAfter<'a>(&'a Row);
+
+impl LogColumnsAfter<'_> {
+    fn record(&self, username: String) -> LogRecord {
+        let r = self.0;
+        let t = |i: usize| text(r, i + 1).to_owned();
+        LogRecord {
+            username,
+            ts: r.get(1),
+            log_type: t(1),
+            message: t(2),
+            service: t(3),
+            login_method: t(4),
+            login_authenticator_id: t(5),
+            device: r
+                .get::<_, Option<Vec<u8>>>(7)
+                .map(|sealed_id| DeviceRecord {
+                    sealed_id,
+                    zone: t(7),
+                    browser: t(8),
+                    os: t(9),
+                    mobile: r.get::<_, Option<bool>>(11).unwrap_or(false),
+                    user_agent: t(11),
+                }),
+        }
+    }
 }
 
 fn groups(rows: &[Row]) -> Vec<GroupRow> {

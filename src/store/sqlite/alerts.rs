@@ -233,6 +233,14 @@ pub fn user_alerts(
     let alerts = stmt
         .query_map(params![name, since, limit], |r| alert_from_row(r, 0))?
         .collect::<Result<Vec<_>, _>>()?;
+    with_deliveries(conn, alerts)
+}
+
+/// Each alert with its deliveries, by sink.
+fn with_deliveries(
+    conn: &Connection,
+    alerts: Vec<StoredAlert>,
+) -> Result<Vec<(StoredAlert, Vec<Delivery>)>, StoreError> {
     let mut dstmt = conn.prepare_cached(
         "SELECT sink, state, attempts, last_error, delivered_at FROM alert_deliveries
          WHERE alert_id = ?1 ORDER BY sink",
@@ -253,6 +261,39 @@ pub fn user_alerts(
         out.push((a, deliveries));
     }
     Ok(out)
+}
+
+/// The newest alerts of every user since `since` (with a delivery in
+/// `state`, when not empty), with their deliveries.
+pub fn recent_alerts(
+    conn: &Connection,
+    since: i64,
+    state: &str,
+    limit: i64,
+) -> Result<Vec<(StoredAlert, Vec<Delivery>)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.id, u.name, a.kind, a.created, a.details
+         FROM alerts a JOIN users u ON u.id = a.user_id
+         WHERE a.created >= ?1
+           AND (?2 = '' OR EXISTS (SELECT 1 FROM alert_deliveries d
+                                   WHERE d.alert_id = a.id AND d.state = ?2))
+         ORDER BY a.created DESC, a.id DESC
+         LIMIT ?3",
+    )?;
+    let alerts = stmt
+        .query_map(params![since, state, limit], |r| alert_from_row(r, 0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    with_deliveries(conn, alerts)
+}
+
+/// Makes the undelivered deliveries of an alert due now.
+pub fn retry_alert(conn: &Connection, alert_id: i64) -> Result<u64, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE alert_deliveries SET state = 'pending', next_attempt = 0
+             WHERE alert_id = ?1 AND state <> 'delivered'",
+        )?
+        .execute([alert_id])? as u64)
 }
 
 /// How many entries of `log_type` the user has since `since`.

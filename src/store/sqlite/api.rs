@@ -33,6 +33,29 @@ pub(super) fn record_for(
     Ok(drafts.len())
 }
 
+impl SqliteStore {
+    pub async fn recent_logs(
+        &self,
+        filter: crate::store::EventFilter,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        self.read(move |c| ops::recent_logs(c, &filter)).await
+    }
+
+    pub async fn recent_alerts(
+        &self,
+        since: i64,
+        state: String,
+        limit: i64,
+    ) -> Result<Vec<(StoredAlert, Vec<Delivery>)>, StoreError> {
+        self.read(move |c| alerts::recent_alerts(c, since, &state, limit))
+            .await
+    }
+
+    pub async fn retry_alert(&self, alert_id: i64) -> Result<u64, StoreError> {
+        self.write(move |c| alerts::retry_alert(c, alert_id)).await
+    }
+}
+
 /// Rows deleted per table in one retention transaction.
 const PRUNE_BATCH: i64 = 500;
 

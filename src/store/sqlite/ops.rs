@@ -311,6 +311,64 @@ pub fn unused_accounts(
         .collect())
 }
 
+/// The newest entries across users that pass `f`, newest first.
+pub fn recent_logs(
+    conn: &Connection,
+    f: &crate::store::EventFilter,
+) -> Result<Vec<LogRecord>, StoreError> {
+    // A named user goes through the user's own rows; otherwise the time index.
+    let sql = if f.username.is_empty() {
+        "SELECT u.name, l.ts, l.log_type, l.message, l.service, l.login_method,
+                l.login_authenticator_id, l.device_id, l.zone, l.browser, l.os, l.mobile,
+                l.user_agent
+         FROM user_logs l JOIN users u ON u.id = l.user_id
+         WHERE l.ts >= ?1 AND l.ts < ?2 AND ?3 = ''
+           AND substr(u.name, 1, length(?4)) = ?4
+           AND (?5 = '' OR l.log_type = ?5)
+         ORDER BY l.ts DESC, l.seq DESC LIMIT ?6"
+    } else {
+        "SELECT u.name, l.ts, l.log_type, l.message, l.service, l.login_method,
+                l.login_authenticator_id, l.device_id, l.zone, l.browser, l.os, l.mobile,
+                l.user_agent
+         FROM users u JOIN user_logs l ON l.user_id = u.id
+         WHERE u.name = ?3 AND l.ts >= ?1 AND l.ts < ?2
+           AND substr(u.name, 1, length(?4)) = ?4
+           AND (?5 = '' OR l.log_type = ?5)
+         ORDER BY l.ts DESC, l.seq DESC LIMIT ?6"
+    };
+    let text = |r: &rusqlite::Row<'_>, i| -> rusqlite::Result<String> {
+        Ok(r.get::<_, Option<String>>(i)?.unwrap_or_default())
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(
+        params![f.from, f.to, f.username, f.user_prefix, f.log_type, f.limit],
+        |r| {
+            let device = match r.get::<_, Option<Vec<u8>>>(7)? {
+                Some(sealed_id) => Some(crate::model::DeviceRecord {
+                    sealed_id,
+                    zone: text(r, 8)?,
+                    browser: text(r, 9)?,
+                    os: text(r, 10)?,
+                    mobile: r.get::<_, Option<bool>>(11)?.unwrap_or(false),
+                    user_agent: text(r, 12)?,
+                }),
+                None => None,
+            };
+            Ok(LogRecord {
+                username: r.get(0)?,
+                ts: r.get(1)?,
+                log_type: r.get(2)?,
+                message: text(r, 3)?,
+                service: text(r, 4)?,
+                login_method: text(r, 5)?,
+                login_authenticator_id: text(r, 6)?,
+                device,
+            })
+        },
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Deletes every row of one user.
 pub fn forget_user(conn: &Connection, name: &str) -> Result<Deleted, StoreError> {
     let Some(uid) = user_id(conn, name)? else {
