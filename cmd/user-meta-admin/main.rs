@@ -12,6 +12,7 @@ mod generate;
 mod html;
 mod output;
 mod report;
+mod ui;
 mod unused;
 
 use std::path::PathBuf;
@@ -223,6 +224,13 @@ enum Command {
     },
     /// Whether the server is up (GET /health).
     Health,
+    /// The dashboard: a local web app on --listen that talks to the server
+    /// with this certificate (events, a user, alerts, reports, stale accounts).
+    Ui {
+        /// Where the dashboard listens (keep it on loopback).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Print the manual page or a shell's completion script.
     Generate {
         #[arg(value_enum)]
@@ -310,6 +318,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         ));
     }
     let api = Api::resolve(&flags).await?;
+    if let Command::Ui { listen } = cli.command {
+        return ui::run(api, listen).await;
+    }
     match cli.command {
         Command::Unused {
             days,
@@ -572,7 +583,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             })
             .map_err(io)?;
         }
-        Command::Unused { .. } | Command::Report { .. } | Command::Generate { .. } => {}
+        Command::Unused { .. }
+        | Command::Report { .. }
+        | Command::Generate { .. }
+        | Command::Ui { .. } => {}
     }
     Ok(())
 }

@@ -28,6 +28,8 @@
 //!   header lists, a window that never opens).
 //! - `ops`: the Grafana dashboard and the Prometheus rules in `contrib/`
 //!   query only metrics the server exports.
+//! - `ui`: the dashboard (`user-meta-admin ui`) driven in headless Chromium
+//!   by `tests/ui/dashboard.mjs` (playwright-core).
 //! - `properties`: property tests of decoding, validation, timestamps,
 //!   cookies, ACLs and config loading.
 
@@ -52,3 +54,4 @@ mod receivers;
 mod reports;
 mod tls_acl;
 mod tls_matrix;
+mod ui;

@@ -204,6 +204,8 @@ async fn every_tls_failure_is_refused_logged_with_its_reason_and_counted() {
     let all: Vec<String> = lines_with(&bin.log, "refused");
     assert!(all.len() >= expected.len() + 2);
     for line in &all {
+        // The log's own timestamp (its digits may spell "2099") is not the message.
+        let line = line.split_once("Z ").map_or(line.as_str(), |(_, m)| m);
         for secret in [
             "127.0.0.1",
             "sso-server",
