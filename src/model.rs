@@ -353,6 +353,32 @@ pub struct DeviceIndexStats {
     pub rebuilds: u64,
 }
 
+/// An API key of one tenant's site. The key itself is never stored: only
+/// its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentKey {
+    pub id: i64,
+    pub tenant: String,
+    pub site: String,
+    /// When it was made, floored to the day.
+    pub created: i64,
+    pub disabled: bool,
+}
+
+/// Time spent by a user on a computer on a day, at storage granularity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeSpentRow {
+    pub username: String,
+    pub sealed_device: Vec<u8>,
+    /// The day's first second (UTC).
+    pub day: i64,
+    pub seconds: i64,
+    /// The first session's start and the last one's end, floored to the
+    /// granularity.
+    pub first_start: i64,
+    pub last_end: i64,
+}
+
 /// One record of a whole database, as exported and imported: stored values
 /// (sealed IDs, floored times).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,6 +393,12 @@ pub enum Record {
         service: String,
         ts: i64,
     },
+    /// An agent key with the SHA-256 it is known by.
+    AgentKey {
+        key: AgentKey,
+        key_hash: Vec<u8>,
+    },
+    TimeSpent(TimeSpentRow),
 }
 
 /// Records written or read, per kind.
@@ -375,6 +407,8 @@ pub struct Counts {
     pub logs: u64,
     pub devices: u64,
     pub last_logins: u64,
+    pub agent_keys: u64,
+    pub time_spent: u64,
 }
 
 impl Counts {
@@ -383,6 +417,8 @@ impl Counts {
             Record::Log(_) => self.logs += 1,
             Record::Device { .. } => self.devices += 1,
             Record::LastLogin { .. } => self.last_logins += 1,
+            Record::AgentKey { .. } => self.agent_keys += 1,
+            Record::TimeSpent(_) => self.time_spent += 1,
         }
     }
 }

@@ -7,6 +7,8 @@
 //! {"kind":"log","log":LogEntry}
 //! {"kind":"device","username":"...","device":MetaDeviceInfo}
 //! {"kind":"last_login","last_login":LastLoginEntry}
+//! {"kind":"agent_key","agent_key":AgentKeyLine}
+//! {"kind":"time_spent","time_spent":TimeSpentLine}
 //! ```
 //!
 //! An export opens device IDs with the database's key (so it contains them,
@@ -41,6 +43,38 @@ pub enum Record {
     LastLogin {
         last_login: LastLoginEntry,
     },
+    AgentKey {
+        agent_key: AgentKeyLine,
+    },
+    TimeSpent {
+        time_spent: TimeSpentLine,
+    },
+}
+
+/// A Windows agents' API key: the SHA-256 it is known by, never the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentKeyLine {
+    pub id: i64,
+    pub tenant: String,
+    pub site: String,
+    /// 64 hex digits.
+    pub key_sha256: String,
+    pub created: Timestamp,
+    pub disabled: bool,
+}
+
+/// Time a user spent at a computer (in clear, as device IDs are) on a day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeSpentLine {
+    pub username: String,
+    pub computer: String,
+    /// The day's first second (UTC).
+    pub day: Timestamp,
+    pub seconds: i64,
+    pub first_start: Timestamp,
+    pub last_end: Timestamp,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +152,8 @@ pub fn export(
             }
             Ok(())
         };
+    // Time spent is sorted by its clear computer name, for the same reason.
+    let mut spent: Vec<TimeSpentLine> = Vec::new();
     let counts = store::export(db, &mut |rec| {
         if !matches!(rec, model::Record::Device { .. }) {
             flush(&mut pending, out)?;
@@ -165,10 +201,36 @@ pub fn export(
                 };
                 line(out, &Record::LastLogin { last_login })?;
             }
+            model::Record::AgentKey { key, key_hash } => {
+                let agent_key = AgentKeyLine {
+                    id: key.id,
+                    tenant: key.tenant,
+                    site: key.site,
+                    key_sha256: key_hash.iter().map(|b| format!("{b:02x}")).collect(),
+                    created: Timestamp::from_unix(key.created),
+                    disabled: key.disabled,
+                };
+                line(out, &Record::AgentKey { agent_key })?;
+            }
+            model::Record::TimeSpent(t) => {
+                let computer = open(&t.username, &t.sealed_device);
+                spent.push(TimeSpentLine {
+                    username: t.username,
+                    computer,
+                    day: Timestamp::from_unix(t.day),
+                    seconds: t.seconds,
+                    first_start: Timestamp::from_unix(t.first_start),
+                    last_end: Timestamp::from_unix(t.last_end),
+                });
+            }
         }
         Ok(())
     })?;
     flush(&mut pending, out)?;
+    spent.sort_by(|a, b| (&a.username, a.day, &a.computer).cmp(&(&b.username, b.day, &b.computer)));
+    for time_spent in spent {
+        line(out, &Record::TimeSpent { time_spent })?;
+    }
     out.flush()?;
     if unopened > 0 {
         return Err(TransferError::WrongKey(unopened));
@@ -243,6 +305,58 @@ fn stored(privacy: &Privacy, rec: Record) -> Result<model::Record, String> {
                 username: l.username,
                 service: l.service,
             }
+        }
+        Record::AgentKey { agent_key: k } => {
+            if k.id <= 0 {
+                return Err("agent_key.id must be positive".into());
+            }
+            if !crate::config::agents::valid_tenant(&k.tenant) {
+                return Err("agent_key.tenant is not a tenant name".into());
+            }
+            if k.site.is_empty() {
+                return Err("agent_key.site is required".into());
+            }
+            let hex = k.key_sha256.as_bytes();
+            if hex.len() != 64 || !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err("agent_key.key_sha256 must be 64 hex digits".into());
+            }
+            let key_hash = (0..32)
+                .map(|i| u8::from_str_radix(&k.key_sha256[2 * i..2 * i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .map_err(|e| e.to_string())?;
+            model::Record::AgentKey {
+                key: model::AgentKey {
+                    id: k.id,
+                    tenant: k.tenant,
+                    site: k.site,
+                    created: crate::clock::quantize(check_time(&k.created, "created")?, 86_400),
+                    disabled: k.disabled,
+                },
+                key_hash,
+            }
+        }
+        Record::TimeSpent { time_spent: t } => {
+            user(&t.username)?;
+            if t.computer.is_empty() {
+                return Err("time_spent.computer is required".into());
+            }
+            let g = privacy.config.session_granularity.as_secs() as i64;
+            let day = check_time(&t.day, "day")?;
+            let floor = |v: i64| v - v.rem_euclid(g);
+            if day.rem_euclid(86_400) != 0 {
+                return Err("time_spent.day must be a day's first second".into());
+            }
+            if !(0..=86_400 * 2).contains(&t.seconds) {
+                return Err("time_spent.seconds is out of range".into());
+            }
+            model::Record::TimeSpent(model::TimeSpentRow {
+                sealed_device: privacy.key.seal_id(&t.username, &t.computer),
+                username: t.username,
+                day,
+                seconds: t.seconds - t.seconds.rem_euclid(g),
+                first_start: floor(check_time(&t.first_start, "first_start")?),
+                last_end: floor(check_time(&t.last_end, "last_end")?),
+            })
         }
     })
 }
@@ -336,6 +450,8 @@ mod tests {
 {"kind":"log","log":{"timestamp":"2026-01-02T11:00:00Z","username":"bob","log_type":"logout"}}
 {"kind":"device","username":"bob","device":{"device_info":{"id":"dev-1","remote_addr":"","remote_zone":"IT","user_agent":"","browser":"Firefox","os":"Linux","mobile":false},"first_seen":"2026-01-02T10:00:00Z","last_seen":"2026-01-02T10:00:00Z","num_logins":1}}
 {"kind":"last_login","last_login":{"timestamp":"2026-01-02T00:00:00Z","username":"bob","service":"mail"}}
+{"kind":"agent_key","agent_key":{"id":3,"tenant":"acme","site":"hq","key_sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","created":"2026-01-02T00:00:00Z","disabled":false}}
+{"kind":"time_spent","time_spent":{"username":"acme/bob","computer":"PC-7","day":"2026-01-02T00:00:00Z","seconds":3600,"first_start":"2026-01-02T09:00:00Z","last_end":"2026-01-02T10:00:00Z"}}
 "#;
 
     #[test]
@@ -348,7 +464,9 @@ mod tests {
             Counts {
                 logs: 2,
                 devices: 1,
-                last_logins: 1
+                last_logins: 1,
+                agent_keys: 1,
+                time_spent: 1,
             }
         );
         let file = std::fs::read(&c.path).unwrap();
@@ -356,10 +474,10 @@ mod tests {
         let mut out = Vec::new();
         export(&c, &privacy(1), &mut out).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), SAMPLE);
-        // Another key cannot open the IDs, and says so.
+        // Another key cannot open the IDs (two devices, one computer), and says so.
         assert!(matches!(
             export(&c, &privacy(2), &mut Vec::new()),
-            Err(TransferError::WrongKey(2))
+            Err(TransferError::WrongKey(3))
         ));
     }
 
@@ -369,11 +487,15 @@ mod tests {
         let c = db(&dir);
         let bad = format!("{SAMPLE}{{\"kind\":\"log\",\"log\":{{\"username\":\"\"}}}}\n");
         let err = import(&c, &privacy(1), &mut bad.as_bytes()).unwrap_err();
-        assert!(err.to_string().starts_with("line 5: "), "{err}");
+        assert!(err.to_string().starts_with("line 7: "), "{err}");
         assert!(is_empty(&c));
         let dup = format!("{SAMPLE}{}", SAMPLE.lines().nth(3).unwrap());
         let err = import(&c, &privacy(1), &mut dup.as_bytes()).unwrap_err();
-        assert_eq!(err.to_string(), "line 5: duplicate record");
+        assert_eq!(err.to_string(), "line 7: duplicate record");
+        let key = format!("{SAMPLE}{}", SAMPLE.lines().nth(4).unwrap());
+        let err = import(&c, &privacy(1), &mut key.as_bytes()).unwrap_err();
+        assert_eq!(err.to_string(), "line 7: duplicate record");
+        assert!(is_empty(&c));
         let unknown = "{\"kind\":\"alert\"}\n";
         let err = import(&c, &privacy(1), &mut unknown.as_bytes()).unwrap_err();
         assert!(

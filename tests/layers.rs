@@ -32,7 +32,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("reports", &["config", "model", "service", "wire"]),
     (
         "transfer",
-        &["config", "model", "privacy", "service", "store", "wire"],
+        &[
+            "clock", "config", "model", "privacy", "service", "store", "wire",
+        ],
     ),
     (
         "service",

@@ -3,20 +3,10 @@
 //! (an exact start, held until the session closes or a day passes) and the
 //! time spent, rounded, per user, computer and day.
 
+pub use crate::model::{AgentKey, TimeSpentRow};
+
 /// The longest a session may stay open; an older start is forgotten.
 pub const MAX_SESSION: i64 = 86_400;
-
-/// An API key of one tenant's site. The key itself is never stored: only
-/// its SHA-256.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentKey {
-    pub id: i64,
-    pub tenant: String,
-    pub site: String,
-    /// When it was made, floored to the day.
-    pub created: i64,
-    pub disabled: bool,
-}
 
 /// What an agent event does to its user's sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,20 +43,6 @@ pub enum AgentOutcome {
     Stored { alerts: usize },
     /// Already stored (a retry): nothing was written.
     Duplicate,
-}
-
-/// Time spent by a user on a computer on a day, at storage granularity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TimeSpentRow {
-    pub username: String,
-    pub sealed_device: Vec<u8>,
-    /// The day's first second (UTC).
-    pub day: i64,
-    pub seconds: i64,
-    /// The first session's start and the last one's end, floored to the
-    /// granularity.
-    pub first_start: i64,
-    pub last_end: i64,
 }
 
 /// What a closed session adds to its day.

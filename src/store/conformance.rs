@@ -966,6 +966,34 @@ pub async fn export_and_import_round_trip(store: &Store, db: &DbConfig, another:
         .set_last_login("a".into(), "mail".into(), T0)
         .await
         .unwrap();
+    // An agent key (disabled) and a day of time spent go along.
+    let key = store
+        .agent_key_add("acme".into(), "hq".into(), [7; 32], T0)
+        .await
+        .unwrap();
+    store.agent_key_disable(key.id).await.unwrap();
+    let open = store::SessionStep::Open {
+        session: [1; 32],
+        started: T0 + 100,
+    };
+    let close = store::SessionStep::Close {
+        session: [1; 32],
+        ended: T0 + 1300,
+        granularity: 300,
+    };
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    for (i, step) in [open, close].into_iter().enumerate() {
+        let ev = store::AgentEvent {
+            rec: entry("acme/x", T0, "login", Some(device("PC", "IT"))),
+            dedup: [i as u8; 32],
+            dedup_expires: T0 + DAY,
+            session: step,
+        };
+        store
+            .record_agent_event(ev, noting(&seen, &["log"]))
+            .await
+            .unwrap();
+    }
     let (db, target) = (db.clone(), another.clone());
     tokio::task::spawn_blocking(move || {
         let mut records = Vec::new();
@@ -974,15 +1002,39 @@ pub async fn export_and_import_round_trip(store: &Store, db: &DbConfig, another:
             Ok(())
         })
         .unwrap();
-        assert_eq!((counts.logs, counts.devices, counts.last_logins), (3, 3, 1));
+        assert_eq!(
+            (
+                counts.logs,
+                counts.devices,
+                counts.last_logins,
+                counts.agent_keys,
+                counts.time_spent
+            ),
+            (5, 4, 1, 1, 1)
+        );
         let users: Vec<&str> = records
             .iter()
             .map(|r| match r {
                 Record::Log(l) => l.username.as_str(),
                 Record::Device { username, .. } | Record::LastLogin { username, .. } => username,
+                Record::AgentKey { key, .. } => key.tenant.as_str(),
+                Record::TimeSpent(t) => t.username.as_str(),
             })
             .collect();
-        assert_eq!(users, ["a", "a", "b", "a", "a", "b", "a"]);
+        assert_eq!(
+            users,
+            ["a", "a", "acme/x", "acme/x", "b", "a", "a", "acme/x", "b", "a", "acme", "acme/x"]
+        );
+        match &records[records.len() - 2] {
+            Record::AgentKey { key: k, key_hash } => {
+                assert_eq!((k.disabled, key_hash.as_slice()), (true, &[7u8; 32][..]))
+            }
+            other => panic!("{other:?}"),
+        }
+        match &records[records.len() - 1] {
+            Record::TimeSpent(t) => assert_eq!((t.day, t.seconds), (T0, 1200)),
+            other => panic!("{other:?}"),
+        }
         match &records[0] {
             Record::Log(l) => assert_eq!(l.ts, T0),
             other => panic!("{other:?}"),

@@ -14,7 +14,7 @@ use super::api::{device_row, insert_log_row, Tx, TxError};
 use super::batch::{insert_logs, rounds, Statements};
 use super::{pg_error, PgStore};
 use crate::config::PostgresConfig;
-use crate::model::{Counts, DeviceRecord, LogRecord, Record, StorageSize};
+use crate::model::{AgentKey, Counts, DeviceRecord, LogRecord, Record, StorageSize, TimeSpentRow};
 use crate::store::BulkError;
 
 /// Rows fetched from a portal at a time.
@@ -154,6 +154,54 @@ pub fn export(
             },
         )
         .await?;
+        // A database of a schema before the agents' (not yet opened by this
+        // version) has none of their rows.
+        let agents: bool = tx
+            .query_one("SELECT to_regclass('agent_keys') IS NOT NULL", &[])
+            .await?
+            .get(0);
+        each_row(
+            &tx,
+            if agents {
+                "SELECT id, tenant, site, created, disabled, key_hash FROM agent_keys ORDER BY id"
+            } else {
+                "SELECT 0::bigint, '', '', 0::bigint, false, ''::bytea WHERE false"
+            },
+            |r| {
+                emit(Record::AgentKey {
+                    key: AgentKey {
+                        id: r.get(0),
+                        tenant: r.get(1),
+                        site: r.get(2),
+                        created: r.get(3),
+                        disabled: r.get(4),
+                    },
+                    key_hash: r.get(5),
+                })
+            },
+        )
+        .await?;
+        each_row(
+            &tx,
+            if agents {
+                "SELECT u.name, t.device_id, t.day, t.seconds, t.first_start, t.last_end
+                 FROM time_spent t JOIN users u ON u.id = t.user_id
+                 ORDER BY u.name COLLATE \"C\", t.day, t.device_id"
+            } else {
+                "SELECT '', ''::bytea, 0::bigint, 0::bigint, 0::bigint, 0::bigint WHERE false"
+            },
+            |r| {
+                emit(Record::TimeSpent(TimeSpentRow {
+                    username: r.get(0),
+                    sealed_device: r.get(1),
+                    day: r.get(2),
+                    seconds: r.get(3),
+                    first_start: r.get(4),
+                    last_end: r.get(5),
+                }))
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(counts)
     })
@@ -245,8 +293,46 @@ pub fn import(
                     )
                     .await?;
                 }
+                Record::AgentKey { key, key_hash } => {
+                    tx.execute(
+                        "INSERT INTO agent_keys (id, tenant, site, key_hash, created, disabled)
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                        &[
+                            &key.id,
+                            &key.tenant,
+                            &key.site,
+                            key_hash,
+                            &key.created,
+                            &key.disabled,
+                        ],
+                    )
+                    .await?;
+                }
+                Record::TimeSpent(t) => {
+                    let uid = users.id(&tx, &t.username).await?;
+                    tx.execute(
+                        "INSERT INTO time_spent
+                             (user_id, device_id, day, seconds, first_start, last_end)
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                        &[
+                            &uid,
+                            &t.sealed_device,
+                            &t.day,
+                            &t.seconds,
+                            &t.first_start,
+                            &t.last_end,
+                        ],
+                    )
+                    .await?;
+                }
             }
         }
+        // Keys imported with their IDs: new keys are numbered after them.
+        tx.batch_execute(
+            "SELECT setval(pg_get_serial_sequence('agent_keys', 'id'),
+                           coalesce(max(id), 0) + 1, false) FROM agent_keys",
+        )
+        .await?;
         // The countries seen, derived from the log as the server keeps them.
         tx.batch_execute(
             "INSERT INTO user_countries (user_id, zone, first_seen, last_seen)
@@ -286,7 +372,7 @@ pub fn bulk_load(
                         let t = last.entry((username, service)).or_insert(ts);
                         *t = (*t).max(ts);
                     }
-                    Record::Device { .. } => {
+                    _ => {
                         return Err(BulkError::Unsupported(
                             "a bulk load takes log entries and last logins; devices follow from the entries"
                                 .into(),

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::ops::DEVICE_COLUMNS;
 use super::{alerts, ops, schema};
-use crate::model::{Counts, DeviceRecord, LogRecord, Record, StorageSize};
+use crate::model::{AgentKey, Counts, DeviceRecord, LogRecord, Record, StorageSize, TimeSpentRow};
 use crate::store::{BulkError, StoreError};
 
 impl From<rusqlite::Error> for BulkError {
@@ -131,7 +131,54 @@ pub fn export(
             ts: r.get(2)?,
         })?;
     }
+    drop(rows);
+    drop(stmt);
+    if version >= 5 {
+        export_agents(&tx, &mut emit)?;
+    }
     Ok(counts)
+}
+
+/// The agents' keys and time spent (schema 5 on).
+fn export_agents(
+    tx: &Connection,
+    emit: &mut dyn FnMut(Record) -> Result<(), BulkError>,
+) -> Result<(), BulkError> {
+    let mut stmt = tx.prepare(
+        "SELECT id, tenant, site, created, disabled, key_hash FROM agent_keys ORDER BY id",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        emit(Record::AgentKey {
+            key: AgentKey {
+                id: r.get(0)?,
+                tenant: r.get(1)?,
+                site: r.get(2)?,
+                created: r.get(3)?,
+                disabled: r.get(4)?,
+            },
+            key_hash: r.get(5)?,
+        })?;
+    }
+    drop(rows);
+    drop(stmt);
+    let mut stmt = tx.prepare(
+        "SELECT u.name, t.device_id, t.day, t.seconds, t.first_start, t.last_end
+         FROM time_spent t JOIN users u ON u.id = t.user_id
+         ORDER BY u.name, t.day, t.device_id",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        emit(Record::TimeSpent(TimeSpentRow {
+            username: r.get(0)?,
+            sealed_device: r.get(1)?,
+            day: r.get(2)?,
+            seconds: r.get(3)?,
+            first_start: r.get(4)?,
+            last_end: r.get(5)?,
+        }))?;
+    }
+    Ok(())
 }
 
 fn is_empty(conn: &Connection) -> Result<bool, BulkError> {
@@ -190,6 +237,41 @@ fn insert_record(conn: &Connection, rec: &Record) -> Result<(), BulkError> {
                 "INSERT INTO last_login (user_id, service, ts) VALUES (?1, ?2, ?3)",
             )
             .and_then(|mut s| s.execute(params![uid, service, ts]))
+            .map_err(sql)?;
+        }
+        Record::AgentKey { key, key_hash } => {
+            conn.prepare_cached(
+                "INSERT INTO agent_keys (id, tenant, site, key_hash, created, disabled)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    key.id,
+                    key.tenant,
+                    key.site,
+                    key_hash,
+                    key.created,
+                    key.disabled
+                ])
+            })
+            .map_err(sql)?;
+        }
+        Record::TimeSpent(t) => {
+            let uid = ops::ensure_user(conn, &t.username)?;
+            conn.prepare_cached(
+                "INSERT INTO time_spent (user_id, device_id, day, seconds, first_start, last_end)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    uid,
+                    t.sealed_device,
+                    t.day,
+                    t.seconds,
+                    t.first_start,
+                    t.last_end
+                ])
+            })
             .map_err(sql)?;
         }
     }
@@ -257,7 +339,7 @@ pub fn bulk_load(
                     service,
                     ts,
                 } => ops::set_last_login(&tx, &username, &service, ts)?,
-                Record::Device { .. } => {
+                _ => {
                     return Err(BulkError::Unsupported(
                         "a bulk load takes log entries and last logins; devices follow from the entries"
                             .into(),
