@@ -171,16 +171,8 @@ impl SqliteStore {
                    AND substr(u.name, 1, length(?1)) = ?1
                  ORDER BY t.day, u.name, t.device_id",
             )?;
-            let rows = stmt.query_map(params![user_prefix, from_day, to_day], |r| {
-                Ok(TimeSpentRow {
-                    username: r.get(0)?,
-                    sealed_device: r.get(1)?,
-                    day: r.get(2)?,
-                    seconds: r.get(3)?,
-                    first_start: r.get(4)?,
-                    last_end: r.get(5)?,
-                })
-            })?;
+            let rows =
+                stmt.query_map(params![user_prefix, from_day, to_day], ops::time_spent_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::ops::DEVICE_COLUMNS;
 use super::{alerts, ops, schema};
-use crate::model::{AgentKey, Counts, DeviceRecord, LogRecord, Record, StorageSize, TimeSpentRow};
+use crate::model::{AgentKey, Counts, Record, StorageSize};
 use crate::store::{BulkError, StoreError};
 
 impl From<rusqlite::Error> for BulkError {
@@ -47,10 +47,6 @@ fn open_for_writing(path: &Path) -> Result<Connection, BulkError> {
     Ok(conn)
 }
 
-fn text(r: &rusqlite::Row, i: usize) -> rusqlite::Result<String> {
-    Ok(r.get::<_, Option<String>>(i)?.unwrap_or_default())
-}
-
 /// Every log entry (by user name, time, arrival), device (by user name) and
 /// last login (by user name, service), from one read snapshot.
 pub fn export(
@@ -78,28 +74,7 @@ pub fn export(
     ))?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let sealed: Option<Vec<u8>> = r.get(7)?;
-        let device = match sealed {
-            Some(sealed_id) => Some(DeviceRecord {
-                sealed_id,
-                zone: text(r, 8)?,
-                browser: text(r, 9)?,
-                os: text(r, 10)?,
-                mobile: r.get::<_, Option<bool>>(11)?.unwrap_or(false),
-                user_agent: text(r, 12)?,
-            }),
-            None => None,
-        };
-        emit(Record::Log(LogRecord {
-            username: r.get(0)?,
-            ts: r.get(1)?,
-            log_type: r.get(2)?,
-            message: text(r, 3)?,
-            service: text(r, 4)?,
-            login_method: text(r, 5)?,
-            login_authenticator_id: text(r, 6)?,
-            device,
-        }))?;
+        emit(Record::Log(ops::named_log_row(r)?))?;
     }
     drop(rows);
     drop(stmt);
@@ -169,14 +144,7 @@ fn export_agents(
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        emit(Record::TimeSpent(TimeSpentRow {
-            username: r.get(0)?,
-            sealed_device: r.get(1)?,
-            day: r.get(2)?,
-            seconds: r.get(3)?,
-            first_start: r.get(4)?,
-            last_end: r.get(5)?,
-        }))?;
+        emit(Record::TimeSpent(ops::time_spent_row(r)?))?;
     }
     Ok(())
 }

@@ -336,37 +336,54 @@ pub fn recent_logs(
            AND (?5 = '' OR l.log_type = ?5)
          ORDER BY l.ts DESC, l.seq DESC LIMIT ?6"
     };
-    let text = |r: &rusqlite::Row<'_>, i| -> rusqlite::Result<String> {
-        Ok(r.get::<_, Option<String>>(i)?.unwrap_or_default())
-    };
     let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map(
         params![f.from, f.to, f.username, f.user_prefix, f.log_type, f.limit],
-        |r| {
-            let device = match r.get::<_, Option<Vec<u8>>>(7)? {
-                Some(sealed_id) => Some(crate::model::DeviceRecord {
-                    sealed_id,
-                    zone: text(r, 8)?,
-                    browser: text(r, 9)?,
-                    os: text(r, 10)?,
-                    mobile: r.get::<_, Option<bool>>(11)?.unwrap_or(false),
-                    user_agent: text(r, 12)?,
-                }),
-                None => None,
-            };
-            Ok(LogRecord {
-                username: r.get(0)?,
-                ts: r.get(1)?,
-                log_type: r.get(2)?,
-                message: text(r, 3)?,
-                service: text(r, 4)?,
-                login_method: text(r, 5)?,
-                login_authenticator_id: text(r, 6)?,
-                device,
-            })
-        },
+        named_log_row,
     )?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A log entry from a row of the user's name and the log's columns: name,
+/// ts, log_type, message, service, login_method, login_authenticator_id,
+/// device_id, zone, browser, os, mobile, user_agent.
+pub fn named_log_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogRecord> {
+    let text =
+        |i| -> rusqlite::Result<String> { Ok(r.get::<_, Option<String>>(i)?.unwrap_or_default()) };
+    let device = match r.get::<_, Option<Vec<u8>>>(7)? {
+        Some(sealed_id) => Some(crate::model::DeviceRecord {
+            sealed_id,
+            zone: text(8)?,
+            browser: text(9)?,
+            os: text(10)?,
+            mobile: r.get::<_, Option<bool>>(11)?.unwrap_or(false),
+            user_agent: text(12)?,
+        }),
+        None => None,
+    };
+    Ok(LogRecord {
+        username: r.get(0)?,
+        ts: r.get(1)?,
+        log_type: r.get(2)?,
+        message: text(3)?,
+        service: text(4)?,
+        login_method: text(5)?,
+        login_authenticator_id: text(6)?,
+        device,
+    })
+}
+
+/// A day of time spent from a row of: name, device_id, day, seconds,
+/// first_start, last_end.
+pub fn time_spent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<crate::model::TimeSpentRow> {
+    Ok(crate::model::TimeSpentRow {
+        username: r.get(0)?,
+        sealed_device: r.get(1)?,
+        day: r.get(2)?,
+        seconds: r.get(3)?,
+        first_start: r.get(4)?,
+        last_end: r.get(5)?,
+    })
 }
 
 /// Deletes every row of one user.
