@@ -486,7 +486,7 @@ pub struct DeliveryInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertInfo {
     pub id: i64,
-    /// The user it is about: in answers across users (`get_alerts`) only.
+    /// The user it is about: in answers across users (`/api/admin/alerts`) only.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub username: String,
     pub kind: String,
@@ -502,7 +502,7 @@ pub struct GetUserAlertsResponse {
     pub alerts: Vec<AlertInfo>,
 }
 
-/// `get_events`: the newest log entries across users, for administrators.
+/// `/api/admin/events`: the newest log entries across users, for administrators.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GetEventsRequest {
@@ -528,7 +528,7 @@ pub struct GetEventsResponse {
     pub result: Vec<LogEntry>,
 }
 
-/// `get_alerts`: the alert outbox across users, for administrators.
+/// `/api/admin/alerts`: the alert outbox across users, for administrators.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GetAlertsRequest {
@@ -544,7 +544,7 @@ pub struct GetAlertsRequest {
 /// The outbox: alerts with their deliveries, each naming its user.
 pub type GetAlertsResponse = GetUserAlertsResponse;
 
-/// `retry_alert`: every undelivered delivery of the alert, due now.
+/// `/api/admin/retry_alert`: every undelivered delivery of the alert, due now.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryAlertRequest {

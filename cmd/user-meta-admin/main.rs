@@ -122,6 +122,38 @@ enum Command {
         #[command(flatten)]
         device: Box<DeviceArgs>,
     },
+    /// The newest events across users (/api/admin/events).
+    Events {
+        /// Only this tenant's users (TENANT/...).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this log type.
+        #[arg(long = "type", value_name = "LOG_TYPE")]
+        log_type: Option<String>,
+        /// Start (YYYY-MM-DD or RFC 3339); default 30 days before --to.
+        #[arg(long)]
+        from: Option<String>,
+        /// End, exclusive; default now.
+        #[arg(long)]
+        to: Option<String>,
+        /// At most N (0: 100; at most 1000).
+        #[arg(long, default_value_t = 0)]
+        limit: i64,
+    },
+    /// The alert outbox across users, with delivery states (/api/admin/alerts).
+    Alerts {
+        /// Only alerts with a delivery pending, failed or delivered.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only the last N days (0: all kept).
+        #[arg(long, default_value_t = 30)]
+        max_days: i64,
+    },
+    /// Make an alert's undelivered deliveries due now (/api/admin/retry_alert).
+    RetryAlert { id: i64 },
     /// A user's log, newest first (get_user_logs).
     GetUserLogs {
         username: String,
@@ -391,6 +423,99 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if format == Format::Json {
                 print(format, &resp, Table::default).map_err(io)?;
             }
+        }
+        Command::Events {
+            tenant,
+            user,
+            log_type,
+            from,
+            to,
+            limit,
+        } => {
+            let opt = |t: &Option<String>, flag: &str| -> Result<Timestamp, Failure> {
+                match t {
+                    Some(s) => report::parse_time(flag, s),
+                    None => Ok(Timestamp::default()),
+                }
+            };
+            let req = GetEventsRequest {
+                from: opt(&from, "--from")?,
+                to: opt(&to, "--to")?,
+                tenant: tenant.unwrap_or_default(),
+                username: user.unwrap_or_default(),
+                log_type: log_type.unwrap_or_default(),
+                limit,
+            };
+            let resp: GetEventsResponse = api.call(&mut c, "/api/admin/events", &req).await?;
+            print(format, &resp, || {
+                let mut t = Table::new(&[
+                    "timestamp",
+                    "username",
+                    "log_type",
+                    "service",
+                    "device_id",
+                    "country",
+                    "browser",
+                    "os",
+                    "mobile",
+                ]);
+                for e in &resp.result {
+                    let mut row = vec![
+                        e.timestamp
+                            .0
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        e.username.clone(),
+                        e.log_type.clone(),
+                        e.service.clone(),
+                    ];
+                    row.extend(device_cells(e.device_info.as_ref()));
+                    t.row(row);
+                }
+                t
+            })
+            .map_err(io)?;
+        }
+        Command::Alerts { state, max_days } => {
+            let req = GetAlertsRequest {
+                max_days,
+                state: state.unwrap_or_default(),
+                limit: 1000,
+            };
+            let resp: GetAlertsResponse = api.call(&mut c, "/api/admin/alerts", &req).await?;
+            print(format, &resp, || {
+                let mut t =
+                    Table::new(&["id", "timestamp", "username", "kind", "text", "deliveries"]);
+                for a in &resp.alerts {
+                    let deliveries: Vec<String> = a
+                        .deliveries
+                        .iter()
+                        .map(|d| format!("{}: {} ({})", d.sink, d.state, d.attempts))
+                        .collect();
+                    t.row(vec![
+                        a.id.to_string(),
+                        a.timestamp
+                            .0
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        a.username.clone(),
+                        a.kind.clone(),
+                        a.text.clone(),
+                        deliveries.join("; "),
+                    ]);
+                }
+                t
+            })
+            .map_err(io)?;
+        }
+        Command::RetryAlert { id } => {
+            let resp: RetryAlertResponse = api
+                .call(&mut c, "/api/admin/retry_alert", &RetryAlertRequest { id })
+                .await?;
+            print(format, &resp, || {
+                let mut t = Table::new(&["rescheduled"]);
+                t.row(vec![resp.rescheduled.to_string()]);
+                t
+            })
+            .map_err(io)?;
         }
         Command::GetUserLogs {
             username,

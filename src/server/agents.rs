@@ -25,6 +25,8 @@ use crate::metrics::AgentOutcome as Outcome;
 use crate::service::ApiError;
 use crate::store::{AgentKey, AgentOutcome};
 
+/// How often expired sessions and retry hashes are deleted.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 /// Largest event body; the agent's are a few hundred bytes.
 const MAX_BODY: usize = 16 * 1024;
 const KEY_HEADER: &str = "x-api-key";
@@ -247,6 +249,22 @@ pub async fn run(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Exact session starts are held a day at most, retry hashes their
+    // window: deleted within a minute of expiring, not at the next
+    // retention run.
+    let expiry = tokio::spawn({
+        let store = state.service.store.clone();
+        async move {
+            let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.expire_agent_state(crate::clock::now_unix()).await {
+                    tracing::warn!(error = %e, "agents: deleting expired sessions and retry hashes failed; will retry");
+                }
+            }
+        }
+    });
     if listener.tls.is_none() {
         tracing::warn!("NO TLS CONFIGURED FOR AGENTS: agents' API keys cross the network in clear; use only for tests or a trusted local network");
     }
@@ -299,5 +317,6 @@ pub async fn run(
         });
     }
     drop(listener);
+    expiry.abort();
     let _ = tokio::time::timeout(super::SHUTDOWN_GRACE, graceful.shutdown()).await;
 }

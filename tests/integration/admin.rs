@@ -261,6 +261,56 @@ async fn every_endpoint_from_the_command_line() {
 }
 
 #[tokio::test]
+async fn events_and_the_alert_outbox_across_users_from_the_command_line() {
+    // Alerts go to a webhook that refuses, so they wait in the outbox.
+    let ts = TestServer::start_with(
+        "alerts:\n  log: false\n  webhook:\n    url: http://127.0.0.1:9/hook\n    secret: s\n    timeout: 1s\n  retry: { initial: 1h, max: 1h }\n",
+    )
+    .await;
+    let mut sso = ts.client("sso-server").await;
+    for (user, device, ago) in [
+        ("acme/a", "d1", 7200),
+        ("acme/a", "d2", 3600),
+        ("b", "d1", 60),
+    ] {
+        sso.ok("/api/add_log", login(user, device, ago)).await;
+    }
+    let events = json_of(
+        &admin(
+            &ts,
+            "admin",
+            &["--format", "json", "events", "--tenant", "acme"],
+        )
+        .await,
+    );
+    let users: Vec<&str> = events["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["acme/a", "acme/a"]);
+    let table = admin(&ts, "admin", &["events", "--user", "b"]).await;
+    ok(&table);
+    assert!(
+        table.stdout.contains("username") && table.stdout.contains(" b "),
+        "{}",
+        table.stdout
+    );
+    // The new device of acme/a is in the outbox, undelivered.
+    let alerts = json_of(&admin(&ts, "admin", &["--format", "json", "alerts"]).await);
+    let list = alerts["alerts"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{alerts}");
+    assert_eq!(list[0]["username"], "acme/a");
+    assert_eq!(list[0]["deliveries"][0]["sink"], "webhook");
+    let id = list[0]["id"].as_i64().unwrap().to_string();
+    let retried = json_of(&admin(&ts, "admin", &["--format", "json", "retry-alert", &id]).await);
+    assert_eq!(retried["rescheduled"], 1);
+    // Administrators only: the panel is refused (exit code 3).
+    assert_eq!(admin(&ts, "accounts-panel", &["events"]).await.code, 3);
+}
+
+#[tokio::test]
 async fn exit_codes_and_errors_name_the_certificate_and_path() {
     let ts = TestServer::start().await;
 

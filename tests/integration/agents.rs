@@ -269,7 +269,10 @@ async fn keys_bodies_and_the_rate_limit_are_checked_and_refusals_write_nothing()
         "usermetadb_agent_requests_total{outcome=\"unauthorized\"}",
     )
     .await;
-    assert!(refused >= refused_before + 4, "{refused_before} -> {refused}");
+    assert!(
+        refused >= refused_before + 4,
+        "{refused_before} -> {refused}"
+    );
 
     // Malformed bodies and timestamps: 400 with a JSON message (each
     // counted against the key's rate limit, so a key of their own).

@@ -328,7 +328,7 @@ function eventsPage() {
   let timer = null;
   const load = async () => {
     try {
-      const r = await api("get_events", {
+      const r = await api("admin/events", {
         from: from.value + "T00:00:00Z",
         to: to.value + "T00:00:00Z",
         tenant: tenant.value.trim(),
@@ -457,7 +457,7 @@ function alertsPage() {
     if (!a.deliveries.some((d) => d.state !== "delivered")) return null;
     return el("button", { type: "button", class: "retry", "data-alert": a.id, onclick: async () => {
       try {
-        const res = await api("retry_alert", { id: a.id });
+        const res = await api("admin/retry_alert", { id: a.id });
         status(msg, `alert ${a.id}: ${res.rescheduled} deliveries due again`, "ok");
         setTimeout(load, 1000);
       } catch (e) {
@@ -468,7 +468,7 @@ function alertsPage() {
   const table = new Table("alerts", [...alertColumns(true), { key: "action", label: "", get: () => "", node: retry }]);
   load = async () => {
     try {
-      const r = await api("get_alerts", { max_days: Number(days.value) || 0, state: state.value, limit: 500 });
+      const r = await api("admin/alerts", { max_days: Number(days.value) || 0, state: state.value, limit: 500 });
       table.set(r.alerts);
       if (!msg.classList.contains("ok")) status(msg, r.alerts.length + " alerts");
     } catch (e) {

@@ -36,9 +36,9 @@ const STYLE: &str = include_str!("app.css");
 
 /// What the pages may ask the server, through the proxy.
 const ENDPOINTS: &[&str] = &[
-    "get_events",
-    "get_alerts",
-    "retry_alert",
+    "admin/events",
+    "admin/alerts",
+    "admin/retry_alert",
     "get_user_logs",
     "get_user_devices",
     "get_last_login",
