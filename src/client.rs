@@ -53,7 +53,14 @@ pub enum ClientError {
     },
     #[error("encoding request: {0}")]
     Encode(serde_json::Error),
+    #[error("{what} took longer than {secs} s")]
+    Timeout { what: &'static str, secs: u64 },
 }
+
+/// Longest a connection may take to open: TCP, TLS and the HTTP handshake.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Longest one request may take, from sending it to the end of the answer.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Which HTTP versions a client offers by ALPN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +157,19 @@ impl Connection {
         server_name: &str,
         tls: Option<Arc<ClientConfig>>,
     ) -> Result<Connection, ClientError> {
+        tokio::time::timeout(CONNECT_TIMEOUT, Self::open(addr, server_name, tls))
+            .await
+            .unwrap_or(Err(ClientError::Timeout {
+                what: "connecting",
+                secs: CONNECT_TIMEOUT.as_secs(),
+            }))
+    }
+
+    async fn open(
+        addr: SocketAddr,
+        server_name: &str,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> Result<Connection, ClientError> {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect { addr, source })?;
@@ -227,6 +247,15 @@ impl Connection {
         let req = req
             .body(Full::new(body))
             .map_err(|e| ClientError::ServerName(e.to_string()))?;
+        tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(req))
+            .await
+            .unwrap_or(Err(ClientError::Timeout {
+                what: "the request",
+                secs: REQUEST_TIMEOUT.as_secs(),
+            }))
+    }
+
+    async fn exchange(&mut self, req: Request<Full<Bytes>>) -> Result<RawResponse, ClientError> {
         let resp = match &mut self.sender {
             Sender::Http1(s) => {
                 s.ready().await?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rustls::ClientConfig;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use usermetadb::client::{tls_config, ClientError, Connection};
+use usermetadb::client::{tls_config_for, ClientError, Connection, Protocols};
 use usermetadb::server::tls::{common_name, load_certs};
 
 /// The exit codes, as documented in the README.
@@ -186,7 +186,9 @@ impl Api {
         let ca = need(flags.ca.clone(), file.ca, "ca")?;
         let cert = need(flags.cert.clone(), file.cert, "cert")?;
         let key = need(flags.key.clone(), file.key, "key")?;
-        let config = tls_config(&ca, Some((&cert, &key)))
+        // One request at a time: HTTP/1.1 (a TLS refusal of the certificate
+        // then surfaces on the first request, which `explain` relies on).
+        let config = tls_config_for(&ca, Some((&cert, &key)), Protocols::Http1)
             .map_err(|e| Failure::usage(format!("TLS setup: {e}")))?;
         let cn = cert_cn(&cert);
         Ok(Api {
@@ -248,11 +250,13 @@ impl Api {
         use tokio::io::AsyncReadExt;
         let tls = self.tls.clone()?;
         let name = rustls::pki_types::ServerName::try_from(self.host.clone()).ok()?;
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.ok()?;
-        let mut s = match tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
+        let wait = std::time::Duration::from_secs(10);
+        let tcp = tokio::time::timeout(wait, tokio::net::TcpStream::connect(self.addr))
             .await
-        {
+            .ok()?
+            .ok()?;
+        let handshake = tokio_rustls::TlsConnector::from(tls).connect(name, tcp);
+        let mut s = match tokio::time::timeout(wait, handshake).await.ok()? {
             Ok(s) => s,
             Err(e) => return find_rustls(&e).cloned(),
         };
@@ -321,6 +325,9 @@ impl Api {
             ),
             ClientError::Handshake { source, .. } => self.tls_failure(&source, path),
             ClientError::Http(e) => self.tls_failure(&e, path),
+            ClientError::Timeout { .. } => {
+                Failure::new(Exit::Connection, format!("{url}{path}: {e}"))
+            }
             ClientError::Status {
                 path,
                 status,
