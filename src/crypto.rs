@@ -50,7 +50,7 @@ pub enum KeyError {
 pub fn new_agent_key() -> String {
     let mut k = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut k);
-    k.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&k)
 }
 
 /// What is stored of an agent API key: its SHA-256. The keys are random, so
@@ -253,8 +253,21 @@ impl DeviceKey {
     }
 }
 
-fn hex(b: &[u8]) -> String {
+/// Bytes as lowercase hex.
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// 32 bytes from exactly 64 hex digits.
+pub fn unhex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn decode_key(data: &[u8]) -> Option<[u8; 32]> {
@@ -262,12 +275,8 @@ fn decode_key(data: &[u8]) -> Option<[u8; 32]> {
         return data.try_into().ok();
     }
     let text = std::str::from_utf8(data).ok()?.trim();
-    if text.len() == 64 && text.bytes().all(|c| c.is_ascii_hexdigit()) {
-        let mut out = [0u8; 32];
-        for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
-            out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
-        }
-        return Some(out);
+    if let Some(key) = unhex32(text) {
+        return Some(key);
     }
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(text)

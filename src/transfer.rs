@@ -206,7 +206,7 @@ pub fn export(
                     id: key.id,
                     tenant: key.tenant,
                     site: key.site,
-                    key_sha256: key_hash.iter().map(|b| format!("{b:02x}")).collect(),
+                    key_sha256: crate::crypto::hex(&key_hash),
                     created: Timestamp::from_unix(key.created),
                     disabled: key.disabled,
                 };
@@ -316,14 +316,9 @@ fn stored(privacy: &Privacy, rec: Record) -> Result<model::Record, String> {
             if k.site.is_empty() {
                 return Err("agent_key.site is required".into());
             }
-            let hex = k.key_sha256.as_bytes();
-            if hex.len() != 64 || !hex.iter().all(u8::is_ascii_hexdigit) {
-                return Err("agent_key.key_sha256 must be 64 hex digits".into());
-            }
-            let key_hash = (0..32)
-                .map(|i| u8::from_str_radix(&k.key_sha256[2 * i..2 * i + 2], 16))
-                .collect::<Result<Vec<u8>, _>>()
-                .map_err(|e| e.to_string())?;
+            let key_hash = crate::crypto::unhex32(&k.key_sha256)
+                .ok_or("agent_key.key_sha256 must be 64 hex digits")?
+                .to_vec();
             model::Record::AgentKey {
                 key: model::AgentKey {
                     id: k.id,

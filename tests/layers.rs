@@ -33,7 +33,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "transfer",
         &[
-            "clock", "config", "model", "privacy", "service", "store", "wire",
+            "clock", "config", "crypto", "model", "privacy", "service", "store", "wire",
         ],
     ),
     (

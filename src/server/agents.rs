@@ -291,18 +291,17 @@ pub async fn run(
         let peer = addr.ip();
         tokio::spawn(async move {
             let framing: Arc<framing::Ambiguity> = Default::default();
-            let http = state.http.clone();
+            let timeouts = super::Timeouts::of(&state.http);
+            let handshake = state.http.handshake_timeout;
             let handle = {
                 let framing = framing.clone();
                 move |req| handle(req, state.clone(), limits.clone(), framing.clone(), peer)
             };
             match tls {
-                None => super::serve_http(stream, &http, framing, handle, watcher, false).await,
+                None => super::serve_http(stream, timeouts, framing, handle, watcher, false).await,
                 Some(acceptor) => {
                     let stream =
-                        match tokio::time::timeout(http.handshake_timeout, acceptor.accept(stream))
-                            .await
-                        {
+                        match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => s,
                             _ => {
                                 tracing::debug!("agents: TLS handshake failed");
@@ -310,7 +309,7 @@ pub async fn run(
                             }
                         };
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    super::serve_http(stream, &http, framing, handle, watcher, h2).await
+                    super::serve_http(stream, timeouts, framing, handle, watcher, h2).await
                 }
             }
             drop(slot);

@@ -353,12 +353,29 @@ fn http2_builder() -> http2::Builder<TokioExecutor> {
     builder
 }
 
+/// The timeouts a connection is served with: copied per connection, where
+/// the whole `HttpConfig` (ACL regexes included) would be cloned.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    idle: Duration,
+    header: Duration,
+}
+
+impl Timeouts {
+    fn of(http: &HttpConfig) -> Timeouts {
+        Timeouts {
+            idle: http.idle_timeout,
+            header: http.header_timeout,
+        }
+    }
+}
+
 /// Serves one connection, after any TLS handshake, as HTTP/2 when `h2`,
 /// each request with `handle`. On HTTP/1.1 the connection's framing is
 /// followed into `framing` for `handle` to consult.
 async fn serve_http<S, F, Fut>(
     stream: S,
-    http: &HttpConfig,
+    timeouts: Timeouts,
     framing: Arc<framing::Ambiguity>,
     handle: F,
     watcher: hyper_util::server::graceful::Watcher,
@@ -370,7 +387,7 @@ async fn serve_http<S, F, Fut>(
         + Send
         + 'static,
 {
-    let idle = http.idle_timeout;
+    let idle = timeouts.idle;
     let svc = service_fn(handle);
     let result = if h2 {
         // HTTP/2 has no framing ambiguity to follow: lengths are in frames,
@@ -380,7 +397,7 @@ async fn serve_http<S, F, Fut>(
             .watch(http2_builder().serve_connection(TokioIo::new(stream), svc))
             .await
     } else {
-        let stream = framing::Followed::new(stream, framing, http.header_timeout);
+        let stream = framing::Followed::new(stream, framing, timeouts.header);
         let stream = idle::IdleTimeout::new(stream, idle);
         watcher
             .watch(http1_builder(idle).serve_connection(TokioIo::new(stream), svc))
@@ -401,10 +418,10 @@ async fn serve_api<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let http = state.http.clone();
+    let timeouts = Timeouts::of(&state.http);
     let framing = peer.framing.clone();
     let handle = move |req| handler::handle(req, state.clone(), peer.clone());
-    serve_http(stream, &http, framing, handle, watcher, h2).await
+    serve_http(stream, timeouts, framing, handle, watcher, h2).await
 }
 
 async fn serve_connection(

@@ -148,7 +148,7 @@ impl Ui {
                     return resp;
                 }
                 Err(e) if attempt == 0 => {
-                    tracing_lite(&format!("reconnecting after: {e}"));
+                    note(&format!("reconnecting after: {e}"));
                     *guard = None;
                 }
                 Err(e) => {
@@ -223,7 +223,7 @@ impl Ui {
 }
 
 /// Progress for the operator, on stderr (never a username or a body).
-fn tracing_lite(msg: &str) {
+fn note(msg: &str) {
     eprintln!("user-meta-admin ui: {msg}");
 }
 
@@ -244,7 +244,7 @@ pub async fn run(api: Api, listen: SocketAddr) -> Result<(), Failure> {
     let first = api.connect().await?;
     let mut raw = [0u8; 24];
     rand::thread_rng().fill_bytes(&mut raw);
-    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let token = usermetadb::crypto::hex(&raw);
     let ui = Arc::new(Ui {
         api,
         conn: Mutex::new(Some(first)),

@@ -4,7 +4,7 @@
 
 use tokio_postgres::Row;
 
-use super::api::{exec, lock_user, one, opt_row, record_for, TxError};
+use super::api::{exec, lock_user, one, opt_row, record_for, time_spent_row, TxError};
 use super::{pg_error, retryable, PgStore, RETRIES};
 use crate::store::agents::{span, AgentEvent, AgentKey, AgentOutcome, SessionStep, MAX_SESSION};
 use crate::store::{Detections, StoreError, TimeSpentRow};
@@ -191,16 +191,6 @@ impl PgStore {
             )
             .await
             .map_err(pg_error)?;
-        Ok(rows
-            .iter()
-            .map(|r| TimeSpentRow {
-                username: r.get(0),
-                sealed_device: r.get(1),
-                day: r.get(2),
-                seconds: r.get(3),
-                first_start: r.get(4),
-                last_end: r.get(5),
-            })
-            .collect())
+        Ok(rows.iter().map(time_spent_row).collect())
     }
 }

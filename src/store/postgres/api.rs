@@ -1056,15 +1056,7 @@ impl PgStore {
             )
             .await
             .map_err(pg_error)?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let name: String = r.get(0);
-                // The row's columns after the name, as a log row reads them.
-                let cols = LogColumnsAfter(r);
-                cols.record(name)
-            })
-            .collect())
+        Ok(rows.iter().map(named_log_row).collect())
     }
 
     pub async fn recent_alerts(
@@ -1104,32 +1096,40 @@ impl PgStore {
     }
 }
 
-/// A result row whose first column is a user name and the rest [`LOG_COLUMNS`].
-struct LogColumnsAfter<'a>(&'a Row);
+/// A log entry from a row of the user's name and then [`LOG_COLUMNS`].
+pub(super) fn named_log_row(r: &Row) -> LogRecord {
+    let t = |i: usize| text(r, i).to_owned();
+    LogRecord {
+        username: r.get(0),
+        ts: r.get(1),
+        log_type: t(2),
+        message: t(3),
+        service: t(4),
+        login_method: t(5),
+        login_authenticator_id: t(6),
+        device: r
+            .get::<_, Option<Vec<u8>>>(7)
+            .map(|sealed_id| DeviceRecord {
+                sealed_id,
+                zone: t(8),
+                browser: t(9),
+                os: t(10),
+                mobile: r.get::<_, Option<bool>>(11).unwrap_or(false),
+                user_agent: t(12),
+            }),
+    }
+}
 
-impl LogColumnsAfter<'_> {
-    fn record(&self, username: String) -> LogRecord {
-        let r = self.0;
-        let t = |i: usize| text(r, i + 1).to_owned();
-        LogRecord {
-            username,
-            ts: r.get(1),
-            log_type: t(1),
-            message: t(2),
-            service: t(3),
-            login_method: t(4),
-            login_authenticator_id: t(5),
-            device: r
-                .get::<_, Option<Vec<u8>>>(7)
-                .map(|sealed_id| DeviceRecord {
-                    sealed_id,
-                    zone: t(7),
-                    browser: t(8),
-                    os: t(9),
-                    mobile: r.get::<_, Option<bool>>(11).unwrap_or(false),
-                    user_agent: t(11),
-                }),
-        }
+/// A day of time spent from a row of: name, device_id, day, seconds,
+/// first_start, last_end.
+pub(super) fn time_spent_row(r: &Row) -> crate::model::TimeSpentRow {
+    crate::model::TimeSpentRow {
+        username: r.get(0),
+        sealed_device: r.get(1),
+        day: r.get(2),
+        seconds: r.get(3),
+        first_start: r.get(4),
+        last_end: r.get(5),
     }
 }
 

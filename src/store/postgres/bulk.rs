@@ -10,11 +10,11 @@ use std::future::Future;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::IsolationLevel;
 
-use super::api::{device_row, insert_log_row, Tx, TxError};
+use super::api::{device_row, insert_log_row, named_log_row, time_spent_row, Tx, TxError};
 use super::batch::{insert_logs, rounds, Statements};
 use super::{pg_error, PgStore};
 use crate::config::PostgresConfig;
-use crate::model::{AgentKey, Counts, DeviceRecord, LogRecord, Record, StorageSize, TimeSpentRow};
+use crate::model::{AgentKey, Counts, LogRecord, Record, StorageSize};
 use crate::store::BulkError;
 
 /// Rows fetched from a portal at a time.
@@ -53,10 +53,6 @@ impl From<tokio_postgres::Error> for BulkError {
         }
         BulkError::Store(pg_error(e))
     }
-}
-
-fn text(r: &tokio_postgres::Row, i: usize) -> String {
-    r.get::<_, Option<String>>(i).unwrap_or_default()
 }
 
 /// Streams the rows of `sql` through a portal, `FETCH` at a time.
@@ -103,28 +99,7 @@ pub fn export(
                     l.user_agent
              FROM user_logs l JOIN users u ON u.id = l.user_id
              ORDER BY u.name COLLATE \"C\", l.ts, l.seq",
-            |r| {
-                let device = r
-                    .get::<_, Option<Vec<u8>>>(7)
-                    .map(|sealed_id| DeviceRecord {
-                        sealed_id,
-                        zone: text(r, 8),
-                        browser: text(r, 9),
-                        os: text(r, 10),
-                        mobile: r.get::<_, Option<bool>>(11).unwrap_or(false),
-                        user_agent: text(r, 12),
-                    });
-                emit(Record::Log(LogRecord {
-                    username: r.get(0),
-                    ts: r.get(1),
-                    log_type: r.get(2),
-                    message: text(r, 3),
-                    service: text(r, 4),
-                    login_method: text(r, 5),
-                    login_authenticator_id: text(r, 6),
-                    device,
-                }))
-            },
+            |r| emit(Record::Log(named_log_row(r))),
         )
         .await?;
         each_row(
@@ -190,16 +165,7 @@ pub fn export(
             } else {
                 "SELECT '', ''::bytea, 0::bigint, 0::bigint, 0::bigint, 0::bigint WHERE false"
             },
-            |r| {
-                emit(Record::TimeSpent(TimeSpentRow {
-                    username: r.get(0),
-                    sealed_device: r.get(1),
-                    day: r.get(2),
-                    seconds: r.get(3),
-                    first_start: r.get(4),
-                    last_end: r.get(5),
-                }))
-            },
+            |r| emit(Record::TimeSpent(time_spent_row(r))),
         )
         .await?;
         tx.commit().await?;
