@@ -13,13 +13,15 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use super::handler::{json_response, read_body, Reject};
+use super::body::RequestBody;
+use super::handler::{json_response, Reject};
 use super::{framing, State};
 use crate::metrics::AgentOutcome as Outcome;
 use crate::service::ApiError;
@@ -128,33 +130,52 @@ pub async fn handle(
     framing: Arc<framing::Ambiguity>,
     peer: IpAddr,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    if framing.next_is_ambiguous() {
-        return Ok(Reject::AmbiguousFraming.into_response(None));
-    }
-    let path = req.uri().path().to_owned();
-    let health = match path.as_str() {
+    let (parts, body) = req.into_parts();
+    let mut body = RequestBody::new(&parts, body);
+    let mut resp = if framing.next_is_ambiguous() {
+        Reject::AmbiguousFraming.into_response(None)
+    } else {
+        serve(&parts, &mut body, &state, &limits, peer).await
+    };
+    body.settle(
+        parts.version,
+        &mut resp,
+        MAX_BODY,
+        state.http.request_timeout,
+    );
+    Ok(resp)
+}
+
+async fn serve(
+    req: &Parts,
+    body: &mut RequestBody,
+    state: &State,
+    limits: &RateLimit,
+    peer: IpAddr,
+) -> Response<Full<Bytes>> {
+    let health = match req.uri.path() {
         "/api/log_event" => false,
         "/api/health" => true,
-        _ => return Ok(message(StatusCode::NOT_FOUND, "not found", false)),
+        _ => return message(StatusCode::NOT_FOUND, "not found", false),
     };
-    if req.method() != Method::POST && !(health && req.method() == Method::GET) {
+    if req.method != Method::POST && !(health && req.method == Method::GET) {
         let mut resp = message(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", false);
         resp.headers_mut()
             .insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
-        return Ok(resp);
+        return resp;
     }
     let presented = req
-        .headers()
+        .headers
         .get(KEY_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
     if presented.is_empty() {
-        return Ok(unauthorized());
+        return unauthorized();
     }
     let key = match state.service.agent_key(&presented).await {
         Ok(Some(k)) => k,
-        Ok(None) => return Ok(unauthorized()),
+        Ok(None) => return unauthorized(),
         Err(e) if health => {
             tracing::error!(error = %e, "agent health: storage failure");
             crate::metrics::global().agent_request(Outcome::Failed);
@@ -165,12 +186,12 @@ pub async fn handle(
                 "database": "disconnected",
                 "api_key_verified": false,
             });
-            return Ok(json_response(
+            return json_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 body.to_string().into_bytes(),
-            ));
+            );
         }
-        Err(e) => return Ok(unavailable(&e)),
+        Err(e) => return unavailable(&e),
     };
     if health {
         let body = json!({
@@ -180,20 +201,20 @@ pub async fn handle(
             "database": "connected",
             "api_key_verified": true,
         });
-        return Ok(json_response(StatusCode::OK, body.to_string().into_bytes()));
+        return json_response(StatusCode::OK, body.to_string().into_bytes());
     }
     if let Err(wait) = limits.take(key.id) {
         crate::metrics::global().agent_request(Outcome::RateLimited);
         let mut resp = message(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", false);
         resp.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(wait.max(1)));
-        return Ok(resp);
+        return resp;
     }
-    Ok(log_event(req, &state, &key, peer).await)
+    log_event(body, state, &key, peer).await
 }
 
 async fn log_event(
-    req: Request<Incoming>,
+    body: &mut RequestBody,
     state: &State,
     key: &AgentKey,
     peer: IpAddr,
@@ -209,7 +230,7 @@ async fn log_event(
             );
         }
     };
-    let body = match read_body(req, MAX_BODY, state.http.request_timeout).await {
+    let body = match body.read(MAX_BODY, state.http.request_timeout).await {
         Ok(b) => b,
         Err(r) => {
             crate::metrics::global().agent_request(Outcome::Invalid);

@@ -3,16 +3,17 @@
 //! maps errors to HTTP statuses.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
+use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::body::RequestBody;
 use super::{Peer, State};
 use crate::endpoint::Endpoint;
 use crate::service::ApiError;
@@ -128,40 +129,12 @@ impl Reject {
     }
 }
 
-fn is_json(req: &Request<Incoming>) -> bool {
-    let Some(ct) = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+fn is_json(req: &Parts) -> bool {
+    let Some(ct) = req.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
     let media = ct.split(';').next().unwrap_or("").trim();
     media.eq_ignore_ascii_case("application/json")
-}
-
-pub(super) async fn read_body(
-    req: Request<Incoming>,
-    limit: usize,
-    timeout: Duration,
-) -> Result<Bytes, Reject> {
-    if let Some(len) = req.headers().get(CONTENT_LENGTH) {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Reject::BadBody("invalid Content-Length".into()))?;
-        if len > limit as u64 {
-            return Err(Reject::TooLarge);
-        }
-    }
-    let body = Limited::new(req.into_body(), limit);
-    match tokio::time::timeout(timeout, body.collect()).await {
-        Err(_) => Err(Reject::BodyTimeout),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Reject::TooLarge),
-        Ok(Err(_)) => Err(Reject::BadBody("request body could not be read".into())),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-    }
 }
 
 /// Strict JSON: one object, nothing before or after it.
@@ -189,22 +162,31 @@ pub async fn handle(
     peer: Arc<Peer>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let started = std::time::Instant::now();
-    let endpoint = Endpoint::from_path(req.uri().path());
+    let (parts, body) = req.into_parts();
+    let mut body = RequestBody::new(&parts, body);
+    let endpoint = Endpoint::from_path(parts.uri.path());
     let outcome = if peer.framing.next_is_ambiguous() {
         Err(Reject::AmbiguousFraming)
     } else {
-        serve(req, endpoint, &state, &peer).await
+        serve(&parts, &mut body, endpoint, &state, &peer).await
     };
-    let resp = match outcome {
+    let mut resp = match outcome {
         Ok(resp) => resp,
         Err(reject) => reject.into_response(endpoint),
     };
+    body.settle(
+        parts.version,
+        &mut resp,
+        state.http.max_body_bytes,
+        state.http.request_timeout,
+    );
     crate::metrics::global().request(endpoint, resp.status().as_u16(), started.elapsed());
     Ok(resp)
 }
 
 async fn serve(
-    req: Request<Incoming>,
+    req: &Parts,
+    body: &mut RequestBody,
     endpoint: Option<Endpoint>,
     state: &State,
     peer: &Peer,
@@ -213,7 +195,7 @@ async fn serve(
     if !peer.allows(endpoint) {
         return Err(Reject::Forbidden);
     }
-    if req.method() != endpoint.method() {
+    if req.method != endpoint.method() {
         return Err(Reject::MethodNotAllowed(endpoint.method()));
     }
     // Outside the request slots: an overload is exactly when it must be seen.
@@ -242,7 +224,7 @@ async fn serve(
             br#"{"status":"ok"}"#.to_vec(),
         ));
     }
-    if !is_json(&req) {
+    if !is_json(req) {
         return Err(Reject::UnsupportedMediaType);
     }
     let limit = if endpoint.is_bulk() {
@@ -250,7 +232,7 @@ async fn serve(
     } else {
         state.http.max_body_bytes
     };
-    let body = read_body(req, limit, state.http.request_timeout).await?;
+    let body = body.read(limit, state.http.request_timeout).await?;
     let svc = &state.service;
     let now = now_unix();
     Ok(match endpoint {

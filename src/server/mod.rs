@@ -3,6 +3,7 @@
 //! [`handler`], which calls the service.
 
 pub mod agents;
+mod body;
 pub mod framing;
 pub mod handler;
 mod idle;

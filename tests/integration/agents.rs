@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use usermetadb::client::{tls_config_for, Connection, Protocols};
 
 use crate::common::*;
+use crate::hostile::Wire;
 
 /// The agents' listener on the test server certificate, with `extra` YAML
 /// inside `agents:`.
@@ -317,6 +318,34 @@ async fn keys_bodies_and_the_rate_limit_are_checked_and_refusals_write_nothing()
         .event(event("Unlock", "alice", "PC2", &agent_time(1)))
         .await;
     assert_eq!(status, 201);
+}
+
+/// An agent whose key is refused before its event's body has arrived keeps a
+/// usable connection: the agent's HTTP client reuses it for the next event.
+#[tokio::test]
+async fn a_refused_key_leaves_the_connection_usable() {
+    let ts = start("", "").await;
+    let key = new_key(&ts, "acme", "hq");
+    let body = event("Sign-In", "alice", "PC1", &agent_time(60)).to_string();
+    let (first, rest) = body.as_bytes().split_at(10);
+    let head = |k: &str| {
+        format!(
+            "POST /api/log_event HTTP/1.1\r\nHost: localhost\r\nX-API-Key: {k}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let mut wire = Wire::new(raw_tls_at(ts.agents.unwrap(), "client-admin").await);
+    wire.send(&[head(&"00".repeat(32)).as_slice(), first].concat())
+        .await;
+    let a = wire.answer().await.expect("an answer");
+    assert_eq!(a.status, 401, "{a:?}");
+    assert_eq!(a.header("connection"), None, "{a:?}");
+    wire.send(&[rest, &head(&key), body.as_bytes()].concat())
+        .await;
+    let a = wire.answer().await.expect("the connection is still open");
+    assert_eq!(a.status, 201, "{a:?}");
+    assert_eq!(logs_of(&ts, "acme/alice").await.len(), 1);
 }
 
 #[tokio::test]

@@ -1002,3 +1002,134 @@ async fn odd_paths_never_get_around_the_acl() {
     }
     assert_eq!(ts.counts()[1], 2);
 }
+
+/// One connection, written and read a piece at a time.
+pub struct Wire<S> {
+    stream: S,
+    buf: Vec<u8>,
+    answers: Vec<Answer>,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Wire<S> {
+    pub fn new(stream: S) -> Wire<S> {
+        Wire {
+            stream,
+            buf: Vec::new(),
+            answers: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+        self.stream.flush().await.unwrap();
+    }
+
+    /// The next answer, or `None` once the server has closed the connection.
+    pub async fn answer(&mut self) -> Option<Answer> {
+        let mut chunk = vec![0u8; 16 * 1024];
+        while self.answers.is_empty() {
+            let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk));
+            match read.await.expect("no answer within 10 s") {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    parse_answers(&mut self.buf, &mut self.answers, false);
+                }
+            }
+        }
+        Some(self.answers.remove(0))
+    }
+}
+
+const JSON: &str = "application/json";
+
+/// A request head announcing a body of `len` bytes of type `ct`, with
+/// `extra` header lines.
+fn head(method: &str, path: &str, ct: &str, len: usize, extra: &str) -> Vec<u8> {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {ct}\r\n{extra}Content-Length: {len}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A refusal decided before the body has arrived (wrong method, media type
+/// or certificate) is answered at once, and the connection still carries the
+/// client's next request once the body is in: a client that reuses the
+/// connection (every HTTP/1.1 client pool does) must not find it closed.
+/// When the body cannot be read off (too large, or held back for `100
+/// Continue`), the answer says `Connection: close` before the server closes.
+#[tokio::test]
+async fn a_refusal_before_the_body_keeps_the_connection_usable() {
+    let ts = TestServer::start().await;
+    let body = bytes(login("late", "d", 60));
+    let (first, rest) = body.split_at(10);
+    let next = request("POST", "/api/add_log", &bytes(login("next", "d", 60)));
+    let cases: [(&str, Vec<u8>, u16); 3] = [
+        (
+            "client-admin",
+            head("PUT", "/api/add_log", JSON, body.len(), ""),
+            405,
+        ),
+        (
+            "client-admin",
+            head("POST", "/api/add_log", "text/plain", body.len(), ""),
+            415,
+        ),
+        (
+            "client-accounts-panel",
+            head("POST", "/api/add_log", JSON, body.len(), ""),
+            403,
+        ),
+    ];
+    for (cert, head, status) in cases {
+        let mut wire = Wire::new(ts.raw_tls(cert).await);
+        wire.send(&[head.as_slice(), first].concat()).await;
+        // Answered with part of the body still unsent.
+        let a = wire.answer().await.expect("an answer");
+        assert_eq!(a.status, status, "{cert}: {a:?}");
+        assert_eq!(a.header("connection"), None, "{cert}: {a:?}");
+        wire.send(&[rest, &next].concat()).await;
+        let next_cert = if cert == "client-accounts-panel" {
+            // The panel may not write: its next request is a read.
+            wire.send(&request(
+                "POST",
+                "/api/get_last_login",
+                br#"{"username": "next"}"#,
+            ))
+            .await;
+            403
+        } else {
+            200
+        };
+        let a = wire.answer().await.expect("the connection is still open");
+        assert_eq!(a.status, next_cert, "{cert}: {a:?}");
+        if cert == "client-accounts-panel" {
+            let a = wire.answer().await.expect("the connection is still open");
+            assert_eq!(a.status, 200, "{cert}: {a:?}");
+        }
+    }
+    // The admin's two next requests were stored, the refused ones not.
+    assert_eq!(ts.counts()[..2], [1, 2]);
+
+    // Bodies the server will not read through: a close announced, then done.
+    let huge = 64 << 20;
+    for (what, head) in [
+        ("over the limit", head("PUT", "/api/add_log", JSON, huge, "")),
+        (
+            "awaiting 100 Continue",
+            head("PUT", "/api/add_log", JSON, body.len(), "Expect: 100-continue\r\n"),
+        ),
+        (
+            "chunked",
+            b"PUT /api/add_log HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n".to_vec(),
+        ),
+    ] {
+        let mut wire = Wire::new(ts.raw_tls("client-admin").await);
+        wire.send(&head).await;
+        let a = wire.answer().await.expect("an answer");
+        assert_eq!(a.status, 405, "{what}: {a:?}");
+        assert_eq!(a.header("connection"), Some("close"), "{what}: {a:?}");
+        assert!(wire.answer().await.is_none(), "{what}: still open");
+    }
+    assert_eq!(ts.counts()[..2], [1, 2]);
+}
