@@ -142,9 +142,10 @@ async fn every_event_type_in_both_field_sets_is_stored_once() {
     let mut agent = Agent::connect(&ts, &key).await;
 
     let created = json!({"message": "Event logged successfully", "status": "success"});
-    for (i, kind) in ["Sign-In", "Lock", "Unlock", "Sign-Out"].iter().enumerate() {
-        let at = agent_time(7200 - 600 * i as i64);
-        let (status, body) = agent.event(event(kind, "John", "ws-017", &at)).await;
+    // Times read once: a retry below must carry exactly the first's.
+    let times: Vec<String> = (0..4).map(|i| agent_time(7200 - 600 * i)).collect();
+    for (kind, at) in ["Sign-In", "Lock", "Unlock", "Sign-Out"].iter().zip(&times) {
+        let (status, body) = agent.event(event(kind, "John", "ws-017", at)).await;
         assert_eq!((status, &body), (201, &created), "{kind}");
     }
     // Older agents: `IPAddress`, other spellings, RFC 3339 with an offset.
@@ -159,7 +160,7 @@ async fn every_event_type_in_both_field_sets_is_stored_once() {
     }
     // A retry of an event already stored, as the agent sends it after a
     // failure (its `retry` count moved on): 200, and nothing written.
-    let mut first = event("Sign-In", "John", "ws-017", &agent_time(7200));
+    let mut first = event("Sign-In", "John", "ws-017", &times[0]);
     for retry in [0, 3] {
         first["retry"] = json!(retry);
         let (status, body) = agent.event(first.clone()).await;
