@@ -256,6 +256,29 @@ impl Population {
     }
 }
 
+/// The Windows agent's event types, in its spellings.
+const AGENT_EVENTS: [&str; 4] = ["Sign-In", "Lock", "Unlock", "Sign-Out"];
+
+impl Population {
+    /// An event as the Windows agent posts it (the winauthmon protocol): a
+    /// user on one of their computers, any of the four event types, at
+    /// `now` to the second.
+    pub fn agent_event(&self, rng: &mut impl Rng, now: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
+        let user = self.random_user(rng);
+        let device = self.random_device(rng);
+        let event = serde_json::json!({
+            "EventType": AGENT_EVENTS[rng.gen_range(0..AGENT_EVENTS.len())],
+            "UserName": format!("user{user}"),
+            "ComputerName": format!("WS-{user}-{device}"),
+            "Timestamp": now.format("%Y-%m-%d %H:%M:%S").to_string(),
+            "LocalIP": "10.0.0.1",
+            "PublicIP": self.device_address(user, device),
+            "retry": 0,
+        });
+        to_body(&event)
+    }
+}
+
 fn to_body<T: serde::Serialize>(v: &T) -> Vec<u8> {
     // The wire types hold only strings, numbers and booleans: encoding cannot fail.
     serde_json::to_vec(v).unwrap_or_default()

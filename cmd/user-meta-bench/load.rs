@@ -61,10 +61,28 @@ pub struct Scenario {
     /// for HTTP/1.1.
     pub streams: usize,
     pub body: BodyFn,
+    /// Headers sent with each request; worker `i` sends set `i % n`
+    /// (agents' API keys, one per worker). None when empty.
+    pub headers: Vec<Vec<(&'static str, String)>>,
+    /// Another listener of the server (the agents'), instead of the target's.
+    pub addr: Option<SocketAddr>,
     pub check: Option<CheckFn>,
     /// Sample the server's resident memory while the scenario runs.
     pub sample_memory: bool,
     pub seed: u64,
+}
+
+impl Scenario {
+    fn addr_of(&self, target: &Target, connection: usize) -> SocketAddr {
+        self.addr.unwrap_or_else(|| target.addr(connection))
+    }
+
+    fn headers_of(&self, connection: usize) -> &[(&'static str, String)] {
+        match self.headers.len() {
+            0 => &[],
+            n => &self.headers[connection % n],
+        }
+    }
 }
 
 pub struct Target {
@@ -148,7 +166,11 @@ pub async fn run(sc: &Scenario, target: &Target) -> Result<Outcome> {
     let mut conns = Vec::with_capacity(sc.connections);
     if !sc.connect_per_request {
         let opening = (0..sc.connections).map(|i| {
-            let (addr, name, tls) = (target.addr(i), target.server_name.clone(), sc.tls.clone());
+            let (addr, name, tls) = (
+                sc.addr_of(target, i),
+                target.server_name.clone(),
+                sc.tls.clone(),
+            );
             async move { Connection::connect(addr, &name, Some(tls)).await }
         });
         for c in futures_join_all(opening).await {
@@ -203,7 +225,7 @@ pub async fn run(sc: &Scenario, target: &Target) -> Result<Outcome> {
         let sc = sc.clone();
         let window = window.clone();
         let tickets = tickets.clone();
-        let addr = target.addr(i);
+        let addr = sc.addr_of(target, i);
         let name = target.server_name.clone();
         workers.push(tokio::spawn(async move {
             worker(i as u64, conn, result, &sc, &window, &tickets, addr, &name).await
@@ -320,6 +342,7 @@ async fn worker(
 ) -> WorkerResult {
     let mut rng = StdRng::seed_from_u64(sc.seed ^ (id.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
     let content_type = (sc.method == Method::POST).then_some("application/json");
+    let headers = sc.headers_of(id as usize);
     loop {
         // Closed loop: the clock starts once the body is ready. Open loop: it
         // started when the request was due.
@@ -342,14 +365,14 @@ async fn worker(
         let sent;
         let answer = if let Some(c) = conn.as_mut().filter(|_| !sc.connect_per_request) {
             sent = Instant::now();
-            c.request(sc.method.clone(), sc.path, content_type, body)
+            c.request_with_headers(sc.method.clone(), sc.path, headers, content_type, body)
                 .await
         } else {
             sent = Instant::now();
             match Connection::connect(addr, server_name, Some(sc.tls.clone())).await {
                 Ok(c) => {
                     let c = conn.insert(c);
-                    c.request(sc.method.clone(), sc.path, content_type, body)
+                    c.request_with_headers(sc.method.clone(), sc.path, headers, content_type, body)
                         .await
                 }
                 Err(e) => Err(e),

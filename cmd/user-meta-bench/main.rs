@@ -181,7 +181,7 @@ struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "check_device,check_device_h2,get_user_logs,get_unused_accounts,add_log,add_log_h2,add_log_rate,handshake"
+        default_value = "check_device,check_device_h2,get_user_logs,get_unused_accounts,add_log,add_log_h2,log_event,add_log_rate,handshake"
     )]
     scenarios: Vec<String>,
     /// Threads of the load generator.
@@ -330,6 +330,8 @@ struct Identities {
     fresh: Arc<ClientConfig>,
     /// The writer's identity offering HTTP/2 only.
     writer_h2: Arc<ClientConfig>,
+    /// A Windows agent: the CA to trust, no certificate of its own.
+    agent: Arc<ClientConfig>,
 }
 
 fn identities(certs: &Path) -> Result<Identities> {
@@ -351,6 +353,7 @@ fn identities(certs: &Path) -> Result<Identities> {
         reader,
         fresh: Arc::new(fresh),
         writer_h2: load("client-sso-server", Protocols::Http2)?,
+        agent: tls_config_for(&ca, None, Protocols::Http1).context("the agents' TLS")?,
     })
 }
 
@@ -367,6 +370,12 @@ fn default_server_binary() -> Result<PathBuf> {
 }
 
 /// How the answers of a scenario are checked.
+/// The agents' listener's answer to an event.
+#[derive(serde::Deserialize)]
+struct AgentAnswer {
+    message: String,
+}
+
 fn checker<T: serde::de::DeserializeOwned + 'static>(
     validate: bool,
     tally: fn(&T) -> u64,
@@ -412,6 +421,7 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
     let mut seed_stats = None;
     let mut database_before = None;
     let mut insert_ceiling = None;
+    let mut agents = None;
     let (target, db_cfg) = match args.addr {
         Some(addr) => {
             eprintln!(
@@ -475,15 +485,29 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
                 insert_ceiling = Some(pgbench_insert_rate(pg, &dir.path, &args)?);
             }
             let config = dir.path.join("server.yml");
+            let agents_addr =
+                if args.scenarios.iter().any(|s| s == "log_event") && args.replicas <= 1 {
+                    Some(spawn::free_loopback_addr()?)
+                } else {
+                    None
+                };
             let yaml = spawn::config_yaml(&spawn::ServerFiles {
                 db: &db_cfg,
                 device_key: &key_path,
                 certs: &certs,
                 geoip: Some(&geoip),
                 synchronous: &args.synchronous,
+                agents: agents_addr,
             });
             std::fs::write(&config, yaml)
                 .with_context(|| format!("writing {}", config.display()))?;
+            if let Some(addr) = agents_addr {
+                // A key per load worker: the per-key rate limit stays out of the figure.
+                let keys = (0..args.connections)
+                    .map(|_| spawn::agent_key(&binary, &config))
+                    .collect::<Result<_>>()?;
+                agents = Some(Agents { addr, keys });
+            }
             let mut addrs = Vec::new();
             for i in 0..args.replicas.max(1) {
                 let addr = spawn::free_loopback_addr()?;
@@ -512,7 +536,7 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
         }
     };
 
-    let scenarios = scenarios(&args, &pop, &ids)?;
+    let scenarios = scenarios(&args, &pop, &ids, agents.as_ref())?;
     let mut reports: Vec<ScenarioReport> = Vec::new();
     let mut memory_peak: Option<procfs::Memory> = None;
     for (i, (sc, meaning)) in scenarios.iter().enumerate() {
@@ -628,7 +652,18 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
 
 type Planned = (Scenario, Option<&'static str>);
 
-fn scenarios(args: &RunArgs, pop: &Population, ids: &Identities) -> Result<Vec<Planned>> {
+/// The agents' listener of the spawned server, and keys for it.
+struct Agents {
+    addr: SocketAddr,
+    keys: Vec<String>,
+}
+
+fn scenarios(
+    args: &RunArgs,
+    pop: &Population,
+    ids: &Identities,
+    agents: Option<&Agents>,
+) -> Result<Vec<Planned>> {
     for s in &args.scenarios {
         if !matches!(
             s.as_str(),
@@ -640,6 +675,7 @@ fn scenarios(args: &RunArgs, pop: &Population, ids: &Identities) -> Result<Vec<P
                 | "get_unused_accounts"
                 | "add_log"
                 | "add_log_rate"
+                | "log_event"
                 | "handshake"
         ) {
             bail!("unknown scenario {s:?}");
@@ -658,6 +694,8 @@ fn scenarios(args: &RunArgs, pop: &Population, ids: &Identities) -> Result<Vec<P
         connect_per_request: false,
         streams: 1,
         body: Arc::new(|_| Bytes::new()),
+        headers: Vec::new(),
+        addr: None,
         check: None,
         sample_memory: false,
         seed: args.population.seed,
@@ -783,6 +821,34 @@ fn scenarios(args: &RunArgs, pop: &Population, ids: &Identities) -> Result<Vec<P
                 ..h2.clone()
             },
             None,
+        ));
+    }
+    if wanted("log_event") && agents.is_none() {
+        eprintln!("log_event skipped: it needs one spawned server (no --addr, no --replicas)");
+    }
+    if let Some(agents) = agents.filter(|_| wanted("log_event")) {
+        let p = pop.clone();
+        out.push((
+            Scenario {
+                name: "log_event".into(),
+                path: "/api/log_event",
+                tls: ids.agent.clone(),
+                addr: Some(agents.addr),
+                headers: agents
+                    .keys
+                    .iter()
+                    .map(|k| vec![("X-API-Key", k.clone())])
+                    .collect(),
+                body: Arc::new(move |rng| p.agent_event(rng, chrono::Utc::now()).into()),
+                // 200 is a retry recognised: the same user, computer, type
+                // and second drawn twice.
+                // Always checked: the share of retries is part of the figure.
+                check: checker::<AgentAnswer>(true, |r| {
+                    u64::from(r.message == "Event already recorded")
+                }),
+                ..base.clone()
+            },
+            Some("events already recorded"),
         ));
     }
     if wanted("add_log_rate") {

@@ -46,6 +46,9 @@ pub struct ServerFiles<'a> {
     pub certs: &'a Path,
     pub geoip: Option<&'a Path>,
     pub synchronous: &'a str,
+    /// The agents' listener, on the test server certificate, with the
+    /// highest rate limit per key.
+    pub agents: Option<SocketAddr>,
 }
 
 /// A YAML configuration for the server: mTLS with the test certificates, the
@@ -84,10 +87,37 @@ secrets:
         ca = q(&f.certs.join("ca.pem")),
         dk = q(f.device_key),
     );
+    if let Some(addr) = f.agents {
+        y.push_str(&format!(
+            "agents:\n  addr: {addr}\n  rate_limit: 100000\n  tls:\n    cert: {}\n    key: {}\n",
+            q(&f.certs.join("server.pem")),
+            q(&f.certs.join("server.key")),
+        ));
+    }
     if let Some(g) = f.geoip {
         y.push_str(&format!("geoip:\n  db: {}\n", q(g)));
     }
     y
+}
+
+/// A new agent key, made with the server binary's `agent-key add` on
+/// `config`'s database.
+pub fn agent_key(binary: &Path, config: &Path) -> Result<String> {
+    let out = Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .args(["agent-key", "add", "--tenant", "bench", "--site", "load"])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} agent-key add", binary.display()))?;
+    if !out.status.success() {
+        bail!(
+            "agent-key add failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// A free port on the loopback interface, as the kernel hands them out.
