@@ -99,6 +99,29 @@ fn message(status: StatusCode, text: &str, ok: bool) -> Response<Full<Bytes>> {
     json_response(status, body.to_string().into_bytes())
 }
 
+/// The health answer the agent expects: 200 with the key verified, or 500
+/// with the database disconnected when the key could not be checked.
+fn health_answer(connected: bool) -> Response<Full<Bytes>> {
+    let (status, state, message, database) = if connected {
+        (StatusCode::OK, "ok", "API is healthy", "connected")
+    } else {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "error",
+            "database unavailable",
+            "disconnected",
+        )
+    };
+    let body = json!({
+        "status": state,
+        "message": message,
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "database": database,
+        "api_key_verified": connected,
+    });
+    json_response(status, body.to_string().into_bytes())
+}
+
 fn unauthorized() -> Response<Full<Bytes>> {
     crate::metrics::global().agent_request(Outcome::Unauthorized);
     message(
@@ -179,29 +202,12 @@ async fn serve(
         Err(e) if health => {
             tracing::error!(error = %e, "agent health: storage failure");
             crate::metrics::global().agent_request(Outcome::Failed);
-            let body = json!({
-                "status": "error",
-                "message": "database unavailable",
-                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                "database": "disconnected",
-                "api_key_verified": false,
-            });
-            return json_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                body.to_string().into_bytes(),
-            );
+            return health_answer(false);
         }
         Err(e) => return unavailable(&e),
     };
     if health {
-        let body = json!({
-            "status": "ok",
-            "message": "API is healthy",
-            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "database": "connected",
-            "api_key_verified": true,
-        });
-        return json_response(StatusCode::OK, body.to_string().into_bytes());
+        return health_answer(true);
     }
     if let Err(wait) = limits.take(key.id) {
         crate::metrics::global().agent_request(Outcome::RateLimited);

@@ -9,9 +9,10 @@ use super::{pg_error, retryable, PgStore, RETRIES};
 use crate::store::agents::{span, AgentEvent, AgentKey, AgentOutcome, SessionStep, MAX_SESSION};
 use crate::store::{Detections, StoreError, TimeSpentRow};
 
-const KEY_COLUMNS: &str = "id, tenant, site, created, disabled";
+pub(super) const KEY_COLUMNS: &str = "id, tenant, site, created, disabled";
 
-fn key_row(r: &Row) -> AgentKey {
+/// A key from a row of [`KEY_COLUMNS`] (and any columns after them).
+pub(super) fn key_row(r: &Row) -> AgentKey {
     AgentKey {
         id: r.get(0),
         tenant: r.get(1),
@@ -33,18 +34,14 @@ impl PgStore {
         in_transaction!(self, |tx| {
             let row = one(
                 &tx,
-                "INSERT INTO agent_keys (tenant, site, key_hash, created)
-                 VALUES ($1, $2, $3, $4) RETURNING id",
+                &format!(
+                    "INSERT INTO agent_keys (tenant, site, key_hash, created)
+                     VALUES ($1, $2, $3, $4) RETURNING {KEY_COLUMNS}"
+                ),
                 &[&tenant, &site, &hash, &created],
             )
             .await?;
-            Ok(AgentKey {
-                id: row.get(0),
-                tenant: tenant.clone(),
-                site: site.clone(),
-                created,
-                disabled: false,
-            })
+            Ok(key_row(&row))
         })
     }
 

@@ -14,7 +14,7 @@ use super::api::{device_row, insert_log_row, named_log_row, time_spent_row, Tx, 
 use super::batch::{insert_logs, rounds, Statements};
 use super::{pg_error, PgStore};
 use crate::config::PostgresConfig;
-use crate::model::{AgentKey, Counts, LogRecord, Record, StorageSize};
+use crate::model::{Counts, LogRecord, Record, StorageSize};
 use crate::store::BulkError;
 
 /// Rows fetched from a portal at a time.
@@ -135,22 +135,20 @@ pub fn export(
             .query_one("SELECT to_regclass('agent_keys') IS NOT NULL", &[])
             .await?
             .get(0);
+        let keys = format!(
+            "SELECT {}, key_hash FROM agent_keys ORDER BY id",
+            super::agents::KEY_COLUMNS
+        );
         each_row(
             &tx,
             if agents {
-                "SELECT id, tenant, site, created, disabled, key_hash FROM agent_keys ORDER BY id"
+                &keys
             } else {
                 "SELECT 0::bigint, '', '', 0::bigint, false, ''::bytea WHERE false"
             },
             |r| {
                 emit(Record::AgentKey {
-                    key: AgentKey {
-                        id: r.get(0),
-                        tenant: r.get(1),
-                        site: r.get(2),
-                        created: r.get(3),
-                        disabled: r.get(4),
-                    },
+                    key: super::agents::key_row(r),
                     key_hash: r.get(5),
                 })
             },

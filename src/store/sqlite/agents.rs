@@ -6,7 +6,8 @@ use super::{ops, SqliteStore};
 use crate::store::agents::{span, AgentEvent, AgentKey, AgentOutcome, SessionStep, MAX_SESSION};
 use crate::store::{Detections, StoreError, TimeSpentRow};
 
-fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentKey> {
+/// A key from a row of [`KEY_COLUMNS`] (and any columns after them).
+pub(super) fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentKey> {
     Ok(AgentKey {
         id: r.get(0)?,
         tenant: r.get(1)?,
@@ -16,7 +17,7 @@ fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentKey> {
     })
 }
 
-const KEY_COLUMNS: &str = "id, tenant, site, created, disabled";
+pub(super) const KEY_COLUMNS: &str = "id, tenant, site, created, disabled";
 
 /// Applies a session step for user `uid` on the sealed computer `device`.
 fn session_step(

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::agents::{key_from_row, KEY_COLUMNS};
 use super::ops::DEVICE_COLUMNS;
 use super::{alerts, ops, schema};
-use crate::model::{AgentKey, Counts, Record, StorageSize};
+use crate::model::{Counts, Record, StorageSize};
 use crate::store::{BulkError, StoreError};
 
 impl From<rusqlite::Error> for BulkError {
@@ -119,19 +120,13 @@ fn export_agents(
     tx: &Connection,
     emit: &mut dyn FnMut(Record) -> Result<(), BulkError>,
 ) -> Result<(), BulkError> {
-    let mut stmt = tx.prepare(
-        "SELECT id, tenant, site, created, disabled, key_hash FROM agent_keys ORDER BY id",
-    )?;
+    let mut stmt = tx.prepare(&format!(
+        "SELECT {KEY_COLUMNS}, key_hash FROM agent_keys ORDER BY id"
+    ))?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         emit(Record::AgentKey {
-            key: AgentKey {
-                id: r.get(0)?,
-                tenant: r.get(1)?,
-                site: r.get(2)?,
-                created: r.get(3)?,
-                disabled: r.get(4)?,
-            },
+            key: key_from_row(r)?,
             key_hash: r.get(5)?,
         })?;
     }
