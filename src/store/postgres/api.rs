@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, IsolationLevel, Row};
 
-use super::{pg_error, retryable, PgStore, RETRIES};
+use super::{known, pg_error, retryable, PgStore, RETRIES};
 use crate::clock::quantize;
 use crate::model::{
     Aggregate, Aggregated, AlertDraft, AlertKind, Deleted, Delivery, DeviceIndexStats,
@@ -447,12 +447,12 @@ impl PgStore {
     }
 
     pub async fn forget_user(&self, user: String) -> Result<Deleted, StoreError> {
-        let d: Deleted = in_transaction!(self, |tx| {
+        let (d, devices): (Deleted, Vec<Vec<u8>>) = in_transaction!(self, |tx| {
             let Some(row) = tx
                 .query_opt("SELECT id FROM users WHERE name = $1 FOR UPDATE", &[&user])
                 .await?
             else {
-                return Ok(Deleted::default());
+                return Ok((Deleted::default(), Vec::new()));
             };
             let uid: i64 = row.get(0);
             tx.execute(
@@ -467,13 +467,20 @@ impl PgStore {
                 .await?;
             tx.execute("DELETE FROM time_spent WHERE user_id = $1", &[&uid])
                 .await?;
-            Ok(Deleted {
+            let devices: Vec<Vec<u8>> = tx
+                .query(
+                    "DELETE FROM devices WHERE user_id = $1 RETURNING device_id",
+                    &[&uid],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let d = Deleted {
                 user_logs: tx
                     .execute("DELETE FROM user_logs WHERE user_id = $1", &[&uid])
                     .await?,
-                devices: tx
-                    .execute("DELETE FROM devices WHERE user_id = $1", &[&uid])
-                    .await?,
+                devices: devices.len() as u64,
                 last_logins: tx
                     .execute("DELETE FROM last_login WHERE user_id = $1", &[&uid])
                     .await?,
@@ -483,8 +490,12 @@ impl PgStore {
                 users: tx
                     .execute("DELETE FROM users WHERE id = $1", &[&uid])
                     .await?,
-            })
+            };
+            Ok((d, devices))
         })?;
+        if let Some(known) = &self.known {
+            known.forget(devices.iter().map(|dev| known.key(&user, dev)));
+        }
         if d.total() > 0 {
             self.vacuum_soon();
         }
@@ -536,7 +547,13 @@ impl PgStore {
             tracing::debug!("retention: another replica is pruning");
             return Ok(Deleted::default());
         }
-        let result = prune_locked(&mut client, logs_before, devices_before).await;
+        let result = prune_locked(
+            &mut client,
+            logs_before,
+            devices_before,
+            self.known.as_deref(),
+        )
+        .await;
         let unlocked = client
             .execute("SELECT pg_advisory_unlock($1)", &[&RETENTION_LOCK])
             .await;
@@ -877,15 +894,18 @@ impl PgStore {
     }
 }
 
+/// Retention in batches, a transaction each; the devices a batch removed are
+/// forgotten by this replica's device index once it is committed.
 async fn prune_locked(
     client: &mut deadpool_postgres::Object,
     logs_before: i64,
     devices_before: i64,
+    known: Option<&known::KnownDevices>,
 ) -> Result<Deleted, StoreError> {
     let mut total = Deleted::default();
     loop {
         let tx = client.transaction().await.map_err(pg_error)?;
-        let step: Result<(Deleted, bool), tokio_postgres::Error> = async {
+        let step: Result<(Deleted, bool, Vec<u128>), tokio_postgres::Error> = async {
             let user_logs = tx
                 .execute(
                     "DELETE FROM user_logs WHERE (user_id, ts, seq) IN
@@ -894,13 +914,19 @@ async fn prune_locked(
                     &[&logs_before, &PRUNE_BATCH],
                 )
                 .await?;
-            let devices = tx
-                .execute(
-                    "DELETE FROM devices WHERE (user_id, device_id) IN
-                         (SELECT user_id, device_id FROM devices WHERE last_seen < $1 LIMIT $2)",
+            let rows = tx
+                .query(
+                    "WITH d AS (DELETE FROM devices WHERE (user_id, device_id) IN
+                         (SELECT user_id, device_id FROM devices WHERE last_seen < $1 LIMIT $2)
+                         RETURNING user_id, device_id)
+                     SELECT u.name, d.device_id FROM d JOIN users u ON u.id = d.user_id",
                     &[&devices_before, &PRUNE_BATCH],
                 )
                 .await?;
+            let devices = rows.len() as u64;
+            let removed: Vec<u128> = known.map_or_else(Vec::new, |k| {
+                rows.iter().map(|r| k.key(r.get(0), r.get(1))).collect()
+            });
             let alerts = tx
                 .query_one(
                     "WITH a AS (SELECT id FROM alerts WHERE created < $1 ORDER BY created LIMIT $2),
@@ -951,13 +977,16 @@ async fn prune_locked(
                 users,
             };
             // A full batch of countries alone asks for another step.
-            Ok((deleted, countries == PRUNE_BATCH as u64))
+            Ok((deleted, countries == PRUNE_BATCH as u64, removed))
         }
         .await;
         let (step, more_countries) = match step {
-            Ok(s) => {
+            Ok((deleted, more_countries, removed)) => {
                 tx.commit().await.map_err(pg_error)?;
-                s
+                if let Some(known) = known {
+                    known.forget(removed);
+                }
+                (deleted, more_countries)
             }
             Err(e) => return Err(pg_error(e)),
         };

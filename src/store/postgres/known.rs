@@ -12,8 +12,11 @@
 //! connection of its own and, on a notification, drops its whole index and
 //! reads it again from the table. Until it is listening and has read the
 //! table, and whenever its listening connection is lost, the index answers
-//! nothing. A generation number, moved by every drop, keeps a pair read
-//! before a removal from being kept after it.
+//! nothing. The replica that removes devices also forgets those pairs itself
+//! as soon as its commit is done, so that its own next lookup never answers
+//! from before its removal. A generation number, moved by every drop and
+//! every such forgetting, keeps a pair read before a removal from being kept
+//! after it.
 //!
 //! Pairs are kept as keyed 128-bit sums (`store::pairs`), nothing of either
 //! in clear.
@@ -83,6 +86,19 @@ impl KnownDevices {
         // Under the write lock: a drop moves the generation under it too.
         if self.generation.load(Ordering::Acquire) == generation {
             pairs.extend(keys);
+        }
+    }
+
+    /// Forgets pairs this replica has just removed, once its removal is
+    /// committed: its own next lookup of them asks the database, without
+    /// waiting for the notification (which rebuilds every replica's index,
+    /// this one's too). Moves the generation, so a pair read before the
+    /// removal and learnt after it is not kept.
+    pub(super) fn forget(&self, keys: impl IntoIterator<Item = u128>) {
+        let mut pairs = self.pairs.write().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for key in keys {
+            pairs.remove(&key);
         }
     }
 
@@ -184,10 +200,13 @@ pub(super) async fn follow(
             if removed {
                 continue 'listening;
             }
-            if known.generation() == generation {
-                known.ready.store(true, Ordering::Release);
-                known.rebuilds.fetch_add(1, Ordering::Relaxed);
+            // This replica's own removal during the read: pairs read after
+            // it were not kept, so read again.
+            if known.generation() != generation {
+                continue 'listening;
             }
+            known.ready.store(true, Ordering::Release);
+            known.rebuilds.fetch_add(1, Ordering::Relaxed);
             match hearing.recv().await {
                 Some(Heard::Removed) => continue 'listening,
                 Some(Heard::Lost) | None => break 'listening,

@@ -18,8 +18,9 @@
 //! - Retention runs on one replica at a time (`pg_try_advisory_lock`), and
 //!   migrations once (`pg_advisory_lock` on a connection of their own).
 //! - `check_device` of a known device may be answered by the replica's
-//!   device index, which only ever answers "known" and hears of every
-//!   removal by LISTEN/NOTIFY (see `known`); anything else asks the database.
+//!   device index, which only ever answers "known", forgets its own
+//!   removals at their commit and hears of every replica's by LISTEN/NOTIFY
+//!   (see `known`); anything else asks the database.
 
 /// How a device entry merges into the user's device row: non-empty
 /// attributes replace, the first and last sighting widen, logins add up.
@@ -384,12 +385,79 @@ mod tests {
         known.holds(known.key(user, dev))
     }
 
+    /// A login of `user` at `ts` from the device `dev`.
+    fn login_from(user: &str, dev: &str, ts: i64) -> crate::model::LogRecord {
+        crate::model::LogRecord {
+            username: user.into(),
+            ts,
+            log_type: "login".into(),
+            device: Some(crate::model::DeviceRecord {
+                sealed_id: dev.as_bytes().to_vec(),
+                zone: "IT".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The replica that erases or ages out a device answers "unknown" for it
+    /// as soon as the removal returns, before the notification of its commit
+    /// has come back to its own index. Each round starts from an index that
+    /// holds the device.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_reads_its_own_removals_of_devices() {
+        let Some(cluster) = cluster() else { return };
+        cluster.create_database("own_removals").unwrap();
+        let store = PgStore::open(&config(cluster.uri("own_removals")), true)
+            .await
+            .unwrap();
+        let now = crate::clock::now_unix();
+        for round in 0..20 {
+            let (erased, aged) = (format!("e{round}"), format!("a{round}"));
+            store
+                .record_log(login_from(&erased, "d", now), None)
+                .await
+                .unwrap();
+            store
+                .record_log(login_from(&aged, "d", now - 400 * 86_400), None)
+                .await
+                .unwrap();
+            // A pair written while the index was being read again may be
+            // missing from it: a lookup asks the database and keeps it.
+            eventually("the index holds both devices", async || {
+                for user in [&erased, &aged] {
+                    let _ = store.device_known(user.clone(), b"d".to_vec()).await;
+                }
+                holds(&store, &erased, b"d") && holds(&store, &aged, b"d")
+            })
+            .await;
+
+            let d = store.forget_user(erased.clone()).await.unwrap();
+            assert_eq!(d.devices, 1);
+            assert!(!holds(&store, &erased, b"d"), "round {round}");
+            assert!(!store.device_known(erased, b"d".to_vec()).await.unwrap());
+
+            eventually("the index holds the aged device", async || {
+                let _ = store.device_known(aged.clone(), b"d".to_vec()).await;
+                holds(&store, &aged, b"d")
+            })
+            .await;
+            let d = store
+                .prune(now - 800 * 86_400, now - 200 * 86_400)
+                .await
+                .unwrap();
+            assert_eq!(d.devices, 1);
+            assert!(!holds(&store, &aged, b"d"), "round {round}");
+            assert!(!store.device_known(aged, b"d".to_vec()).await.unwrap());
+        }
+        store.close();
+    }
+
     /// One replica's device index never answers "unknown" for a device
     /// another replica stored, and stops answering "known" for one another
     /// replica erased or aged out, or when it stops hearing of removals.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_device_index_stays_coherent_across_replicas() {
-        use crate::model::{DeviceRecord, LogRecord};
         let Some(cluster) = cluster() else { return };
         cluster.create_database("index_coherence").unwrap();
         let cfg = config(cluster.uri("index_coherence"));
@@ -399,17 +467,7 @@ mod tests {
             b.device_index_stats().unwrap().devices.is_some()
         })
         .await;
-        let entry = |user: &str, dev: &str, ts: i64| LogRecord {
-            username: user.into(),
-            ts,
-            log_type: "login".into(),
-            device: Some(DeviceRecord {
-                sealed_id: dev.as_bytes().to_vec(),
-                zone: "IT".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let entry = login_from;
         let now = crate::clock::now_unix();
         a.record_log(entry("u", "d1", now), None).await.unwrap();
         a.record_log(entry("old", "d0", now - 400 * 86_400), None)
