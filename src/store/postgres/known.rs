@@ -93,8 +93,13 @@ impl KnownDevices {
     /// committed: its own next lookup of them asks the database, without
     /// waiting for the notification (which rebuilds every replica's index,
     /// this one's too). Moves the generation, so a pair read before the
-    /// removal and learnt after it is not kept.
+    /// removal and learnt after it is not kept. Nothing removed, nothing
+    /// moved.
     pub(super) fn forget(&self, keys: impl IntoIterator<Item = u128>) {
+        let mut keys = keys.into_iter().peekable();
+        if keys.peek().is_none() {
+            return;
+        }
         let mut pairs = self.pairs.write().unwrap_or_else(PoisonError::into_inner);
         self.generation.fetch_add(1, Ordering::AcqRel);
         for key in keys {
