@@ -117,7 +117,7 @@ fn event(kind: &str, user: &str, computer: &str, at: &str) -> Value {
     })
 }
 
-/// A time `hours` ago, in the agent's `YYYY-MM-DD HH:MM:SS` form (UTC).
+/// A time `secs_ago` seconds ago, in the agent's `YYYY-MM-DD HH:MM:SS` form (UTC).
 fn agent_time(secs_ago: i64) -> String {
     (chrono::Utc::now() - chrono::Duration::seconds(secs_ago))
         .format("%Y-%m-%d %H:%M:%S")
@@ -412,9 +412,16 @@ async fn tenants_never_share_a_user_and_a_new_computer_is_a_new_device() {
     assert!(none["alerts"].as_array().unwrap().is_empty());
 }
 
+/// Yesterday (UTC), read once: a test that spans midnight still scripts and
+/// reads the same day.
+fn yesterday() -> chrono::NaiveDate {
+    static DAY: std::sync::OnceLock<chrono::NaiveDate> = std::sync::OnceLock::new();
+    *DAY.get_or_init(|| chrono::Utc::now().date_naive() - chrono::Duration::days(1))
+}
+
 /// The report of time spent for yesterday.
 async fn time_spent(ts: &TestServer, tenant: &str, per_computer: bool) -> Value {
-    let day = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
+    let day = yesterday();
     let mut admin = ts.client("admin").await;
     let v = admin
         .ok(
@@ -440,7 +447,7 @@ async fn time_spent_is_kept_rounded_and_reported_per_user_only_when_opted_in() {
     .await;
     let acme = new_key(&ts, "acme", "hq");
     let globex = new_key(&ts, "globex", "hq");
-    let day = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
+    let day = yesterday();
     let at = |hms: &str| format!("{day} {hms}");
     // A scripted day: in at 08:58:10, lunch 12:01:40 – 12:47:05, out at 17:30:55.
     let script = [

@@ -12,10 +12,13 @@ use serde_json::{json, Value};
 use crate::admin::{admin, conn_args, run_bin, ADMIN};
 use crate::common::*;
 
-/// The top of the hour `hours` ago, RFC 3339.
+/// The top of the hour `hours` before the hour this test process started
+/// in, RFC 3339: read once, so that a test spanning the top of an hour keeps
+/// its sessions' lengths and its ranges.
 fn hour_ago(hours: i64) -> String {
-    let now = chrono::Utc::now().timestamp();
-    let t = (now / 3600 - hours) * 3600;
+    static HOUR: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let hour = *HOUR.get_or_init(|| chrono::Utc::now().timestamp() / 3600);
+    let t = (hour - hours) * 3600;
     chrono::DateTime::from_timestamp(t, 0)
         .unwrap()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
