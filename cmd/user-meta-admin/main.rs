@@ -258,10 +258,12 @@ enum Command {
     Health,
     /// The dashboard: a local web app on --listen that talks to the server
     /// with this certificate (events, a user, alerts, reports, stale accounts).
+    /// It prints a URL with a one-time secret: open it to start the session.
     Ui {
-        /// Where the dashboard listens (keep it on loopback).
+        /// Where the dashboard listens: HOST:PORT (keep it on loopback), or
+        /// unix:PATH, a socket only you can connect to (mode 0600).
         #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
+        listen: ui::Listen,
     },
     /// Print the manual page or a shell's completion script.
     Generate {

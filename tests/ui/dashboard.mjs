@@ -1,12 +1,14 @@
 // Drives the dashboard in Debian's headless Chromium with playwright-core.
-// Usage: node dashboard.mjs <dashboard URL> <screenshot dir> <fixture JSON>
+// Usage: node dashboard.mjs <login URL> <screenshot dir> <fixture JSON>
+// The login URL is the one `user-meta-admin ui` printed (one-time secret).
 // The fixture names what the Rust test stored: users, their event counts.
 // Exits non-zero, naming the failed check, on the first failure.
 import { chromium } from "playwright-core";
 import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 
-const [base, shots, fixturePath] = process.argv.slice(2);
+const [loginUrl, shots, fixturePath] = process.argv.slice(2);
+const base = new URL(loginUrl).origin;
 const fixture = JSON.parse(readFileSync(fixturePath, "utf8"));
 mkdirSync(shots, { recursive: true });
 
@@ -32,6 +34,23 @@ function parseCsv(text) {
   }
   if (cell || row.length) { row.push(cell); rows.push(row); }
   return rows;
+}
+
+// What the CSV export must write for a cell: OWASP's CSV injection rule.
+const csvText = (s) => (/^[=+\-@\t\r]/.test(s) ? "'" + s : s);
+
+// The text of one entry of a zip of stored entries (as the XLSX export is).
+function zipEntry(buf, name) {
+  let off = 0;
+  while (off + 30 <= buf.length && buf.readUInt32LE(off) === 0x04034b50) {
+    const size = buf.readUInt32LE(off + 18);
+    const nameLen = buf.readUInt16LE(off + 26);
+    const extraLen = buf.readUInt16LE(off + 28);
+    const start = off + 30 + nameLen + extraLen;
+    if (buf.subarray(off + 30, off + 30 + nameLen).toString("utf8") === name) return buf.subarray(start, start + size).toString("utf8");
+    off = start + size;
+  }
+  throw new Error(`no ${name} in the workbook`);
 }
 
 const browser = await chromium.launch({
@@ -60,10 +79,60 @@ async function shot(name) {
   await page.screenshot({ path: join(shots, name + ".png"), fullPage: true });
 }
 
+// A sheet's XML parsed by Chromium's XML parser: its rows of cell texts, or
+// null when it is not well-formed XML. On a blank page of its own: the
+// parser's error document has inline style, which the dashboard's CSP
+// refuses (a console error); in a context of its own, so that the
+// dashboard's page stays in front (a page behind has its timers slowed).
+const xmlPage = await (await browser.newContext()).newPage();
+const parseSheet = (xml) => xmlPage.evaluate((x) => {
+  const d = new DOMParser().parseFromString(x, "application/xml");
+  if (d.getElementsByTagName("parsererror").length) return null;
+  return [...d.getElementsByTagName("row")].map((r) => [...r.getElementsByTagName("t")].map((t) => t.textContent));
+}, xml);
+
 const cellTexts = (sel) => page.$$eval(sel, (tds) => tds.map((td) => td.textContent));
 const rowsOnScreen = () => page.$$eval("#events tbody tr", (trs) => trs.map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent)));
 
 try {
+  // ---- the session ---------------------------------------------------------
+  // Another browser profile, without the cookie: no page, no token.
+  const stranger = await browser.newContext();
+  const strangerPage = await stranger.newPage();
+  const noCookie = await strangerPage.goto(base + "/events");
+  check(noCookie.status() === 401, "a page without the session cookie answers 401");
+  const noCookieHtml = await noCookie.text();
+  check(!noCookieHtml.includes("ui-token") && /printed/.test(noCookieHtml), "and holds no token, only a note to open the printed URL");
+  // The admin opens the printed URL: a cookie, then the events page.
+  const opened = await page.goto(loginUrl);
+  check(opened.status() === 200 && new URL(page.url()).pathname === "/events", "the printed URL leads to the events page");
+  const cookies = await context.cookies(base);
+  check(cookies.length === 1 && cookies[0].httpOnly && cookies[0].sameSite === "Strict" && cookies[0].path === "/" && cookies[0].expires === -1,
+    "it sets one session cookie: HttpOnly, SameSite=Strict, Path=/, for this browser session (" + JSON.stringify(cookies) + ")");
+  check((await page.evaluate(() => document.cookie)) === "", "the page's script cannot read the cookie");
+  check(!loginUrl.includes(cookies[0].value), "the cookie is not the secret");
+  // The URL is spent: opened again elsewhere, it gives nothing.
+  const spent = await strangerPage.goto(loginUrl);
+  check(spent.status() === 403 && (await stranger.cookies(base)).length === 0, "the printed URL works once: used again, 403 and no cookie");
+  await stranger.close();
+
+  // ---- the exports' rules, on the dashboard's own functions ----------------
+  const unit = await page.evaluate(() => ({
+    csv: csv(["h"], [["=1+2"], ["+1"], ["-1"], ["@x"], ["\tx"], ["\rx"], ["a=b"], ['=HYPERLINK("x")'], [" =x"]]),
+    xml: xmlEscape("a\u0000b\u0008c\u000Bd\u001Fe\uFFFEf\uFFFFg\uD800h\uDC00i\t\n\r<&>\"\uD83D\uDE00\u00E9"),
+  }));
+  check(unit.csv === "h\r\n'=1+2\r\n'+1\r\n'-1\r\n'@x\r\n'\tx\r\n\"'\rx\"\r\na=b\r\n\"'=HYPERLINK(\"\"x\"\")\"\r\n =x\r\n",
+    "csv() prefixes ' to cells starting with = + - @ tab CR, then quotes: " + JSON.stringify(unit.csv));
+  check(unit.xml === "abcdefghi\t\n\r&lt;&amp;&gt;&quot;\uD83D\uDE00\u00E9", "xmlEscape() drops what XML 1.0 forbids, keeps the rest: " + JSON.stringify(unit.xml));
+  // The parser the checks below rely on refuses what XML forbids.
+  check((await parseSheet("<row><t>a\uFFFF</t></row>")) === null && (await parseSheet("<row><t>a\u0001</t></row>")) === null,
+    "Chromium's XML parser refuses U+FFFF and C0 controls");
+  const hostile = ["=1+2", "x\u0001y", "U+FFFF:\uFFFF", "U+FFFE:\uFFFE", "lone:\uD800", "<&>\"'"];
+  const bytes = await page.evaluate(async (vals) => Array.from(new Uint8Array(await xlsx(["h"], vals.map((v) => [v])).arrayBuffer())), hostile);
+  const hostileRows = await parseSheet(zipEntry(Buffer.from(bytes), "xl/worksheets/sheet1.xml"));
+  check(JSON.stringify(hostileRows) === JSON.stringify([["h"], ["=1+2"], ["xy"], ["U+FFFF:"], ["U+FFFE:"], ["lone:"], ["<&>\"'"]]),
+    "an XLSX of forbidden characters is well-formed, without them: " + JSON.stringify(hostileRows));
+
   // ---- events --------------------------------------------------------------
   await visit("/events", "#events tbody tr td[data-key=user]");
   const all = await cellTexts('#events td[data-key="user"]');
@@ -107,12 +176,20 @@ try {
   const header = await page.$$eval("#events thead th", (ths) => ths.map((th) => th.textContent));
   const [csvDl] = await Promise.all([page.waitForEvent("download"), page.click("#events-csv")]);
   const csvRows = parseCsv(readFileSync(await csvDl.path(), "utf8"));
-  check(JSON.stringify(csvRows) === JSON.stringify([header, ...screen]), `the CSV export holds the ${screen.length} rows on screen, in their order and columns`);
+  check(JSON.stringify(csvRows) === JSON.stringify([header, ...screen].map((r) => r.map(csvText))), `the CSV export holds the ${screen.length} rows on screen, in their order and columns`);
+  // The planted values (add_log's username, service, device and OS; an
+  // agent's ComputerName) are on screen as they are, and text in the CSV.
+  const planted = screen.flat().filter((c) => /^[=+\-@]/.test(c));
+  for (const p of fixture.planted) check(planted.some((c) => c.startsWith(p)), `the planted ${p}… is on screen`);
+  check(planted.length >= fixture.planted.length && csvRows.flat().every((c) => !/^[=+\-@\t\r]/.test(c)),
+    `no cell of the CSV starts with = + - @ tab or CR (${planted.length} planted cells got a ')`);
   const [xlsxDl] = await Promise.all([page.waitForEvent("download"), page.click("#events-xlsx")]);
   const xlsx = readFileSync(await xlsxDl.path());
   const text = xlsx.toString("latin1");
   check(xlsx.subarray(0, 4).toString("latin1") === "PK\u0003\u0004" && text.includes("xl/worksheets/sheet1.xml"), "the XLSX export is a workbook");
-  check(screen.every((r) => text.includes(`<t xml:space="preserve">${r[1]}</t>`)), "the XLSX export holds the users on screen");
+  const sheet = await parseSheet(zipEntry(xlsx, "xl/worksheets/sheet1.xml"));
+  check(sheet !== null, "the XLSX sheet is well-formed XML");
+  check(JSON.stringify(sheet) === JSON.stringify([header, ...screen]), "the XLSX export holds the rows on screen, planted values as text");
   console.log("xlsx " + (await xlsxDl.path()));
 
   // ---- a user --------------------------------------------------------------

@@ -84,9 +84,17 @@ function download(name, type, data) {
 
 // ---- exports: CSV (RFC 4180) and XLSX ------------------------------------
 
+// A cell a spreadsheet would read as a formula (=, +, -, @) or that starts
+// with a tab or CR gets a leading ' so that it stays text, as OWASP's CSV
+// injection guidance says; every CSV the dashboard writes goes through csv().
+function csvText(v) {
+  const s = String(v);
+  return /^[=+\-@\t\r]/.test(s) ? "'" + s : s;
+}
+
 function csv(header, rows) {
   const cell = (v) => {
-    const s = String(v);
+    const s = csvText(v);
     return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
   };
   return [header, ...rows].map((r) => r.map(cell).join(",")).join("\r\n") + "\r\n";
@@ -151,8 +159,15 @@ function zip(files) {
   });
 }
 
+// Characters XML 1.0 forbids: C0 controls other than tab, LF and CR,
+// U+FFFE, U+FFFF, and (with the u flag, which pairs surrogates) lone
+// surrogates. One of them would make the whole sheet unreadable: dropped.
+const XML_FORBIDDEN = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\uFFFE\uFFFF\uD800-\uDFFF]/gu;
+
 function xmlEscape(s) {
-  return String(s).replace(/[<>&"]/g, (c) => ({ "<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;" })[c]);
+  return String(s)
+    .replace(XML_FORBIDDEN, "")
+    .replace(/[<>&"]/g, (c) => ({ "<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;" })[c]);
 }
 
 function xlsx(header, rows) {
@@ -161,6 +176,8 @@ function xlsx(header, rows) {
     for (i += 1; i > 0; i = Math.floor((i - 1) / 26)) s = String.fromCharCode(65 + ((i - 1) % 26)) + s;
     return s;
   };
+  // Every cell is an inline string (t="inlineStr"): a spreadsheet shows it
+  // as text and never evaluates it, so "=..." needs no ' here, unlike CSV.
   const sheetRows = [header, ...rows]
     .map((r, ri) => {
       const cells = r

@@ -8,23 +8,51 @@
 //! one of the server's endpoints the dashboard uses. The pages are static
 //! shells the script fills from the proxy.
 //!
-//! A local port is reachable by any web page the admin's browser opens, so:
-//! every proxied request must carry the token of this run (in the pages'
-//! `<meta>`, which another origin cannot read), the `Host` header must be
-//! this listener's (no DNS rebinding), and a strict Content-Security-Policy
-//! allows only this origin's script, style and requests.
+//! Whoever can reach the listener acts with the admin's certificate, so the
+//! dashboard has a session, as Jupyter's has:
+//!
+//! - At start it prints `http://HOST:PORT/login?secret=S`, where `S` is 32
+//!   random bytes in hex. Opening it (`GET /login?secret=S`, compared in
+//!   constant time) sets a session cookie, `usermetadb-ui-PORT=C; HttpOnly;
+//!   SameSite=Strict; Path=/`, where `C` is another 32 random bytes, and
+//!   redirects (303) to `/events`. The secret is then spent: any later
+//!   `/login` without the cookie gets 403 and no cookie (with the cookie it
+//!   only redirects). A wrong secret gets the same 403 and spends nothing.
+//!   To start over, restart the tool.
+//! - Every page, `/` and `/proxy/*` need the cookie. Without it a page gets
+//!   401 and a small page saying to open the URL the tool printed, and
+//!   `/proxy/*` gets 401 JSON; neither holds the token below. Only the
+//!   compiled-in script and style sheet are served to anyone.
+//! - Cross-site requests (CSRF): the cookie is `SameSite=Strict`, so no other
+//!   site's request carries it; a proxied request must also carry the
+//!   per-run token in `X-UI-Token`, which is only written into pages served
+//!   to a request holding the cookie (in a `<meta>` another origin cannot
+//!   read); and an `Origin` or `Sec-Fetch-Site` header, when the browser
+//!   sends one, must say this origin.
+//! - The `Host` header must be this listener's (no DNS rebinding), and a
+//!   strict Content-Security-Policy allows only this origin's script, style
+//!   and requests.
+//!
+//! With `--listen unix:PATH` the dashboard is served on a unix socket made
+//! with mode 0600 (only its owner can connect), for an SSH forward such as
+//! `ssh -L 8080:PATH host`; the `Host` it accepts is then `localhost`,
+//! `127.0.0.1` or `[::1]`, with any port.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, HOST, LOCATION};
+use hyper::header::{
+    HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, LOCATION, ORIGIN, SET_COOKIE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rand::RngCore;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 use usermetadb::client::Connection;
 
@@ -65,11 +93,77 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 /// Largest body the proxy forwards (a stale-account list).
 const MAX_BODY: usize = 8 << 20;
 
+/// Where the dashboard listens: `HOST:PORT`, or `unix:PATH`.
+#[derive(Clone, Debug)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a path, as in unix:/run/user/1000/umdb-ui.sock".into());
+            }
+            return Ok(Listen::Unix(PathBuf::from(path)));
+        }
+        s.parse()
+            .map(Listen::Tcp)
+            .map_err(|e| format!("{e}: HOST:PORT (such as 127.0.0.1:8080) or unix:PATH"))
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// The `Host` header a request must carry.
+enum HostRule {
+    /// Exactly this listener's `HOST:PORT`.
+    Exact(String),
+    /// A loopback name with any port: a unix socket reached through a
+    /// forward whose port this end cannot know.
+    Loopback,
+}
+
+impl HostRule {
+    fn allows(&self, host: &str) -> bool {
+        match self {
+            HostRule::Exact(h) => host == h,
+            HostRule::Loopback => {
+                let name = match host.rsplit_once(':') {
+                    Some((n, port))
+                        if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        n
+                    }
+                    _ => host,
+                };
+                matches!(name, "localhost" | "127.0.0.1" | "[::1]")
+            }
+        }
+    }
+}
+
 struct Ui {
     api: Api,
     conn: Mutex<Option<Connection>>,
+    /// The per-run token proxied requests carry in `X-UI-Token`.
     token: String,
-    host: String,
+    host: HostRule,
+    /// The one-time secret of the printed URL.
+    secret: String,
+    /// The session's cookie value, once the secret is spent.
+    session: std::sync::Mutex<Option<String>>,
+    cookie_name: String,
 }
 
 fn response(
@@ -95,6 +189,51 @@ fn response(
 fn json_error(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "error": msg }).to_string();
     response(status, "application/json", body)
+}
+
+/// 32 random bytes, in hex.
+fn random_hex() -> String {
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    usermetadb::crypto::hex(&raw)
+}
+
+/// Equality whose time does not depend on where `a` and `b` differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+fn html_page(status: StatusCode, title: &str, text: &str) -> Response<Full<Bytes>> {
+    let html = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>{title} · usermetadb</title>\
+         <link rel=\"stylesheet\" href=\"/static/app.css\">\
+         <link rel=\"icon\" href=\"data:,\"></head>\
+         <body><main id=\"main\"><h1>{title}</h1><p id=\"why\">{text}</p></main></body></html>\n"
+    );
+    response(status, "text/html; charset=utf-8", html)
+}
+
+fn redirect(to: &'static str) -> Response<Full<Bytes>> {
+    let mut r = response(StatusCode::SEE_OTHER, "text/plain", "");
+    r.headers_mut()
+        .insert(LOCATION, HeaderValue::from_static(to));
+    r
+}
+
+/// What a page or `/` answers a request without the session cookie.
+fn needs_session() -> Response<Full<Bytes>> {
+    html_page(
+        StatusCode::UNAUTHORIZED,
+        "Open the dashboard's URL",
+        "This dashboard needs its session. Open the URL that <code>user-meta-admin ui</code> \
+         printed when it started (<code>…/login?secret=…</code>) in this browser. It works \
+         once: if it was used already, restart <code>user-meta-admin ui</code> for a new one.",
+    )
 }
 
 impl Ui {
@@ -161,34 +300,99 @@ impl Ui {
         json_error(StatusCode::BAD_GATEWAY, "the server could not be reached")
     }
 
+    /// Whether the request carries this run's session cookie.
+    fn has_session(&self, req: &Request<Incoming>) -> bool {
+        let session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(session) = session.as_deref() else {
+            return false;
+        };
+        req.headers()
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|h| h.to_str().ok())
+            .flat_map(|h| h.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .any(|(name, value)| {
+                name == self.cookie_name && same_secret(value.as_bytes(), session.as_bytes())
+            })
+    }
+
+    /// `GET /login?secret=S`: spends the secret for a session cookie.
+    fn login(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if self.has_session(req) {
+            return redirect("/events");
+        }
+        let given = req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("secret="))
+            .unwrap_or("");
+        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        if session.is_some() || !same_secret(given.as_bytes(), self.secret.as_bytes()) {
+            return html_page(
+                StatusCode::FORBIDDEN,
+                "This login URL is spent or wrong",
+                "Each start of <code>user-meta-admin ui</code> prints a URL that works once. \
+                 Restart it for a new one.",
+            );
+        }
+        let value = random_hex();
+        let cookie = format!(
+            "{}={value}; HttpOnly; SameSite=Strict; Path=/",
+            self.cookie_name
+        );
+        *session = Some(value);
+        drop(session);
+        note("the login URL was used: the session is open");
+        let mut r = redirect("/events");
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            r.headers_mut().insert(SET_COOKIE, v);
+        }
+        r
+    }
+
+    /// Whether a request that may change something comes from this origin,
+    /// by the headers browsers add (absent from other clients' requests,
+    /// which the cookie and the token stop).
+    fn same_origin(req: &Request<Incoming>, host: &str) -> bool {
+        let h = req.headers();
+        let origin_ok = h
+            .get(ORIGIN)
+            .is_none_or(|o| o.as_bytes() == format!("http://{host}").as_bytes());
+        let site_ok = h
+            .get("sec-fetch-site")
+            .is_none_or(|s| s.as_bytes() == b"same-origin");
+        origin_ok && site_ok
+    }
+
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
         // Only requests addressed to this listener by name: a page of another
         // origin that rebinds its DNS name to 127.0.0.1 sends its own.
-        let host_ok = req
+        let host = req
             .headers()
             .get(HOST)
             .and_then(|h| h.to_str().ok())
-            .is_some_and(|h| h == self.host);
-        if !host_ok {
+            .filter(|h| self.host.allows(h))
+            .map(str::to_owned);
+        let Some(host) = host else {
             return Ok(json_error(StatusCode::MISDIRECTED_REQUEST, "wrong Host"));
-        }
+        };
         let path = req.uri().path().to_owned();
         let resp = match (req.method().clone(), path.as_str()) {
-            (Method::GET, "/") => {
-                let mut r = response(StatusCode::SEE_OTHER, "text/plain", "");
-                r.headers_mut()
-                    .insert(LOCATION, HeaderValue::from_static("/events"));
-                r
-            }
             (Method::GET, "/static/app.js") => {
                 response(StatusCode::OK, "text/javascript; charset=utf-8", SCRIPT)
             }
             (Method::GET, "/static/app.css") => {
                 response(StatusCode::OK, "text/css; charset=utf-8", STYLE)
             }
+            (Method::GET, "/login") => self.login(&req),
+            (Method::GET, _) if !self.has_session(&req) => needs_session(),
+            (Method::GET, "/") => redirect("/events"),
             (Method::GET, p) => match self.page(p) {
                 Some(r) => r,
                 None => json_error(StatusCode::NOT_FOUND, "no such page"),
@@ -198,13 +402,20 @@ impl Ui {
                 let token_ok = req
                     .headers()
                     .get("x-ui-token")
-                    .is_some_and(|t| t.as_bytes() == self.token.as_bytes());
+                    .is_some_and(|t| same_secret(t.as_bytes(), self.token.as_bytes()));
                 let json = req
                     .headers()
                     .get(CONTENT_TYPE)
                     .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
-                if !token_ok {
+                if !self.has_session(&req) {
+                    json_error(
+                        StatusCode::UNAUTHORIZED,
+                        "no dashboard session: open the URL user-meta-admin ui printed",
+                    )
+                } else if !token_ok {
                     json_error(StatusCode::FORBIDDEN, "missing or wrong UI token")
+                } else if !Self::same_origin(&req, &host) {
+                    json_error(StatusCode::FORBIDDEN, "a request from another site")
                 } else if !json {
                     json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "JSON only")
                 } else if !ENDPOINTS.contains(&endpoint) {
@@ -227,47 +438,109 @@ fn note(msg: &str) {
     eprintln!("user-meta-admin ui: {msg}");
 }
 
+fn serve<S>(ui: &Arc<Ui>, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ui = ui.clone();
+    tokio::spawn(async move {
+        let svc = hyper::service::service_fn(move |req| ui.clone().handle(req));
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+    });
+}
+
+/// A unix socket at `path` that only this user can connect to: made under
+/// umask 0177 (no moment with wider modes), then checked.
+fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = tokio::net::UnixListener::bind(path);
+    rustix::process::umask(old);
+    let listener = bound?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
 /// Serves the dashboard on `listen` until interrupted.
-pub async fn run(api: Api, listen: SocketAddr) -> Result<(), Failure> {
-    if !listen.ip().is_loopback() {
-        eprintln!(
-            "user-meta-admin ui: WARNING: listening on {listen}, not loopback: anyone who can reach it and read a page acts with your certificate"
-        );
-    }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| Failure::usage(format!("--listen {listen}: {e}")))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| Failure::usage(format!("--listen {listen}: {e}")))?;
+pub async fn run(api: Api, listen: Listen) -> Result<(), Failure> {
+    let usage = |e: std::io::Error| Failure::usage(format!("--listen {listen}: {e}"));
+    let (listener, host, cookie_name, origin) = match &listen {
+        Listen::Tcp(addr) => {
+            if !addr.ip().is_loopback() {
+                eprintln!(
+                    "user-meta-admin ui: WARNING: listening on {addr}, not loopback: anyone who can reach it and open the printed URL first acts with your certificate"
+                );
+            }
+            let l = tokio::net::TcpListener::bind(addr).await.map_err(usage)?;
+            let local = l.local_addr().map_err(usage)?;
+            (
+                Listener::Tcp(l),
+                HostRule::Exact(local.to_string()),
+                // Cookies are not kept apart by port: the name is.
+                format!("usermetadb-ui-{}", local.port()),
+                format!("http://{local}"),
+            )
+        }
+        Listen::Unix(path) => (
+            Listener::Unix(bind_unix(path).map_err(usage)?),
+            HostRule::Loopback,
+            "usermetadb-ui".to_owned(),
+            "http://localhost".to_owned(),
+        ),
+    };
     // Checked early: a dashboard that cannot reach its server says so now.
-    let first = api.connect().await?;
-    let mut raw = [0u8; 24];
-    rand::thread_rng().fill_bytes(&mut raw);
-    let token = usermetadb::crypto::hex(&raw);
+    let first = match api.connect().await {
+        Ok(c) => c,
+        Err(f) => {
+            if let Listen::Unix(path) = &listen {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(f);
+        }
+    };
+    let secret = random_hex();
     let ui = Arc::new(Ui {
         api,
         conn: Mutex::new(Some(first)),
-        token,
-        host: local.to_string(),
+        token: random_hex(),
+        host,
+        secret,
+        session: std::sync::Mutex::new(None),
+        cookie_name,
     });
-    println!("dashboard: http://{local}/");
+    match &listen {
+        Listen::Tcp(_) => println!("dashboard: {origin}/login?secret={}", ui.secret),
+        Listen::Unix(path) => println!(
+            "dashboard: {origin}/login?secret={} (on unix socket {}: forward a local port to it, as in ssh -L 8080:{} HOST, and open the URL with that port)",
+            ui.secret,
+            path.display(),
+            path.display(),
+        ),
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
     loop {
-        let (stream, _) = tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
-        };
-        let ui = ui.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| ui.clone().handle(req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            a = async {
+                match &listener {
+                    Listener::Tcp(l) => l.accept().await.map(|(s, _)| serve(&ui, s)),
+                    Listener::Unix(l) => l.accept().await.map(|(s, _)| serve(&ui, s)),
+                }
+            } => {
+                let _ = a;
+            }
+        }
     }
+    if let Listen::Unix(path) = &listen {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }
