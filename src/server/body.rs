@@ -1,21 +1,35 @@
 //! A request's body, read at most once by a handler, and what becomes of
 //! the part a handler leaves unread.
 //!
-//! An HTTP/1.1 connection carries the next request only once this one's
-//! body is off the wire. A refusal decided before the body is read (a
-//! wrong method, media type, certificate or key) would otherwise end the
-//! connection under a client that was told nothing: it reuses the
-//! connection for its next request, which then fails without an answer.
-//! As Go's server does, a small unread body is read and dropped after the
-//! answer has gone out, and the answer to a request whose body cannot be
-//! (larger than the limit, of unknown length, awaiting `100 Continue`, or
-//! broken off half-read) says `Connection: close`. On HTTP/2 an unread
-//! body only ends its own stream, so nothing is needed there.
+//! A refusal is often decided before the body is read (a wrong method,
+//! media type, certificate or key, an unknown path, an overload, a body
+//! announced larger than the limit). What the client is still sending must
+//! not turn that answer into a transport error:
+//!
+//! - **HTTP/1.1.** The connection carries the next request only once this
+//!   one's body is off the wire; a client that was told nothing reuses it
+//!   and its next request fails without an answer. As Go's server does, an
+//!   unread body of a known length within the path's limit is read and
+//!   dropped after the answer has gone out; the answer to a request whose
+//!   body cannot be (larger than the limit, of unknown length, awaiting
+//!   `100 Continue`, or broken off half-read) says `Connection: close`.
+//! - **HTTP/2.** A stream whose answer is complete while its body is not
+//!   would be reset (`RST_STREAM` with `NO_ERROR`, as RFC 9113 §8.1
+//!   allows), and libcurl, with everything built on it, reports a reset
+//!   that comes while it still has body to send as a failed transfer. So
+//!   the unread body is read and dropped after the answer, up to
+//!   [`drain_bound`] bytes and within the request timeout: the client
+//!   finishes its upload and sees the stream end with no reset. Past the
+//!   bound, or when the client stalls, the body is dropped, and the stream
+//!   is reset with `NO_ERROR`, never `CANCEL`, and only once the answer is
+//!   complete (the stream's sending half keeps it open until then). The
+//!   window granted meanwhile is returned only as bytes are read, so a
+//!   client that keeps sending costs no more than the bound.
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT};
 use hyper::http::request::Parts;
@@ -23,11 +37,22 @@ use hyper::{Response, Version};
 
 use super::handler::Reject;
 
+/// The least an HTTP/2 body left unread is read for before its stream is
+/// reset.
+pub const DRAIN_MIN_BYTES: usize = 1 << 20;
+
+/// How much of an HTTP/2 body left unread is read and dropped after the
+/// answer: the path's body limit, and at least [`DRAIN_MIN_BYTES`].
+pub fn drain_bound(limit: usize) -> u64 {
+    limit.max(DRAIN_MIN_BYTES) as u64
+}
+
 pub struct RequestBody {
     body: Option<Incoming>,
     content_length: Option<HeaderValue>,
     expects_continue: bool,
-    /// Read in part, then abandoned: the connection's framing is lost.
+    /// Read in part, then abandoned: an HTTP/1.1 connection's framing is
+    /// lost.
     broken: bool,
 }
 
@@ -44,7 +69,9 @@ impl RequestBody {
         }
     }
 
-    /// The whole body, at most `limit` bytes, within `timeout`.
+    /// The whole body, at most `limit` bytes, within `timeout`. On a
+    /// refusal the body is kept, so that [`settle`](Self::settle) can read
+    /// what is left of it.
     pub async fn read(&mut self, limit: usize, timeout: Duration) -> Result<Bytes, Reject> {
         if let Some(len) = &self.content_length {
             let len: u64 = len
@@ -53,28 +80,26 @@ impl RequestBody {
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| Reject::BadBody("invalid Content-Length".into()))?;
             if len > limit as u64 {
-                // Left unread: `settle` closes the connection.
+                // Left unread: `settle` deals with it.
                 return Err(Reject::TooLarge);
             }
         }
-        let Some(body) = self.body.take() else {
+        let Some(body) = self.body.as_mut() else {
             return Err(Reject::BadBody("request body already read".into()));
         };
-        let body = Limited::new(body, limit);
-        let read = match tokio::time::timeout(timeout, body.collect()).await {
+        let read = match tokio::time::timeout(timeout, collect(body, limit)).await {
             Err(_) => Err(Reject::BodyTimeout),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Reject::TooLarge),
-            Ok(Err(_)) => Err(Reject::BadBody("request body could not be read".into())),
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(read) => read,
         };
-        self.broken = read.is_err();
+        match &read {
+            Ok(_) => self.body = None,
+            Err(_) => self.broken = true,
+        }
         read
     }
 
-    /// Deals with what is left of the body once `resp` is decided: on
-    /// HTTP/1.x, up to `limit` unread bytes are read and dropped after the
-    /// answer (within `timeout`); beyond that, the answer closes the
-    /// connection.
+    /// Deals with what is left of the body once `resp` is decided; `limit`
+    /// is the path's body limit (see the module's documentation).
     pub fn settle(
         self,
         version: Version,
@@ -82,22 +107,23 @@ impl RequestBody {
         limit: usize,
         timeout: Duration,
     ) {
-        if version != Version::HTTP_11 && version != Version::HTTP_10 {
+        let Some(body) = self.body else { return };
+        if body.is_end_stream() {
             return;
         }
-        let close = match self.body {
+        if version == Version::HTTP_2 {
+            tokio::spawn(drain(body, drain_bound(limit), timeout));
+            return;
+        }
+        let close = match body.size_hint().exact() {
             _ if self.broken => true,
-            None => false,
-            Some(body) if body.is_end_stream() => false,
             // The client waits for a `100 Continue` it will not get.
-            Some(_) if self.expects_continue => true,
-            Some(body) => match body.size_hint().exact() {
-                Some(left) if left <= limit as u64 => {
-                    tokio::spawn(drain(body, timeout));
-                    false
-                }
-                _ => true,
-            },
+            _ if self.expects_continue => true,
+            Some(left) if left <= limit as u64 => {
+                tokio::spawn(drain(body, left, timeout));
+                false
+            }
+            _ => true,
         };
         if close {
             resp.headers_mut()
@@ -106,13 +132,56 @@ impl RequestBody {
     }
 }
 
-/// Reads a body to its end and drops it. Dropped unfinished (the client
-/// stalls past `timeout`), the connection ends.
-async fn drain(mut body: Incoming, timeout: Duration) {
+/// Reads `body` to its end, keeping at most `limit` bytes: a single frame
+/// is kept as it came, without a copy.
+async fn collect(body: &mut Incoming, limit: usize) -> Result<Bytes, Reject> {
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Reject::BadBody("request body could not be read".into()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len += data.len();
+        if len > limit {
+            return Err(Reject::TooLarge);
+        }
+        match (&mut first, &mut more) {
+            (None, _) => first = Some(data),
+            (Some(f), None) => {
+                let mut buf = BytesMut::with_capacity(len);
+                buf.extend_from_slice(f);
+                buf.extend_from_slice(&data);
+                more = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, more) {
+        (_, Some(buf)) => buf.freeze(),
+        (Some(f), None) => f,
+        (None, None) => Bytes::new(),
+    })
+}
+
+/// Reads a body to its end and drops it, at most `bound` bytes within
+/// `timeout`. Dropped unfinished, an HTTP/1.1 connection ends and an
+/// HTTP/2 stream is reset with `NO_ERROR`.
+async fn drain(mut body: Incoming, bound: u64, timeout: Duration) {
+    let mut read = 0u64;
     let _ = tokio::time::timeout(timeout, async {
         while let Some(frame) = body.frame().await {
-            if frame.is_err() {
-                break;
+            match frame {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        read += data.len() as u64;
+                        if read > bound {
+                            break;
+                        }
+                    }
+                }
+                Err(_) => break,
             }
         }
     })

@@ -155,6 +155,15 @@ fn encode<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
     }
 }
 
+/// The body limit of a path: the bulk limit for `get_unused_accounts`.
+fn body_limit(endpoint: Option<Endpoint>, state: &State) -> usize {
+    if endpoint.is_some_and(Endpoint::is_bulk) {
+        state.http.max_bulk_body_bytes
+    } else {
+        state.http.max_body_bytes
+    }
+}
+
 /// Serves one request. Never fails: every outcome is a response.
 pub async fn handle(
     req: Request<Incoming>,
@@ -177,7 +186,7 @@ pub async fn handle(
     body.settle(
         parts.version,
         &mut resp,
-        state.http.max_body_bytes,
+        body_limit(endpoint, &state),
         state.http.request_timeout,
     );
     crate::metrics::global().request(endpoint, resp.status().as_u16(), started.elapsed());
@@ -227,12 +236,12 @@ async fn serve(
     if !is_json(req) {
         return Err(Reject::UnsupportedMediaType);
     }
-    let limit = if endpoint.is_bulk() {
-        state.http.max_bulk_body_bytes
-    } else {
-        state.http.max_body_bytes
-    };
-    let body = body.read(limit, state.http.request_timeout).await?;
+    let body = body
+        .read(
+            body_limit(Some(endpoint), state),
+            state.http.request_timeout,
+        )
+        .await?;
     let svc = &state.service;
     let now = now_unix();
     Ok(match endpoint {

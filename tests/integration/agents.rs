@@ -23,7 +23,7 @@ fn agents_yaml(extra: &str) -> String {
 }
 
 /// The server with an agents' listener and the test GeoIP database.
-async fn start(agents_extra: &str, top_extra: &str) -> TestServer {
+pub(crate) async fn start(agents_extra: &str, top_extra: &str) -> TestServer {
     TestServer::start_with(&format!(
         "{}geoip:\n  db: {}\n{top_extra}",
         agents_yaml(agents_extra),
@@ -49,7 +49,7 @@ fn agent_key_cli(ts: &TestServer, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn new_key(ts: &TestServer, tenant: &str, site: &str) -> String {
+pub(crate) fn new_key(ts: &TestServer, tenant: &str, site: &str) -> String {
     let key = agent_key_cli(ts, &["add", "--tenant", tenant, "--site", site])
         .trim()
         .to_owned();
@@ -105,7 +105,7 @@ impl Agent {
 }
 
 /// A current agent's event (`LocalIP` and `PublicIP`).
-fn event(kind: &str, user: &str, computer: &str, at: &str) -> Value {
+pub(crate) fn event(kind: &str, user: &str, computer: &str, at: &str) -> Value {
     json!({
         "EventType": kind,
         "UserName": user,
@@ -118,7 +118,7 @@ fn event(kind: &str, user: &str, computer: &str, at: &str) -> Value {
 }
 
 /// A time `secs_ago` seconds ago, in the agent's `YYYY-MM-DD HH:MM:SS` form (UTC).
-fn agent_time(secs_ago: i64) -> String {
+pub(crate) fn agent_time(secs_ago: i64) -> String {
     (chrono::Utc::now() - chrono::Duration::seconds(secs_ago))
         .format("%Y-%m-%d %H:%M:%S")
         .to_string()

@@ -26,6 +26,7 @@ const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 
+const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
 const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 
@@ -116,7 +117,16 @@ const DIGIT_CODES: [(u32, u32); 10] = [
 /// The `:status` of a response header block: the first field, either
 /// indexed from the static table or a literal with the indexed name
 /// `:status` and a (possibly Huffman-coded) three-digit value.
-fn status_of(block: &[u8]) -> Option<u16> {
+fn status_of(mut block: &[u8]) -> Option<u16> {
+    // Dynamic table size updates (`001xxxxx`, and any continuation bytes).
+    while block.first().is_some_and(|b| b & 0xe0 == 0x20) {
+        let more = block[0] & 0x1f == 0x1f;
+        block = &block[1..];
+        if more {
+            let end = block.iter().position(|b| b & 0x80 == 0)?;
+            block = &block[end + 1..];
+        }
+    }
     let first = *block.first()?;
     let indexed = [
         (8, 200),
@@ -161,30 +171,56 @@ fn status_of(block: &[u8]) -> Option<u16> {
 }
 
 /// An HTTP/2 connection spoken frame by frame, presenting `client-<cn>`.
-struct Raw {
+pub(crate) struct Raw {
     tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     /// The server's SETTINGS, as (identifier, value).
     settings: Vec<(u16, u32)>,
+    /// What the server lets this side send: the connection's window, and
+    /// each stream's beyond the initial one.
+    window: i64,
+    stream_windows: std::collections::HashMap<u32, i64>,
 }
 
 impl Raw {
     /// Connects, sends the preface and `settings`, and reads the server's
     /// SETTINGS.
-    async fn open(addr: std::net::SocketAddr, cn: &str, settings: &[(u16, u32)]) -> Raw {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(identity_for(
-            &format!("client-{cn}"),
-            Protocols::Http2,
-        ))
-        .connect("localhost".try_into().unwrap(), tcp)
+    pub(crate) async fn open(addr: std::net::SocketAddr, cn: &str, settings: &[(u16, u32)]) -> Raw {
+        Raw::open_with(
+            addr,
+            identity_for(&format!("client-{cn}"), Protocols::Http2),
+            settings,
+        )
         .await
-        .unwrap();
+    }
+
+    /// As [`Raw::open`], with a TLS configuration of the caller's.
+    pub(crate) async fn open_with(
+        addr: std::net::SocketAddr,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+        settings: &[(u16, u32)],
+    ) -> Raw {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(tls)
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         let mut raw = Raw {
             tls,
             settings: Vec::new(),
+            window: 65_535,
+            stream_windows: Default::default(),
         };
+        // No dynamic table: every `:status` the server sends is one that
+        // `status_of` can read without the connection's HPACK state.
         let mut payload = Vec::new();
+        if !settings
+            .iter()
+            .any(|(id, _)| *id == SETTINGS_HEADER_TABLE_SIZE)
+        {
+            payload.extend(SETTINGS_HEADER_TABLE_SIZE.to_be_bytes());
+            payload.extend(0u32.to_be_bytes());
+        }
         for (id, v) in settings {
             payload.extend(id.to_be_bytes());
             payload.extend(v.to_be_bytes());
@@ -228,12 +264,115 @@ impl Raw {
         let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
         let mut payload = vec![0u8; len];
         self.tls.read_exact(&mut payload).await.ok()?;
-        Some(Frame {
+        let f = Frame {
             kind: head[3],
             flags: head[4],
             stream: u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff,
             payload,
-        })
+        };
+        if f.kind == WINDOW_UPDATE {
+            let inc = i64::from(u32::from_be_bytes(f.payload[..4].try_into().unwrap()));
+            match f.stream {
+                0 => self.window += inc,
+                s => *self.stream_windows.entry(s).or_default() += inc,
+            }
+        }
+        Some(f)
+    }
+
+    /// The window the server's SETTINGS give each new stream.
+    fn initial_window(&self) -> i64 {
+        self.settings
+            .iter()
+            .find(|(id, _)| *id == SETTINGS_INITIAL_WINDOW_SIZE)
+            .map_or(65_535, |(_, v)| i64::from(*v))
+    }
+
+    /// Sends `body` as DATA on `stream` (END_STREAM on the last frame when
+    /// `end`), within the flow-control windows, reading frames while they
+    /// are shut. Those frames are returned; sending stops at a RST_STREAM
+    /// of `stream`, or when the connection ends.
+    async fn send_body(&mut self, stream: u32, body: &[u8], end: bool) -> Vec<Frame> {
+        let mut seen = Vec::new();
+        let mut at = 0;
+        loop {
+            let stream_window =
+                self.initial_window() + self.stream_windows.get(&stream).copied().unwrap_or(0);
+            let n = (body.len() - at)
+                .min(16_384)
+                .min(self.window.min(stream_window).max(0) as usize);
+            if n > 0 || at == body.len() {
+                let last = at + n == body.len();
+                let flags = if last && end { END_STREAM } else { 0 };
+                self.send(&frame(DATA, flags, stream, &body[at..at + n]))
+                    .await
+                    .unwrap();
+                self.window -= n as i64;
+                *self.stream_windows.entry(stream).or_default() -= n as i64;
+                at += n;
+                if last {
+                    return seen;
+                }
+                continue;
+            }
+            match self.read().await {
+                Some(f) => {
+                    let reset = f.kind == RST_STREAM && f.stream == stream;
+                    seen.push(f);
+                    if reset {
+                        return seen;
+                    }
+                }
+                None => return seen,
+            }
+        }
+    }
+
+    /// The HEADERS of a request on `stream` whose body of `len` bytes
+    /// (announced in `Content-Length`) is still to come.
+    async fn open_request(
+        &mut self,
+        stream: u32,
+        method: &str,
+        path: &str,
+        fields: &[(&str, &str)],
+        len: usize,
+    ) {
+        let len = len.to_string();
+        let mut all = vec![
+            (":method", method),
+            (":scheme", "https"),
+            (":authority", "localhost"),
+            (":path", path),
+            ("content-length", len.as_str()),
+        ];
+        all.extend_from_slice(fields);
+        self.send(&frame(HEADERS, END_HEADERS, stream, &hpack(&all)))
+            .await
+            .unwrap();
+    }
+
+    /// The whole answer on `stream`: its status, once its END_STREAM has
+    /// come. Panics on any RST_STREAM or GOAWAY before that.
+    async fn answer(&mut self, stream: u32) -> Option<u16> {
+        let mut status = None;
+        loop {
+            let f = self
+                .until(|f| f.stream == stream || matches!(f.kind, RST_STREAM | GOAWAY))
+                .await?;
+            match f.kind {
+                RST_STREAM | GOAWAY => {
+                    panic!("a reset while waiting for the answer on stream {stream}: {f:?}")
+                }
+                HEADERS => {
+                    status = status.or_else(|| status_of(&f.payload));
+                }
+                _ => {}
+            }
+            if matches!(f.kind, HEADERS | DATA) && f.flags & END_STREAM != 0 {
+                return status;
+            }
+        }
     }
 
     /// Frames until one satisfies `want` (returned), or the connection ends
@@ -538,4 +677,444 @@ async fn a_window_that_never_opens_is_closed_by_the_idle_timeout() {
     // The server is unharmed.
     let mut c = ts.client("sso-server").await;
     c.ok("/api/add_log", login("window", "d2", 60)).await;
+}
+
+/// One refusal the server decides before reading the body: who asks, how,
+/// and the status it must answer.
+pub(crate) struct Refusal {
+    pub(crate) what: &'static str,
+    pub(crate) method: &'static str,
+    pub(crate) path: &'static str,
+    pub(crate) content_type: &'static str,
+    pub(crate) key: Option<String>,
+    pub(crate) status: u16,
+}
+
+impl Refusal {
+    pub(crate) fn new(
+        what: &'static str,
+        method: &'static str,
+        path: &'static str,
+        status: u16,
+    ) -> Refusal {
+        Refusal {
+            what,
+            method,
+            path,
+            content_type: "application/json",
+            key: None,
+            status,
+        }
+    }
+}
+
+/// Sends each refusal with a body sent in two parts, the second after the
+/// answer, and holds the stream to what RFC 9113 and libcurl both accept:
+/// the answer comes whole, the upload ends, no RST_STREAM follows, and the
+/// same connection serves the next request (`next`, answered `next_status`).
+pub(crate) async fn refusals_end_their_streams_cleanly(
+    raw: &mut Raw,
+    refusals: &[Refusal],
+    next: (&str, &[(&str, &str)], &[u8], u16),
+) {
+    let body = log_body("late");
+    let (first, rest) = body.split_at(10);
+    let mut stream = 1;
+    for r in refusals {
+        let key = r.key.clone().unwrap_or_default();
+        let mut fields = vec![("content-type", r.content_type)];
+        if r.key.is_some() {
+            fields.push(("x-api-key", key.as_str()));
+        }
+        raw.open_request(stream, r.method, r.path, &fields, body.len())
+            .await;
+        raw.send(&frame(DATA, 0, stream, first)).await.unwrap();
+        assert_eq!(raw.answer(stream).await, Some(r.status), "{}", r.what);
+        let seen = raw.send_body(stream, rest, true).await;
+        assert!(
+            !seen.iter().any(|f| f.kind == RST_STREAM),
+            "{}: {seen:?}",
+            r.what
+        );
+        // The next request, on the same connection; no reset of the refused
+        // stream may come before its answer.
+        let (path, fields, next_body, next_status) = next;
+        raw.open_request(stream + 2, "POST", path, fields, next_body.len())
+            .await;
+        raw.send_body(stream + 2, next_body, true).await;
+        let mut status = None;
+        loop {
+            let f = raw.read().await.expect("the connection is still open");
+            assert!(
+                f.kind != RST_STREAM && f.kind != GOAWAY,
+                "{}: {f:?} after the refusal",
+                r.what
+            );
+            if f.stream == stream + 2 {
+                if f.kind == HEADERS {
+                    status = status.or_else(|| status_of(&f.payload));
+                }
+                if f.flags & END_STREAM != 0 && matches!(f.kind, HEADERS | DATA) {
+                    break;
+                }
+            }
+        }
+        assert_eq!(status, Some(next_status), "{}: the next request", r.what);
+        stream += 4;
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_before_the_body_ends_its_stream_without_a_reset() {
+    let ts = TestServer::start_with("  max_inflight_requests: 1\n").await;
+    let mut raw = Raw::open(ts.addr, "admin", &[]).await;
+    let mut refusals = vec![
+        Refusal::new("405", "PUT", "/api/add_log", 405),
+        Refusal {
+            content_type: "text/plain",
+            ..Refusal::new("415", "POST", "/api/get_user_logs", 415)
+        },
+        Refusal::new("404", "POST", "/api/no_such_path", 404),
+    ];
+    let next_body = json!({"username": "next"}).to_string();
+    let next = (
+        "/api/get_last_login",
+        &[("content-type", "application/json")][..],
+        next_body.as_bytes(),
+        200,
+    );
+    refusals_end_their_streams_cleanly(&mut raw, &refusals, next).await;
+
+    // 403: a client the ACL refuses for the path.
+    let mut panel = Raw::open(ts.addr, "accounts-panel", &[]).await;
+    refusals = vec![Refusal::new("403", "POST", "/api/add_log", 403)];
+    refusals_end_their_streams_cleanly(&mut panel, &refusals, next).await;
+
+    // 503: the one request slot held by a body that has not come yet.
+    let mut holder = Raw::open(ts.addr, "sso-server", &[]).await;
+    let held = log_body("held");
+    holder
+        .open_request(
+            1,
+            "POST",
+            "/api/add_log",
+            &[("content-type", "application/json")],
+            held.len(),
+        )
+        .await;
+    metric_settles(ts.addr, "usermetadb_inflight_requests", 1).await;
+    let mut sso = Raw::open(ts.addr, "sso-server", &[]).await;
+    let body = log_body("late");
+    sso.open_request(
+        1,
+        "POST",
+        "/api/add_log",
+        &[("content-type", "application/json")],
+        body.len(),
+    )
+    .await;
+    sso.send(&frame(DATA, 0, 1, &body[..10])).await.unwrap();
+    assert_eq!(sso.answer(1).await, Some(503));
+    let seen = sso.send_body(1, &body[10..], true).await;
+    assert!(!seen.iter().any(|f| f.kind == RST_STREAM), "{seen:?}");
+    // The slot is given back; the same connection is served.
+    holder.send_body(1, &held, true).await;
+    assert_eq!(holder.answer(1).await, Some(200));
+    sso.post(3, "/api/add_log", &log_body("after-503")).await;
+    assert_eq!(sso.answer(3).await, Some(200));
+    sso.post(5, "/api/add_log", &log_body("after-503-2")).await;
+    assert_eq!(sso.answer(5).await, Some(200));
+
+    // 413 within the drain bound (200 KB on a 64 KiB path): read through.
+    let big = vec![b' '; 200_000];
+    raw.open_request(
+        101,
+        "POST",
+        "/api/get_user_devices",
+        &[("content-type", "application/json")],
+        big.len(),
+    )
+    .await;
+    assert_eq!(raw.answer(101).await, Some(413));
+    let seen = raw.send_body(101, &big, true).await;
+    assert!(!seen.iter().any(|f| f.kind == RST_STREAM), "{seen:?}");
+    raw.post(103, "/api/get_last_login", next_body.as_bytes())
+        .await;
+    assert_eq!(raw.answer(103).await, Some(200));
+
+    // 413 beyond it: the answer whole, then at most a reset with NO_ERROR
+    // once the bound is read, and the connection goes on.
+    let huge = vec![b' '; 3 << 20];
+    raw.open_request(
+        105,
+        "POST",
+        "/api/get_user_devices",
+        &[("content-type", "application/json")],
+        64 << 20,
+    )
+    .await;
+    assert_eq!(raw.answer(105).await, Some(413));
+    let seen = raw.send_body(105, &huge, false).await;
+    let reset = seen
+        .iter()
+        .find(|f| f.kind == RST_STREAM && f.stream == 105)
+        .expect("a reset once the bound is read");
+    assert_eq!(reset.error_code(), 0, "NO_ERROR, never CANCEL: {reset:?}");
+    raw.post(107, "/api/get_last_login", next_body.as_bytes())
+        .await;
+    assert_eq!(raw.answer(107).await, Some(200));
+    // Nothing refused was stored.
+    assert_eq!(ts.counts()[1], 3, "held, after-503 and after-503-2 only");
+}
+
+#[tokio::test]
+async fn a_stalled_upload_after_a_refusal_is_reset_with_no_error() {
+    let ts = TestServer::start_with("  request_timeout: 1s\n").await;
+    let mut raw = Raw::open(ts.addr, "admin", &[]).await;
+    raw.open_request(
+        1,
+        "POST",
+        "/api/get_user_logs",
+        &[("content-type", "text/plain")],
+        1000,
+    )
+    .await;
+    raw.send(&frame(DATA, 0, 1, b"{")).await.unwrap();
+    assert_eq!(raw.answer(1).await, Some(415));
+    // The rest never comes: once the request timeout has passed, the stream
+    // is reset, and only with NO_ERROR.
+    let f = raw
+        .until(|f| f.stream == 1 && f.kind == RST_STREAM)
+        .await
+        .expect("a reset");
+    assert_eq!(f.error_code(), 0, "{f:?}");
+}
+
+#[tokio::test]
+async fn a_refusal_on_the_agents_listener_ends_its_stream_without_a_reset() {
+    let ts = crate::agents::start("  rate_limit: 1\n", "").await;
+    let key = crate::agents::new_key(&ts, "acme", "hq");
+    let agents = ts.agents.unwrap();
+    let tls =
+        || usermetadb::client::tls_config_for(&cert("ca.pem"), None, Protocols::Http2).unwrap();
+    let mut raw = Raw::open_with(agents, tls(), &[]).await;
+    let health = (
+        "/api/health",
+        &[
+            ("content-type", "application/json"),
+            ("x-api-key", key.as_str()),
+        ][..],
+        &b"{}"[..],
+        200,
+    );
+    let refusals = [
+        Refusal {
+            key: Some("0".repeat(64)),
+            ..Refusal::new("401 unknown key", "POST", "/api/log_event", 401)
+        },
+        Refusal::new("401 no key", "POST", "/api/log_event", 401),
+        Refusal::new("404", "POST", "/api/nothing", 404),
+        Refusal::new("405", "PUT", "/api/log_event", 405),
+    ];
+    refusals_end_their_streams_cleanly(&mut raw, &refusals, health).await;
+
+    // 429: the key's one event a minute spent by a first event.
+    let event =
+        crate::agents::event("logon", "john", "PC-1", &crate::agents::agent_time(60)).to_string();
+    let mut raw = Raw::open_with(agents, tls(), &[]).await;
+    let fields = [
+        ("content-type", "application/json"),
+        ("x-api-key", key.as_str()),
+    ];
+    raw.open_request(1, "POST", "/api/log_event", &fields, event.len())
+        .await;
+    raw.send_body(1, event.as_bytes(), true).await;
+    assert_eq!(raw.answer(1).await, Some(201));
+    let refusals = [Refusal {
+        key: Some(key.clone()),
+        ..Refusal::new("429", "POST", "/api/log_event", 429)
+    }];
+    let mut raw = Raw::open_with(agents, tls(), &[]).await;
+    refusals_end_their_streams_cleanly(&mut raw, &refusals, health).await;
+}
+
+/// `curl --http2` (libcurl with nghttp2, which reports a reset that comes
+/// while it still has body to send as a failed transfer), `count` times in
+/// one process (one connection, reused): each transfer's status, HTTP
+/// version and exit code.
+fn curl_many(
+    addr: std::net::SocketAddr,
+    cert_name: Option<&str>,
+    path: &str,
+    headers: &[String],
+    body: &std::path::Path,
+    count: usize,
+) -> Vec<(u16, String, i32)> {
+    let mut cfg = String::new();
+    for i in 0..count {
+        if i > 0 {
+            cfg.push_str("next\n");
+        }
+        cfg.push_str(&format!(
+            "url = \"https://localhost:{port}{path}\"\nresolve = \"localhost:{port}:127.0.0.1\"\n\
+             http2\ncacert = \"{ca}\"\noutput = \"/dev/null\"\nrequest = \"POST\"\n\
+             data-binary = \"@{body}\"\nheader = \"Expect:\"\n\
+             write-out = \"%{{http_code}} %{{http_version}} %{{exitcode}}\\n\"\n",
+            port = addr.port(),
+            ca = cert("ca.pem").display(),
+            body = body.display(),
+        ));
+        if let Some(name) = cert_name {
+            cfg.push_str(&format!(
+                "cert = \"{}\"\nkey = \"{}\"\n",
+                cert(&format!("{name}.pem")).display(),
+                cert(&format!("{name}.key")).display(),
+            ));
+        }
+        for h in headers {
+            cfg.push_str(&format!("header = \"{h}\"\n"));
+        }
+    }
+    let cfg_path = body.with_extension(format!("curl-{}", path.replace('/', "_")));
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["--silent", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .expect("curl (Debian's curl; .ci/run installs it)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let mut f = l.split(' ');
+            (
+                f.next().unwrap().parse().unwrap(),
+                f.next().unwrap().to_owned(),
+                f.next().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_over_http2_gets_every_refusal_while_the_server_is_busy() {
+    let ts = crate::agents::start("", "").await;
+    let dir = ts.dir.path().to_owned();
+    // Bodies long enough that curl is still sending when the answer comes.
+    let json_of = |len: usize| format!("{{\"username\":\"curl\",\"pad\":\"{}\"}}", "a".repeat(len));
+    let within = dir.join("within.json");
+    std::fs::write(&within, json_of(60_000)).unwrap();
+    let over = dir.join("over.json");
+    std::fs::write(&over, json_of(200_000)).unwrap();
+
+    // Another client keeps the server writing meanwhile.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        let addr = ts.addr;
+        tokio::spawn(async move {
+            let mut c = client_at(addr, "sso-server").await;
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 100_000 {
+                c.ok("/api/add_log", login(&format!("busy-{}", n % 50), "d", 60))
+                    .await;
+                n += 1;
+            }
+            n
+        })
+    };
+
+    let api = ts.addr;
+    let agents = ts.agents.unwrap();
+    let json = "Content-Type: application/json".to_owned();
+    // (refusal, listener, certificate, path, headers, body, status)
+    let kinds = [
+        (
+            "415",
+            api,
+            Some("client-admin"),
+            "/api/get_user_logs",
+            "Content-Type: text/plain".to_owned(),
+            &within,
+            415,
+        ),
+        (
+            "404",
+            api,
+            Some("client-admin"),
+            "/api/no_such_path",
+            json.clone(),
+            &within,
+            404,
+        ),
+        (
+            "413",
+            api,
+            Some("client-admin"),
+            "/api/get_user_devices",
+            json.clone(),
+            &over,
+            413,
+        ),
+        (
+            "403",
+            api,
+            Some("client-accounts-panel"),
+            "/api/add_log",
+            json.clone(),
+            &within,
+            403,
+        ),
+        (
+            "401",
+            agents,
+            None,
+            "/api/log_event",
+            format!("X-API-Key: {}", "0".repeat(64)),
+            &within,
+            401,
+        ),
+    ];
+    let mut runs = Vec::new();
+    for (what, addr, cert_name, path, header, body, status) in kinds {
+        // The content type, and the agent's key where there is one.
+        let headers = if header.starts_with("Content-Type") {
+            vec![header]
+        } else {
+            vec![json.clone(), header]
+        };
+        let (cert_name, path, body) = (
+            cert_name.map(str::to_owned),
+            path.to_owned(),
+            body.to_owned(),
+        );
+        runs.push((
+            what,
+            status,
+            tokio::task::spawn_blocking(move || {
+                curl_many(addr, cert_name.as_deref(), &path, &headers, &body, 200)
+            }),
+        ));
+    }
+    let mut failures = Vec::new();
+    for (what, status, run) in runs {
+        let outcomes = run.await.unwrap();
+        assert_eq!(outcomes.len(), 200, "{what}: {outcomes:?}");
+        let transport_errors = outcomes.iter().filter(|(_, _, exit)| *exit != 0).count();
+        let wrong = outcomes
+            .iter()
+            .filter(|(s, v, exit)| *exit == 0 && (*s != status || v != "2"))
+            .count();
+        if transport_errors > 0 || wrong > 0 {
+            failures.push(format!(
+                "{what}: {transport_errors} transport errors, {wrong} other answers, e.g. {:?}",
+                outcomes
+                    .iter()
+                    .find(|(s, v, exit)| *exit != 0 || *s != status || v != "2")
+            ));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let busy = busy.await.unwrap();
+    assert!(busy > 0, "the server was kept busy");
+    assert!(failures.is_empty(), "{failures:#?}");
 }

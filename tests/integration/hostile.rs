@@ -1132,4 +1132,38 @@ async fn a_refusal_before_the_body_keeps_the_connection_usable() {
         assert!(wire.answer().await.is_none(), "{what}: still open");
     }
     assert_eq!(ts.counts()[..2], [1, 2]);
+
+    // HTTP/2: the stream's upload ends, no reset follows, and the
+    // connection serves the next request (which is stored).
+    use crate::h2::{refusals_end_their_streams_cleanly, Raw, Refusal};
+    let next = bytes(login("next-h2", "d", 60));
+    let json = [("content-type", JSON)];
+    for (cn, refusal) in [
+        ("admin", Refusal::new("405", "PUT", "/api/add_log", 405)),
+        (
+            "admin",
+            Refusal {
+                content_type: "text/plain",
+                ..Refusal::new("415", "POST", "/api/add_log", 415)
+            },
+        ),
+        (
+            "accounts-panel",
+            Refusal::new("403", "POST", "/api/add_log", 403),
+        ),
+    ] {
+        let mut raw = Raw::open(ts.addr, cn, &[]).await;
+        // The panel may not write: its next request is a read.
+        let (path, body) = if cn == "admin" {
+            ("/api/add_log", next.as_slice())
+        } else {
+            ("/api/get_last_login", &br#"{"username": "next"}"#[..])
+        };
+        refusals_end_their_streams_cleanly(&mut raw, &[refusal], (path, &json, body, 200)).await;
+    }
+    assert_eq!(
+        ts.counts()[..2],
+        [2, 4],
+        "and the admin's two next requests over HTTP/2"
+    );
 }
