@@ -257,7 +257,7 @@ async fn the_dashboard_in_headless_chromium() {
     // Alerts go to a webhook that refuses: they stay in the outbox to retry.
     // The Windows agents' listener takes one agent's event (below).
     let ts = TestServer::start_with(&format!(
-        "agents:\n  addr: 127.0.0.1:0\n  tls:\n    cert: {}\n    key: {}\n\
+        "agents:\n  addr: 127.0.0.1:0\n  per_user_time: [evil]\n  tls:\n    cert: {}\n    key: {}\n\
          privacy:\n  report_min_users: 2\nalerts:\n  log: false\n  webhook:\n    url: http://127.0.0.1:9/hook\n    secret: s\n    timeout: 1s\n  retry: {{ initial: 1h, max: 1h }}\n",
         cert("server.pem").display(),
         cert("server.key").display(),
@@ -288,22 +288,25 @@ async fn the_dashboard_in_headless_chromium() {
     planted["log"]["service"] = json!("+SUM(1,1)");
     planted["log"]["device_info"]["os"] = json!("@SUM(A1)");
     sso.ok("/api/add_log", planted).await;
+    // A day of mallory's at that computer, yesterday (UTC), for the time
+    // spent (tenant evil's per-user time is on).
     let key = agent_key(&ts, "evil");
-    let (status, v) = agent_event(
-        &ts,
-        &key,
-        json!({
-            "EventType": "Sign-In",
-            "UserName": "mallory",
-            "ComputerName": "=HYPERLINK(\"http://evil.example/x\",\"open\")",
-            "Timestamp": (chrono::Utc::now() - chrono::Duration::hours(1))
-                .format("%Y-%m-%d %H:%M:%S")
-                .to_string(),
-            "LocalIP": "10.1.2.3",
-        }),
-    )
-    .await;
-    assert_eq!(status, 201, "the agent's event: {v}");
+    let yesterday = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
+    for (kind, hms) in [("Sign-In", "08:00:00"), ("Sign-Out", "09:00:00")] {
+        let (status, v) = agent_event(
+            &ts,
+            &key,
+            json!({
+                "EventType": kind,
+                "UserName": "mallory",
+                "ComputerName": "=HYPERLINK(\"http://evil.example/x\",\"open\")",
+                "Timestamp": format!("{yesterday} {hms}"),
+                "LocalIP": "10.1.2.3",
+            }),
+        )
+        .await;
+        assert_eq!(status, 201, "the agent's {kind}: {v}");
+    }
     sso.ok(
         "/api/set_last_login",
         json!({"last_login": {"timestamp": ago(day), "username": "acme/ann", "service": "mail"}}),
@@ -315,7 +318,7 @@ async fn the_dashboard_in_headless_chromium() {
     std::fs::write(
         &fixture,
         json!({
-            "total": events.len() + 2,
+            "total": events.len() + 3,
             "user": "acme/ann",
             "user_events": 4,
             "tenant": "acme",
@@ -325,6 +328,7 @@ async fn the_dashboard_in_headless_chromium() {
             "ghosts": ["ghost-1", "ghost-2"],
             // How the planted cells start on screen (the first of each).
             "planted": ["=cmd|", "+SUM(", "-1+1", "@SUM(", "=HYPERLINK("],
+            "time_spent": {"tenant": "evil", "user": "evil/mallory", "computer": "=HYPERLINK("},
         })
         .to_string(),
     )

@@ -233,6 +233,25 @@ try {
   check((await page.$$("section.report")).length >= 10, "every report is shown");
   check((await page.$$("svg.chart rect.bar")).length > 0, "reports have charts");
   await shot("reports");
+  // The time spent per user and computer: its CSV and XLSX exports, with the
+  // agent's planted ComputerName.
+  const ts = fixture.time_spent;
+  await page.fill('input[name="tenant"]', ts.tenant);
+  await page.check('input[name="per_computer"]');
+  await page.click("form.filters button[type=submit]");
+  await page.waitForSelector('#time-spent td[data-key="computer"]');
+  const tsHeader = await page.$$eval("#time-spent thead th", (ths) => ths.map((th) => th.textContent));
+  const tsScreen = await page.$$eval("#time-spent tbody tr", (trs) => trs.map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent)));
+  const tsAt = tsHeader.indexOf("Computer");
+  check(tsScreen.length === 1 && tsScreen[0][tsHeader.indexOf("User")] === ts.user && tsScreen[0][tsAt].startsWith(ts.computer),
+    `the time spent shows ${ts.user} at the planted computer: ${JSON.stringify(tsScreen)}`);
+  const [tsCsvDl] = await Promise.all([page.waitForEvent("download"), page.click("#time-spent-csv")]);
+  const tsCsv = parseCsv(readFileSync(await tsCsvDl.path(), "utf8"));
+  check(JSON.stringify(tsCsv) === JSON.stringify([tsHeader, ...tsScreen].map((r) => r.map(csvText))) && tsCsv[1][tsAt].startsWith("'" + ts.computer),
+    "the time-spent CSV holds the rows on screen, the planted computer as text: " + JSON.stringify(tsCsv));
+  const [tsXlsxDl] = await Promise.all([page.waitForEvent("download"), page.click("#time-spent-xlsx")]);
+  const tsSheet = await parseSheet(zipEntry(readFileSync(await tsXlsxDl.path()), "xl/worksheets/sheet1.xml"));
+  check(JSON.stringify(tsSheet) === JSON.stringify([tsHeader, ...tsScreen]), "the time-spent XLSX is well-formed and holds the rows on screen");
 
   // ---- stale accounts ------------------------------------------------------
   await visit("/stale", "#stale-names");
