@@ -306,8 +306,19 @@ pub struct Metrics {
     identity_failures: Row<5>,
     storage_errors: Row<5>,
     alert_deliveries: [Row<3>; 3],
+    alerts: Row<5>,
     agent_requests: Row<6>,
 }
+
+/// The alert kinds, as `model::AlertKind` names them (a test there holds
+/// the two lists equal).
+pub const ALERT_KINDS: [&str; 5] = [
+    "new_device",
+    "new_country",
+    "dormant_account",
+    "security_change",
+    "login_failure_burst",
+];
 
 static METRICS: Metrics = Metrics::new();
 
@@ -319,6 +330,14 @@ pub fn global() -> &'static Metrics {
 /// Counts one alert delivery attempt by sink and outcome (for the alert dispatcher).
 pub fn alert_delivery(sink: AlertSink, outcome: DeliveryOutcome) {
     METRICS.alert_deliveries[sink as usize][outcome as usize].fetch_add(1, Relaxed);
+}
+
+/// Counts one alert raised, by kind (the log sink counts each alert once,
+/// in place of a log line at info).
+pub fn alert_raised(kind: &str) {
+    if let Some(i) = ALERT_KINDS.iter().position(|k| *k == kind) {
+        METRICS.alerts[i].fetch_add(1, Relaxed);
+    }
 }
 
 fn route_index(e: Option<Endpoint>) -> usize {
@@ -370,6 +389,7 @@ impl Metrics {
             identity_failures: row(),
             storage_errors: row(),
             alert_deliveries: [const { row() }; 3],
+            alerts: row(),
             agent_requests: row(),
         }
     }
@@ -678,6 +698,20 @@ impl Metrics {
                     self.alert_deliveries[sink as usize][outcome as usize].load(Relaxed),
                 );
             }
+        }
+        head(
+            o,
+            "usermetadb_alerts_total",
+            "counter",
+            "Alerts raised, by kind (as the log sink takes each one; alerts are not logged at info).",
+        );
+        for (i, kind) in ALERT_KINDS.iter().enumerate() {
+            line(
+                o,
+                "usermetadb_alerts_total",
+                &[("kind", kind)],
+                self.alerts[i].load(Relaxed),
+            );
         }
         head(
             o,

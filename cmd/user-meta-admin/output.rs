@@ -1,4 +1,16 @@
 //! Printing answers as an aligned table, CSV (RFC 4180) or JSON.
+//!
+//! Stored text is somebody else's input (a log message, an agent's computer
+//! name), so what is printed cannot act on what reads it:
+//! - a table shows every C0 and C1 control character (and DEL) escaped
+//!   (`\x1b`, `\u{9b}`), so a message cannot retitle, clear or move the
+//!   administrator's terminal;
+//! - a CSV cell that a spreadsheet would read as a formula (one starting
+//!   with `=`, `+`, `-`, `@`, a tab or a carriage return) is prefixed with
+//!   `'`, as OWASP's guidance on CSV injection says;
+//! - JSON stays exact.
+
+use std::borrow::Cow;
 
 use std::io::Write;
 
@@ -32,19 +44,22 @@ impl Table {
         self.rows.push(cells);
     }
 
-    /// Columns padded to their widest cell; numbers aligned right.
+    /// Columns padded to their widest cell; numbers aligned right; control
+    /// characters escaped.
     pub fn write_table(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        let n = self.headers.len();
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
-        for r in &self.rows {
+        let shown = self.shown();
+        let this = &shown;
+        let n = this.headers.len();
+        let mut widths: Vec<usize> = this.headers.iter().map(|h| h.chars().count()).collect();
+        for r in &this.rows {
             for (i, c) in r.iter().enumerate().take(n) {
                 widths[i] = widths[i].max(c.chars().count());
             }
         }
         let numeric: Vec<bool> = (0..n)
             .map(|i| {
-                !self.rows.is_empty()
-                    && self.rows.iter().all(|r| {
+                !this.rows.is_empty()
+                    && this.rows.iter().all(|r| {
                         r.get(i)
                             .is_some_and(|c| !c.is_empty() && c.parse::<f64>().is_ok())
                     })
@@ -70,11 +85,25 @@ impl Table {
             }
             writeln!(out, "{}", s.trim_end())
         };
-        line(&self.headers, out)?;
-        for r in &self.rows {
+        line(&this.headers, out)?;
+        for r in &this.rows {
             line(r, out)?;
         }
         Ok(())
+    }
+
+    /// The table with every cell made safe for a terminal.
+    fn shown(&self) -> Table {
+        let safe = |cells: &[String]| -> Vec<String> {
+            cells
+                .iter()
+                .map(|c| terminal_safe(c).into_owned())
+                .collect()
+        };
+        Table {
+            headers: safe(&self.headers),
+            rows: self.rows.iter().map(|r| safe(r)).collect(),
+        }
     }
 
     pub fn write_csv(&self, out: &mut dyn Write, header: bool) -> std::io::Result<()> {
@@ -88,19 +117,53 @@ impl Table {
     }
 }
 
-/// One CSV record: fields quoted when they hold a comma, quote or line break.
+/// One CSV record: a cell a spreadsheet would evaluate prefixed with `'`,
+/// then quoted when it holds a comma, quote or line break.
 pub fn csv_line(cells: &[String]) -> String {
     cells
         .iter()
         .map(|c| {
+            let c = spreadsheet_safe(c);
             if c.contains([',', '"', '\n', '\r']) {
                 format!("\"{}\"", c.replace('"', "\"\""))
             } else {
-                c.clone()
+                c.into_owned()
             }
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `cell`, prefixed with `'` when a spreadsheet would take it for a
+/// formula.
+pub fn spreadsheet_safe(cell: &str) -> Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        Cow::Owned(format!("'{cell}"))
+    } else {
+        Cow::Borrowed(cell)
+    }
+}
+
+/// `text` with its C0 and C1 control characters and DEL escaped, so that
+/// printing it cannot send a terminal a command.
+pub fn terminal_safe(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if u32::from(c) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", u32::from(c)))
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Prints `value` as JSON, or `table` as a table or CSV.
@@ -203,5 +266,44 @@ mod tests {
         assert_eq!(human_duration(7200), "2h");
         assert_eq!(human_duration(90_000), "1d 1h");
         assert_eq!(human_duration(2_700), "45m");
+    }
+
+    #[test]
+    fn formulas_are_prefixed_and_plain_cells_kept() {
+        let cells: Vec<String> = [
+            "=HYPERLINK(\"http://evil.example/x\",\"open\")",
+            "=cmd|' /C calc'!A0",
+            "+1",
+            "-1",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+            "alice",
+            "a=b",
+            "",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            csv_line(&cells),
+            "\"'=HYPERLINK(\"\"http://evil.example/x\"\",\"\"open\"\")\",'=cmd|' /C calc'!A0,'+1,'-1,\
+             '@SUM(A1),'\tx,\"'\rx\",alice,a=b,"
+        );
+    }
+
+    #[test]
+    fn tables_escape_control_characters() {
+        let mut t = Table::new(&["message"]);
+        t.row(vec![
+            "\u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}31m\u{7f}ok\tü".into()
+        ]);
+        let mut out = Vec::new();
+        t.write_table(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "message\n\\x1b]0;owned\\x07\\x1b[2J\\u{9b}31m\\x7fok\\tü\n"
+        );
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'));
     }
 }

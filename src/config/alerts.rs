@@ -18,7 +18,8 @@ pub struct RawAlerts {
     pub dormant_after: Option<ConfigDuration>,
     /// This many `login_failure` entries within the window raise one alert (default 10 in 1h).
     pub failure_burst: Option<RawFailureBurst>,
-    /// Write each alert to the server log (default true).
+    /// The log sink: count each alert by kind in the metrics, and write it
+    /// to the server log at debug level (default true).
     pub log: Option<bool>,
     /// POST each alert as signed JSON.
     pub webhook: Option<RawWebhook>,

@@ -114,10 +114,11 @@ impl Sinks {
     pub async fn deliver(&self, sink: &str, alert: &StoredAlert) -> Result<(), DeliveryError> {
         match sink {
             SINK_LOG => {
-                // The ID stays at debug: with the database it would date the
-                // user's event to the second of this line.
-                tracing::info!(kind = alert.kind.as_str(), "alert raised");
-                tracing::debug!(alert_id = alert.id, username = %alert.username, "alert subject");
+                // Counted, and logged at debug only: a line per alert at the
+                // moment of the login would date it to the second, finer
+                // than the hour the entry is floored to.
+                crate::metrics::alert_raised(alert.kind.as_str());
+                tracing::debug!(kind = alert.kind.as_str(), alert_id = alert.id, username = %alert.username, "alert raised");
                 Ok(())
             }
             SINK_WEBHOOK => match &self.webhook {
@@ -277,6 +278,15 @@ async fn send_mail(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_metrics_count_every_alert_kind_by_its_name() {
+        let names: Vec<&str> = crate::model::AlertKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(names, crate::metrics::ALERT_KINDS);
+    }
 
     #[test]
     fn signature_is_hex_hmac_sha256() {

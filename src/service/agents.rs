@@ -4,8 +4,8 @@
 //! lock kept only as a rounded duration.
 //!
 //! The user is `tenant/username` (lowercased: Windows account names are
-//! case-insensitive), so tenants never share a user; the computer
-//! (uppercased) is the device, sealed at rest; the country comes from
+//! case-insensitive; see [`names`] for the names refused), so tenants never
+//! share a user; the computer (uppercased) is the device, sealed at rest; the country comes from
 //! `PublicIP`, else from the connecting address when it is public, and every
 //! address is dropped; the timestamp is floored as usual. The exact time
 //! serves only to recognise retries (a keyed hash, deleted after
@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 use serde::Deserialize;
 
-use super::{check_username, invalid, ApiError, Service};
+use super::{check_username, invalid, names, ApiError, Service};
 use crate::model::LogRecord;
 use crate::monitor;
 use crate::store::{AgentEvent, AgentKey, AgentOutcome, Detections, SessionStep};
@@ -135,8 +135,10 @@ impl Service {
         let log_type = log_type(event_type).ok_or_else(|| {
             invalid("EventType must be one of Sign-In, Logon, Sign-Out, Logoff, Lock, Unlock")
         })?;
-        let user = field(&e.user_name, "UserName")?.to_lowercase();
-        let computer = field(&e.computer_name, "ComputerName")?.to_uppercase();
+        let user = names::lowercase("UserName", field(&e.user_name, "UserName")?)?;
+        let computer = names::uppercase("ComputerName", field(&e.computer_name, "ComputerName")?)?;
+        names::check_shown("UserName", &user)?;
+        names::check_shown("ComputerName", &computer)?;
         if computer.len() > MAX_COMPUTER || computer.chars().any(char::is_control) {
             return Err(invalid(format!(
                 "ComputerName must be at most {MAX_COMPUTER} bytes, without control characters"

@@ -4,10 +4,12 @@
 //!
 //! - this file: the Go-compatible core (logs, devices, last logins, unused
 //!   accounts, device cookies, erasure);
-//! - [`alerts`]: the monitor's endpoints, a user's alerts and summary.
+//! - [`alerts`]: the monitor's endpoints, a user's alerts and summary;
+//! - [`names`]: the characters a new identifier may not hold.
 
 pub mod agents;
 pub mod alerts;
+pub mod names;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -164,6 +166,11 @@ impl Service {
     /// Validates and reduces a log entry to what is stored.
     pub fn log_record(&self, e: &LogEntry, now: i64) -> Result<LogRecord, ApiError> {
         check_username(&e.username)?;
+        names::check_shown("username", &e.username)?;
+        names::check_shown("service", &e.service)?;
+        if let Some(d) = &e.device_info {
+            names::check_shown("device_info.id", &d.id)?;
+        }
         let ts = self.check_log_time(&e.timestamp, now)?;
         check_log_type(&e.log_type)?;
         check_text("message", &e.message, 4096, false)?;
@@ -387,10 +394,12 @@ impl Service {
             .last_login
             .ok_or_else(|| invalid("last_login is required"))?;
         check_username(&e.username)?;
+        names::check_shown("username", &e.username)?;
         if e.service.is_empty() {
             return Err(invalid("service is required"));
         }
         check_text("service", &e.service, 128, true)?;
+        names::check_shown("service", &e.service)?;
         if e.timestamp.is_zero() {
             return Err(invalid("timestamp is required"));
         }

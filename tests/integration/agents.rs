@@ -59,13 +59,13 @@ pub(crate) fn new_key(ts: &TestServer, tenant: &str, site: &str) -> String {
 }
 
 /// An agent: no client certificate, an API key in a header.
-struct Agent {
+pub(crate) struct Agent {
     conn: Connection,
     key: String,
 }
 
 impl Agent {
-    async fn connect(ts: &TestServer, key: &str) -> Agent {
+    pub(crate) async fn connect(ts: &TestServer, key: &str) -> Agent {
         // As Go's client: HTTP/2 when offered.
         let tls = tls_config_for(&cert("ca.pem"), None, Protocols::Any).unwrap();
         let conn = Connection::connect(ts.agents.unwrap(), "localhost", Some(tls))
@@ -97,7 +97,7 @@ impl Agent {
         (r.status.as_u16(), v)
     }
 
-    async fn event(&mut self, body: Value) -> (u16, Value) {
+    pub(crate) async fn event(&mut self, body: Value) -> (u16, Value) {
         let key = self.key.clone();
         self.send("/api/log_event", Some(&key), body.to_string().as_bytes())
             .await

@@ -26,6 +26,8 @@
 //! - `h2`: HTTP/2 by ALPN, the ACL per multiplexed request, and frame-level
 //!   abuse (rapid resets, CONTINUATION flood, too many streams, oversized
 //!   header lists, a window that never opens).
+//! - `security`: names that do not mean what they show, spreadsheet- and
+//!   terminal-safe admin output, no log line at info dating a login.
 //! - `ops`: the Grafana dashboard and the Prometheus rules in `contrib/`
 //!   query only metrics the server exports.
 //! - `ui`: the dashboard (`user-meta-admin ui`) driven in headless Chromium
@@ -52,6 +54,7 @@ mod privacy;
 mod properties;
 mod receivers;
 mod reports;
+mod security;
 mod tls_acl;
 mod tls_matrix;
 mod ui;
