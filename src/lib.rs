@@ -20,7 +20,9 @@
 //!    user-agent parsing, device-ID sealing.
 //! 6. [`store`]: the storage interface in domain terms and its backends
 //!    (`store::sqlite`, `store::postgres`); all SQL lives there, each
-//!    backend's in its own folder.
+//!    backend's in its own folder. Inside, the facade (`store/mod.rs`)
+//!    dispatches to the backends, which import only the leaves below them
+//!    (`store::types`, `store::agents`, `store::pairs`).
 //! 7. Leaves, calling nothing of the crate but each other as listed:
 //!    [`config`] (the YAML file; uses [`acl`], [`model`]), [`model`] (the
 //!    records the layers share; uses [`wire`], [`clock`]), [`tls`]

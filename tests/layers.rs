@@ -235,6 +235,41 @@ fn no_module_calls_up() {
     }
 }
 
+/// Inside the store, the backends import only downward: from the leaves
+/// both share (`types`, `agents`, `pairs`) and from their own room, never
+/// from the facade in `store/mod.rs` (which imports them).
+#[test]
+fn backends_import_only_downward() {
+    let store = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");
+    let mut wrong = Vec::new();
+    for backend in ["sqlite", "postgres"] {
+        let mut files = Vec::new();
+        rust_files(&store.join(backend), &mut files);
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let code = non_test_code(&text);
+            let mut rest = code.as_str();
+            while let Some(at) = rest.find("crate::store::") {
+                let after = &rest[at + "crate::store::".len()..];
+                let name: String = after
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !["types", "agents", "pairs", backend].contains(&name.as_str()) {
+                    let line: String = after.chars().take_while(|c| *c != '\n').collect();
+                    wrong.push(format!("{}: crate::store::{line}", file.display()));
+                }
+                rest = after;
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "a backend imports from the store's facade:\n{}",
+        wrong.join("\n")
+    );
+}
+
 #[test]
 fn the_reader_sees_groups_and_paths() {
     let names = named_modules(

@@ -13,6 +13,12 @@
 //!
 //! The conformance suite (`store/conformance.rs`) states the interface's
 //! behaviour once, as functions of a `Store`, and runs on every backend.
+//!
+//! This file only dispatches. What the backends share lies below them, in
+//! leaves they import from: [`types`] (errors, the detections a write runs,
+//! the administrator's filter), [`agents`] (what agents' events carry) and
+//! `pairs` (the device indexes' keys). A backend never names the facade
+//! (a test, `layers::backends_import_only_downward`, holds it).
 
 pub mod agents;
 #[cfg(test)]
@@ -20,111 +26,19 @@ pub mod conformance;
 mod pairs;
 pub mod postgres;
 pub mod sqlite;
+pub mod types;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::config::DbConfig;
-use crate::metrics::StorageFailure;
 use crate::model::{
-    Aggregate, Aggregated, AlertDraft, Counts, Deleted, Delivery, DeviceIndexStats, DeviceRow, Due,
-    Event, History, LogRecord, LogRow, Record, StorageSize, StoredAlert, UserOverview,
+    Aggregate, Aggregated, Counts, Deleted, Delivery, DeviceIndexStats, DeviceRow, Due, LogRecord,
+    LogRow, Record, StorageSize, StoredAlert, UserOverview,
 };
 
 pub use agents::{AgentEvent, AgentKey, AgentOutcome, SessionStep, TimeSpentRow};
 pub use sqlite::configure_sqlite;
-
-/// What went wrong in storage, in a form that can be sent to every request of a
-/// failed group commit.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    #[error("storage is full")]
-    Full,
-    #[error("storage is read-only")]
-    ReadOnly,
-    #[error("storage is busy")]
-    Busy,
-    /// The OS failed or refused a read or write, for a cause other than a
-    /// full disk or a read-only file, which the writer reports as such.
-    #[error("storage I/O error: {0}")]
-    Io(String),
-    #[error("database schema version {found} is newer than this build supports ({supported})")]
-    Downgrade { found: i64, supported: i64 },
-    #[error("storage is shut down")]
-    Closed,
-    #[error("storage error: {0}")]
-    Other(String),
-}
-
-impl StoreError {
-    /// True when the cause lies outside the request (disk, locks), so the
-    /// client may retry later.
-    pub fn is_unavailable(&self) -> bool {
-        !matches!(self, StoreError::Downgrade { .. })
-    }
-
-    /// The label it is counted under in `/metrics`.
-    pub fn metric(&self) -> StorageFailure {
-        match self {
-            StoreError::Full => StorageFailure::Full,
-            StoreError::ReadOnly => StorageFailure::ReadOnly,
-            StoreError::Busy => StorageFailure::Busy,
-            StoreError::Io(_) => StorageFailure::Io,
-            _ => StorageFailure::Other,
-        }
-    }
-}
-
-/// What went wrong in a whole-database stream.
-#[derive(Debug, thiserror::Error)]
-pub enum BulkError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("no database at {0}")]
-    Missing(String),
-    #[error("the database is not empty: import only into a new or empty database")]
-    NotEmpty,
-    /// A record that is already in the database (same key).
-    #[error("duplicate record")]
-    Duplicate,
-    /// The caller's source of records stopped the stream; it holds the reason.
-    #[error("stopped by its source")]
-    Stopped,
-    #[error("{0}")]
-    Unsupported(String),
-}
-
-/// The detection rules, run inside the transaction that stores a log entry,
-/// on what the store knew of the user before it.
-/// They may run more than once: a backend retries a transaction that lost a
-/// race with another writer.
-pub type Rules = Box<dyn Fn(&History, &Event) -> Vec<AlertDraft> + Send + Sync>;
-
-/// What [`Store::record_log`] needs to run the detections.
-pub struct Detections {
-    /// How far back failures count towards a burst (seconds).
-    pub burst_window: i64,
-    /// The sinks every raised alert is queued for.
-    pub sinks: Arc<Vec<&'static str>>,
-    pub rules: Rules,
-}
-
-/// Which log entries an administrator browses across users.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EventFilter {
-    /// Entries with `from <= ts < to`.
-    pub from: i64,
-    pub to: i64,
-    /// Only this user, when not empty.
-    pub username: String,
-    /// Only users whose names start with this (a tenant's `T/`), when not empty.
-    pub user_prefix: String,
-    /// Only this log type, when not empty.
-    pub log_type: String,
-    pub limit: i64,
-}
+pub use types::{BulkError, Detections, EventFilter, Rules, StoreError};
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]

@@ -4,10 +4,12 @@
 
 use tokio_postgres::Row;
 
-use super::api::{exec, lock_user, one, opt_row, record_for, time_spent_row, TxError};
+use super::api::{exec, one, opt_row, TxError};
+use super::write::{lock_user, record_for};
 use super::{pg_error, retryable, PgStore, RETRIES};
+use crate::store::agents::TimeSpentRow;
 use crate::store::agents::{span, AgentEvent, AgentKey, AgentOutcome, SessionStep, MAX_SESSION};
-use crate::store::{Detections, StoreError, TimeSpentRow};
+use crate::store::types::{Detections, StoreError};
 
 pub(super) const KEY_COLUMNS: &str = "id, tenant, site, created, disabled";
 
@@ -189,5 +191,18 @@ impl PgStore {
             .await
             .map_err(pg_error)?;
         Ok(rows.iter().map(time_spent_row).collect())
+    }
+}
+
+/// A day of time spent from a row of: name, device_id, day, seconds,
+/// first_start, last_end.
+pub(super) fn time_spent_row(r: &Row) -> crate::model::TimeSpentRow {
+    crate::model::TimeSpentRow {
+        username: r.get(0),
+        sealed_device: r.get(1),
+        day: r.get(2),
+        seconds: r.get(3),
+        first_start: r.get(4),
+        last_end: r.get(5),
     }
 }

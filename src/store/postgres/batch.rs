@@ -23,7 +23,7 @@ use super::api::{opt, TxError};
 use super::{pg_error, retryable, PgStore, RETRIES};
 use crate::clock::quantize;
 use crate::model::{AlertDraft, History, LogRecord};
-use crate::store::{Detections, StoreError};
+use crate::store::types::{Detections, StoreError};
 use crate::wire::LOG_TYPE_LOGIN_FAILURE;
 
 /// Entries stored by one transaction at most.

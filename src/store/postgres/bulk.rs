@@ -10,12 +10,15 @@ use std::future::Future;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::IsolationLevel;
 
-use super::api::{device_row, insert_log_row, named_log_row, time_spent_row, Tx, TxError};
+use super::agents::time_spent_row;
+use super::api::{Tx, TxError};
 use super::batch::{insert_logs, rounds, Statements};
+use super::read::{device_row, named_log_row};
+use super::write::insert_log_row;
 use super::{pg_error, PgStore};
 use crate::config::PostgresConfig;
 use crate::model::{Counts, LogRecord, Record, StorageSize};
-use crate::store::BulkError;
+use crate::store::types::BulkError;
 
 /// Rows fetched from a portal at a time.
 const FETCH: i32 = 2_000;

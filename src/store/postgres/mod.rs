@@ -45,9 +45,14 @@ mod api;
 mod agents;
 mod batch;
 pub mod bulk;
+mod erase;
 mod known;
+mod outbox;
+mod read;
+mod reports;
 mod schema;
 pub mod scratch;
+mod write;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -57,7 +62,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 
 use crate::config::PostgresConfig;
-use crate::store::StoreError;
+use crate::store::types::StoreError;
 
 pub use schema::current_version;
 

@@ -8,7 +8,7 @@
 use tokio_postgres::Client;
 
 use super::pg_error;
-use crate::store::StoreError;
+use crate::store::types::StoreError;
 
 /// The advisory lock key of migrations ("usermeta" as ASCII).
 const MIGRATION_LOCK: i64 = 0x7573_6572_6d65_7461;

@@ -3,8 +3,9 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{ops, SqliteStore};
+use crate::store::agents::TimeSpentRow;
 use crate::store::agents::{span, AgentEvent, AgentKey, AgentOutcome, SessionStep, MAX_SESSION};
-use crate::store::{Detections, StoreError, TimeSpentRow};
+use crate::store::types::{Detections, StoreError};
 
 /// A key from a row of [`KEY_COLUMNS`] (and any columns after them).
 pub(super) fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentKey> {

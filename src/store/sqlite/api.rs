@@ -6,7 +6,7 @@ use crate::model::{
     Aggregate, Aggregated, Deleted, Delivery, DeviceIndexStats, DeviceRow, Due, LogRecord, LogRow,
     StoredAlert, UserOverview,
 };
-use crate::store::{Detections, StoreError};
+use crate::store::types::{Detections, StoreError};
 use crate::wire::{LOG_TYPE_LOGIN, LOG_TYPE_LOGIN_FAILURE};
 
 /// Stores a log entry of user `uid` and, with `detect`, runs the detections
@@ -36,7 +36,7 @@ pub(super) fn record_for(
 impl SqliteStore {
     pub async fn recent_logs(
         &self,
-        filter: crate::store::EventFilter,
+        filter: crate::store::types::EventFilter,
     ) -> Result<Vec<LogRecord>, StoreError> {
         self.read(move |c| ops::recent_logs(c, &filter)).await
     }

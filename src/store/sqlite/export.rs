@@ -12,7 +12,7 @@ use super::agents::{key_from_row, KEY_COLUMNS};
 use super::ops::DEVICE_COLUMNS;
 use super::{alerts, ops, schema};
 use crate::model::{Counts, Record, StorageSize};
-use crate::store::{BulkError, StoreError};
+use crate::store::types::{BulkError, StoreError};
 
 impl From<rusqlite::Error> for BulkError {
     fn from(e: rusqlite::Error) -> Self {

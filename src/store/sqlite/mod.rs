@@ -40,7 +40,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::config::DbConfig;
-use crate::store::StoreError;
+use crate::store::types::StoreError;
 use checkpoint::{checkpoint_loop, Checkpoints, WAL_SIZE_LIMIT};
 use known::KnownDevices;
 use reader::{open_reader, reader_loop, ReadJob};

@@ -314,7 +314,7 @@ pub fn unused_accounts(
 /// The newest entries across users that pass `f`, newest first.
 pub fn recent_logs(
     conn: &Connection,
-    f: &crate::store::EventFilter,
+    f: &crate::store::types::EventFilter,
 ) -> Result<Vec<LogRecord>, StoreError> {
     // A named user goes through the user's own rows; otherwise the time index.
     let sql = if f.username.is_empty() {
