@@ -32,6 +32,9 @@
 //!   query only metrics the server exports.
 //! - `ui`: the dashboard (`user-meta-admin ui`) driven in headless Chromium
 //!   by `tests/ui/dashboard.mjs` (playwright-core).
+//! - `dovecot`: a real Dovecot (`dovecot-imapd`) asking the policy listener,
+//!   driven by an IMAP client that gives each login a public address in a
+//!   PROXY header; a stopped policy server lets logins through.
 //! - `properties`: property tests of decoding, validation, timestamps,
 //!   cookies, ACLs and config loading.
 
@@ -40,6 +43,7 @@ mod agents;
 mod api;
 mod common;
 mod config_files;
+mod dovecot;
 mod errors;
 mod faults;
 mod h2;
