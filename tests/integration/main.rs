@@ -35,6 +35,9 @@
 //! - `dovecot`: a real Dovecot (`dovecot-imapd`) asking the policy listener,
 //!   driven by an IMAP client that gives each login a public address in a
 //!   PROXY header; a stopped policy server lets logins through.
+//! - `pam`: the `pam_exec` hook of `contrib/pam/` in PAM stacks driven by
+//!   `pamtester`: logins and failures stored with service and country, a
+//!   stopped or silent server never holding up a login.
 //! - `properties`: property tests of decoding, validation, timestamps,
 //!   cookies, ACLs and config loading.
 
@@ -52,6 +55,7 @@ mod mmdb;
 mod monitor;
 mod ops;
 mod overload;
+mod pam;
 mod persistence;
 mod postgres;
 mod privacy;
