@@ -20,6 +20,9 @@ pub enum Endpoint {
     RetryAlert,
     Health,
     Metrics,
+    CheckLogin,
+    GetThrottles,
+    ClearThrottles,
 }
 
 impl Endpoint {
@@ -41,6 +44,9 @@ impl Endpoint {
         Endpoint::RetryAlert,
         Endpoint::Health,
         Endpoint::Metrics,
+        Endpoint::CheckLogin,
+        Endpoint::GetThrottles,
+        Endpoint::ClearThrottles,
     ];
 
     /// Exact match on the path the client sent: no decoding, no normalisation,
@@ -68,6 +74,9 @@ impl Endpoint {
             Endpoint::RetryAlert => "/api/admin/retry_alert",
             Endpoint::Health => "/health",
             Endpoint::Metrics => "/metrics",
+            Endpoint::CheckLogin => "/api/check_login",
+            Endpoint::GetThrottles => "/api/admin/throttles",
+            Endpoint::ClearThrottles => "/api/admin/clear_throttles",
         }
     }
 
@@ -91,6 +100,9 @@ impl Endpoint {
             Endpoint::RetryAlert => "admin_retry_alert",
             Endpoint::Health => "health",
             Endpoint::Metrics => "metrics",
+            Endpoint::CheckLogin => "check_login",
+            Endpoint::GetThrottles => "admin_throttles",
+            Endpoint::ClearThrottles => "admin_clear_throttles",
         }
     }
 

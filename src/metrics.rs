@@ -757,6 +757,107 @@ pub fn render_device_index(o: &mut String, devices: Option<usize>, reads: u64) {
     line(o, "usermetadb_device_index_reads_total", &[], reads);
 }
 
+/// The auth policy listener's decisions, by what was decided and why.
+pub const POLICY_DECISIONS: [&str; 3] = ["allow", "delay", "refuse"];
+/// Why (the throttle's reasons, in its order; a test there holds them equal).
+pub const POLICY_REASONS: [&str; 6] = [
+    "none",
+    "failures",
+    "cooldown",
+    "spray",
+    "spray_net",
+    "guessing",
+];
+/// What became of the policy listener's requests.
+pub const POLICY_OUTCOMES: [&str; 5] = [
+    "allow",
+    "report_success",
+    "report_failure",
+    "invalid",
+    "unauthorized",
+];
+
+struct Policy {
+    /// [decision][reason][enforced]
+    decisions: [[Row<2>; 6]; 3],
+    outcomes: Row<5>,
+}
+
+static POLICY: Policy = Policy {
+    decisions: [const { [const { row() }; 6] }; 3],
+    outcomes: row(),
+};
+
+/// Counts one `allow` decision (`enforced` false in a dry run).
+pub fn policy_decision(decision: usize, reason: usize, enforced: bool) {
+    if let Some(r) = POLICY.decisions.get(decision).and_then(|d| d.get(reason)) {
+        r[usize::from(enforced)].fetch_add(1, Relaxed);
+    }
+}
+
+/// Counts one request of the policy listener by its outcome (an index of
+/// [`POLICY_OUTCOMES`]).
+pub fn policy_outcome(outcome: usize) {
+    if let Some(c) = POLICY.outcomes.get(outcome) {
+        c.fetch_add(1, Relaxed);
+    }
+}
+
+/// The policy listener's counters, and the throttle's keys (`keys` held,
+/// `evictions` since the start). Never a username or an address.
+pub fn render_policy(o: &mut String, keys: usize, evictions: u64) {
+    head(
+        o,
+        "usermetadb_policy_requests_total",
+        "counter",
+        "Requests of the auth policy listener (Dovecot), by outcome; unauthorized: a missing or wrong token.",
+    );
+    for (i, outcome) in POLICY_OUTCOMES.iter().enumerate() {
+        line(
+            o,
+            "usermetadb_policy_requests_total",
+            &[("outcome", outcome)],
+            POLICY.outcomes[i].load(Relaxed),
+        );
+    }
+    head(
+        o,
+        "usermetadb_policy_decisions_total",
+        "counter",
+        "Decisions on login attempts, by decision and reason; enforced=\"false\" in a dry run.",
+    );
+    for (d, decision) in POLICY_DECISIONS.iter().enumerate() {
+        for (r, reason) in POLICY_REASONS.iter().enumerate() {
+            for (e, enforced) in ["false", "true"].iter().enumerate() {
+                line(
+                    o,
+                    "usermetadb_policy_decisions_total",
+                    &[
+                        ("decision", decision),
+                        ("reason", reason),
+                        ("enforced", enforced),
+                    ],
+                    POLICY.decisions[d][r][e].load(Relaxed),
+                );
+            }
+        }
+    }
+    head(
+        o,
+        "usermetadb_policy_keys",
+        "gauge",
+        "Throttling keys held in memory (keyed hashes of logins, addresses and networks).",
+    );
+    line(o, "usermetadb_policy_keys", &[], keys);
+    head(
+        o,
+        "usermetadb_policy_key_evictions_total",
+        "counter",
+        "Throttling keys evicted, oldest first, at policy.max_keys.",
+    );
+    line(o, "usermetadb_policy_key_evictions_total", &[], evictions);
+}
+
 fn head(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }

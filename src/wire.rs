@@ -358,6 +358,65 @@ pub struct CheckDeviceResponse {
     pub seen: bool,
 }
 
+/// `check_login`: `check_device`'s request, answered with the risk of the
+/// login.
+pub type CheckLoginRequest = CheckDeviceRequest;
+
+/// The risk of a login, computed from data that holds no address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckLoginResponse {
+    /// As `check_device` answers it.
+    pub seen: bool,
+    pub device_known: bool,
+    /// The country of the login (from `remote_zone`, else the address).
+    pub country: String,
+    pub country_known: bool,
+    /// `login_failure` entries within the failure-burst window.
+    pub recent_failures: i64,
+    /// The login failed from many addresses lately (on this replica).
+    pub under_attack: bool,
+    /// `low`, `medium` or `high`.
+    pub risk: String,
+    /// Among `first_login`, `new_device`, `new_country`,
+    /// `recent_failures`, `login_under_attack`.
+    pub reasons: Vec<String>,
+}
+
+/// A login whose throttling an administrator reads or clears.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottlesRequest {
+    #[serde(deserialize_with = "nullable_string")]
+    pub login: String,
+}
+
+/// What one replica holds about a login's throttling.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThrottlesResponse {
+    pub login: String,
+    /// Distinct addresses it failed from within the window.
+    pub failing_addresses: u32,
+    pub under_attack: bool,
+    /// One per address (an opaque ID: the address is not held).
+    pub pairs: Vec<PairThrottleWire>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairThrottleWire {
+    pub id: String,
+    /// Distinct wrong passwords within the window.
+    pub failures: u32,
+    /// Refused until then, when a refusal is in force.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub refused_until: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClearThrottlesResponse {
+    /// Keys forgotten.
+    pub cleared: u64,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SetLastLoginRequest {

@@ -154,6 +154,11 @@ enum Command {
     },
     /// Make an alert's undelivered deliveries due now (/api/admin/retry_alert).
     RetryAlert { id: i64 },
+    /// What the replica reached holds about a login's throttling by the
+    /// auth policy (/api/admin/throttles).
+    Throttles { login: String },
+    /// Forget the replica's throttling of a login (/api/admin/clear_throttles).
+    ClearThrottles { login: String },
     /// A user's log, newest first (get_user_logs).
     GetUserLogs {
         username: String,
@@ -515,6 +520,59 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print(format, &resp, || {
                 let mut t = Table::new(&["rescheduled"]);
                 t.row(vec![resp.rescheduled.to_string()]);
+                t
+            })
+            .map_err(io)?;
+        }
+        Command::Throttles { login } => {
+            let resp: ThrottlesResponse = api
+                .call(&mut c, "/api/admin/throttles", &ThrottlesRequest { login })
+                .await?;
+            print(format, &resp, || {
+                let mut t = Table::new(&[
+                    "failing addresses",
+                    "under attack",
+                    "address (opaque)",
+                    "failures",
+                    "refused until",
+                ]);
+                let attack = if resp.under_attack { "yes" } else { "no" };
+                if resp.pairs.is_empty() {
+                    t.row(vec![
+                        resp.failing_addresses.to_string(),
+                        attack.into(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                    ]);
+                }
+                for p in &resp.pairs {
+                    t.row(vec![
+                        resp.failing_addresses.to_string(),
+                        attack.into(),
+                        p.id.clone(),
+                        p.failures.to_string(),
+                        p.refused_until
+                            .as_ref()
+                            .map(|u| u.0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                            .unwrap_or_default(),
+                    ]);
+                }
+                t
+            })
+            .map_err(io)?;
+        }
+        Command::ClearThrottles { login } => {
+            let resp: ClearThrottlesResponse = api
+                .call(
+                    &mut c,
+                    "/api/admin/clear_throttles",
+                    &ThrottlesRequest { login },
+                )
+                .await?;
+            print(format, &resp, || {
+                let mut t = Table::new(&["cleared"]);
+                t.row(vec![resp.cleared.to_string()]);
                 t
             })
             .map_err(io)?;

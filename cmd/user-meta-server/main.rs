@@ -186,6 +186,25 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             ok = false;
         }
     }
+    if let Some(t) = config.policy.tls.as_ref().filter(|_| ok) {
+        if let Err(e) = tls::server_config_without_client_auth(&t.cert, &t.key) {
+            println!("{}: policy.tls: {e}", path.display());
+            ok = false;
+        }
+    }
+    if let Some(token) = config.policy.token.as_ref().filter(|_| ok) {
+        match token.read() {
+            Ok(t) if t.trim().is_empty() => {
+                println!("{}: policy.token_file: the token is empty", path.display());
+                ok = false;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                println!("{}: policy.token_file: {e}", path.display());
+                ok = false;
+            }
+        }
+    }
     if let Some(g) = config.geoip.as_ref().filter(|_| ok) {
         if let Err(e) = usermetadb::privacy::GeoIp::open(g) {
             println!("{}: geoip.db: {e}", path.display());
@@ -397,6 +416,10 @@ fn serve(config_path: &std::path::Path, addr: &str) -> anyhow::Result<()> {
             database = %config.db.path.display(),
             "listening on {scheme}://{local}"
         );
+        if let Some(policy) = server.policy_addr() {
+            let scheme = if config.policy.tls.is_some() { "https" } else { "http" };
+            tracing::info!(address = %policy, "policy: listening on {scheme}://{policy}");
+        }
         if let Some(agents) = server.agents_addr() {
             let scheme = if config.agents.tls.is_some() { "https" } else { "http" };
             tracing::info!(address = %agents, "agents: listening on {scheme}://{agents}");

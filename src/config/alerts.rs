@@ -203,7 +203,7 @@ impl Secret {
     }
 }
 
-fn secret(
+pub(crate) fn secret(
     key: &str,
     inline: Option<String>,
     file: Option<String>,

@@ -14,8 +14,10 @@ use crate::acl::{Acl, AclEntry};
 
 pub mod agents;
 pub mod alerts;
+pub mod policy;
 pub use agents::AgentsConfig;
 pub use alerts::AlertsConfig;
+pub use policy::PolicyConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -127,6 +129,9 @@ pub struct RawConfig {
     /// Windows login agents (the winauthmon protocol).
     #[serde(default)]
     pub agents: Option<agents::RawAgents>,
+    /// Dovecot's auth policy protocol: a listener and its throttling.
+    #[serde(default)]
+    pub policy: Option<policy::RawPolicy>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +163,9 @@ pub struct RawDb {
     pub device_index: Option<bool>,
     /// PostgreSQL: a file holding the password (instead of one in `db_uri`).
     pub password_file: Option<String>,
+    /// PostgreSQL: the standbys that serve the reads that may lag (a user's
+    /// logs, devices, last logins and alerts, reports, the event list).
+    pub read_uri: Option<String>,
     /// PostgreSQL: connections in the pool (default 16).
     pub pool_size: Option<usize>,
     /// PostgreSQL: longest a statement may run (default 30s).
@@ -254,6 +262,7 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub alerts: AlertsConfig,
     pub agents: AgentsConfig,
+    pub policy: PolicyConfig,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -279,6 +288,8 @@ pub struct DbConfig {
 pub struct PostgresConfig {
     /// The connection string as configured (a password in it is never shown).
     pub uri: String,
+    /// The standbys for reads that may lag; the primary when none answers.
+    pub read_uri: Option<String>,
     pub password_file: Option<PathBuf>,
     pub pool_size: usize,
     pub statement_timeout: Duration,
@@ -290,6 +301,7 @@ impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresConfig")
             .field("uri", &redact_password(&self.uri))
+            .field("read_uri", &self.read_uri.as_deref().map(redact_password))
             .field("password_file", &self.password_file)
             .field("pool_size", &self.pool_size)
             .field("statement_timeout", &self.statement_timeout)
@@ -613,6 +625,7 @@ impl Config {
 
         let alerts = AlertsConfig::from_raw(raw.alerts, &mut problems);
         let agents = AgentsConfig::from_raw(raw.agents, &mut problems);
+        let policy = PolicyConfig::from_raw(raw.policy, &mut problems);
         let postgres = match raw.db_uri.as_deref() {
             Some(uri) if is_postgres_uri(uri) => {
                 if device_key_file.is_none() {
@@ -631,6 +644,7 @@ impl Config {
                 }
                 Some(PostgresConfig {
                     uri: uri.to_owned(),
+                    read_uri: raw.db.read_uri.filter(|u| !u.is_empty()),
                     password_file: raw.db.password_file.as_deref().map(PathBuf::from),
                     pool_size,
                     statement_timeout: raw
@@ -643,6 +657,13 @@ impl Config {
                         .map_or(Duration::from_secs(10), |d| d.0),
                     ca_file: raw.db.ca_file.as_deref().map(PathBuf::from),
                 })
+            }
+            _ if raw.db.read_uri.as_deref().is_some_and(|u| !u.is_empty()) => {
+                problems.push(Problem {
+                    key: "db.read_uri".into(),
+                    message: "needs a PostgreSQL db_uri".into(),
+                });
+                None
             }
             _ => None,
         };
@@ -687,6 +708,7 @@ impl Config {
             secrets: SecretsConfig { device_key_file },
             alerts,
             agents,
+            policy,
         })
     }
 }
@@ -718,6 +740,13 @@ impl Config {
         if let Some(t) = &self.agents.tls {
             files.push(("agents.tls.cert", &t.cert));
             files.push(("agents.tls.key", &t.key));
+        }
+        if let Some(t) = &self.policy.tls {
+            files.push(("policy.tls.cert", &t.cert));
+            files.push(("policy.tls.key", &t.key));
+        }
+        if let Some(f) = self.policy.token.as_ref().and_then(|t| t.file()) {
+            files.push(("policy.token_file", f));
         }
         if let Some(f) = self.alerts.webhook.as_ref().and_then(|w| w.secret.file()) {
             files.push(("alerts.webhook.secret_file", f));

@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod rules;
 pub mod sinks;
 pub mod text;
+pub mod throttle;
 
 pub use crate::config::AlertsConfig;
 

@@ -5,7 +5,7 @@
 //! answers 429. A missing, unknown and disabled key are answered alike.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,9 +16,6 @@ use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 
 use super::body::RequestBody;
 use super::handler::{json_response, Reject};
@@ -61,36 +58,6 @@ impl RateLimit {
         } else {
             Err(((1.0 - *tokens) * 60.0 / self.per_minute).ceil() as u64)
         }
-    }
-}
-
-/// The agents' listener, bound.
-pub struct Listener {
-    pub listener: TcpListener,
-    pub tls: Option<TlsAcceptor>,
-}
-
-impl Listener {
-    pub async fn bind(
-        cfg: &crate::config::AgentsConfig,
-    ) -> Result<Option<Listener>, super::ServerError> {
-        let Some(addr) = cfg.addr else {
-            return Ok(None);
-        };
-        let tls = match &cfg.tls {
-            Some(t) => Some(TlsAcceptor::from(Arc::new(
-                super::tls::server_config_without_client_auth(&t.cert, &t.key)?,
-            ))),
-            None => None,
-        };
-        Ok(Some(Listener {
-            listener: TcpListener::bind(addr).await?,
-            tls,
-        }))
-    }
-
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
     }
 }
 
@@ -270,12 +237,11 @@ async fn log_event(
 /// Accepts agents until `shutdown` flips, then lets in-flight requests
 /// finish (up to the grace period).
 pub async fn run(
-    listener: Listener,
+    listener: super::side::Listener,
     state: Arc<State>,
     limits: Arc<RateLimit>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Exact session starts are held a day at most, retry hashes their
     // window: deleted within a minute of expiring, not at the next
     // retention run.
@@ -292,57 +258,10 @@ pub async fn run(
             }
         }
     });
-    if listener.tls.is_none() {
-        tracing::warn!("NO TLS CONFIGURED FOR AGENTS: agents' API keys cross the network in clear; use only for tests or a trusted local network");
-    }
-    let connections = Arc::new(Semaphore::new(state.http.max_connections));
-    loop {
-        let (stream, addr) = tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "agents: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = connections.clone().try_acquire_owned() else {
-            crate::metrics::global().connection_refused();
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let (state, limits, tls) = (state.clone(), limits.clone(), listener.tls.clone());
-        let watcher = graceful.watcher();
-        let peer = addr.ip();
-        tokio::spawn(async move {
-            let framing: Arc<framing::Ambiguity> = Default::default();
-            let timeouts = super::Timeouts::of(&state.http);
-            let handshake = state.http.handshake_timeout;
-            let handle = {
-                let framing = framing.clone();
-                move |req| handle(req, state.clone(), limits.clone(), framing.clone(), peer)
-            };
-            match tls {
-                None => super::serve_http(stream, timeouts, framing, handle, watcher, false).await,
-                Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            _ => {
-                                tracing::debug!("agents: TLS handshake failed");
-                                return;
-                            }
-                        };
-                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    super::serve_http(stream, timeouts, framing, handle, watcher, h2).await
-                }
-            }
-            drop(slot);
-        });
-    }
-    drop(listener);
+    let handler = {
+        let state = state.clone();
+        move |req, framing, peer| handle(req, state.clone(), limits.clone(), framing, peer)
+    };
+    super::side::run(listener, state, "agents", handler, shutdown).await;
     expiry.abort();
-    let _ = tokio::time::timeout(super::SHUTDOWN_GRACE, graceful.shutdown()).await;
 }

@@ -215,6 +215,8 @@ async fn serve(
         if let Some(stats) = state.service.store.device_index_stats() {
             crate::metrics::render_device_index(&mut text, stats.devices, stats.rebuilds);
         }
+        let (keys, evictions) = state.service.throttle.stats();
+        crate::metrics::render_policy(&mut text, keys, evictions);
         let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut().insert(
             CONTENT_TYPE,
@@ -263,6 +265,9 @@ async fn serve(
         Endpoint::GetEvents => encode(&svc.get_events(decode(&body)?, now).await?),
         Endpoint::GetAlerts => encode(&svc.get_alerts(decode(&body)?, now).await?),
         Endpoint::RetryAlert => encode(&svc.retry_alert(decode(&body)?).await?),
+        Endpoint::CheckLogin => encode(&svc.check_login(decode(&body)?, now).await?),
+        Endpoint::GetThrottles => encode(&svc.throttles(decode(&body)?, now)?),
+        Endpoint::ClearThrottles => encode(&svc.clear_throttles(decode(&body)?)?),
         Endpoint::Health | Endpoint::Metrics => return Err(Reject::NotFound),
     })
 }

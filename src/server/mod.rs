@@ -7,6 +7,8 @@ mod body;
 pub mod framing;
 pub mod handler;
 mod idle;
+pub mod policy;
+pub mod side;
 
 pub use crate::endpoint;
 pub use crate::tls;
@@ -48,6 +50,8 @@ pub enum ServerError {
     GeoIp(String),
     #[error("{0}")]
     Alerts(String),
+    #[error("policy.token_file: {0}")]
+    Policy(String),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -108,7 +112,9 @@ pub struct Server {
     store: Store,
     privacy: Arc<Privacy>,
     sinks: Arc<crate::monitor::sinks::Sinks>,
-    agents: Option<(agents::Listener, u32)>,
+    agents: Option<(side::Listener, u32)>,
+    /// The auth policy listener, with its token.
+    policy: Option<(side::Listener, Vec<u8>)>,
 }
 
 /// Opens the database, loads keys and certificates: everything that can fail
@@ -141,6 +147,7 @@ pub async fn build_state(
         config.alerts.clone(),
     );
     service.agents = config.agents.clone();
+    let service = service.with_policy(config.policy.clone(), crate::clock::now_unix());
     let state = Arc::new(State {
         service,
         http: config.http.clone(),
@@ -163,9 +170,25 @@ impl Server {
             crate::monitor::sinks::Sinks::new(&config.alerts).map_err(ServerError::Alerts)?,
         );
         let listener = TcpListener::bind(addr).await?;
-        let agents = agents::Listener::bind(&config.agents)
+        let agents = side::Listener::bind(config.agents.addr, config.agents.tls.as_ref())
             .await?
             .map(|l| (l, config.agents.rate_limit));
+        let policy =
+            match side::Listener::bind(config.policy.addr, config.policy.tls.as_ref()).await? {
+                Some(l) => {
+                    let token = config
+                        .policy
+                        .token
+                        .as_ref()
+                        .map(|t| t.read())
+                        .transpose()
+                        .map_err(ServerError::Policy)?
+                        .filter(|t| !t.is_empty())
+                        .ok_or_else(|| ServerError::Policy("policy.token_file is empty".into()))?;
+                    Some((l, token.into_bytes()))
+                }
+                None => None,
+            };
         Ok(Server {
             listener,
             state,
@@ -174,7 +197,13 @@ impl Server {
             privacy,
             sinks,
             agents,
+            policy,
         })
+    }
+
+    /// Where the auth policy client posts, when `policy.addr` is set.
+    pub fn policy_addr(&self) -> Option<SocketAddr> {
+        self.policy.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Where Windows agents post, when `agents.addr` is set.
@@ -205,6 +234,7 @@ impl Server {
             store,
             sinks,
             agents,
+            policy,
             ..
         } = self;
         if tls.is_none() {
@@ -212,10 +242,19 @@ impl Server {
         }
         let tls = tls.map(Arc::new);
         let (stop_dispatcher, dispatcher_stop) = tokio::sync::watch::channel(false);
+        // Stops the side listeners (agents, policy).
         let (stop_agents, agents_stop) = tokio::sync::watch::channel(false);
         let agents = agents.map(|(listener, rate)| {
             let limits = Arc::new(agents::RateLimit::new(rate));
-            tokio::spawn(agents::run(listener, state.clone(), limits, agents_stop))
+            tokio::spawn(agents::run(
+                listener,
+                state.clone(),
+                limits,
+                agents_stop.clone(),
+            ))
+        });
+        let policy = policy.map(|(listener, token)| {
+            tokio::spawn(policy::run(listener, state.clone(), token, agents_stop))
         });
         let mut dispatcher = tokio::spawn(
             crate::monitor::dispatch::Dispatcher {
@@ -284,8 +323,8 @@ impl Server {
                 tracing::warn!("grace period over, closing remaining connections");
             }
         }
-        if let Some(a) = agents {
-            let _ = a.await;
+        for side in [agents, policy].into_iter().flatten() {
+            let _ = side.await;
         }
         retention.abort();
         let _ = stop_dispatcher.send(true);

@@ -5,11 +5,13 @@
 //! - this file: the Go-compatible core (logs, devices, last logins, unused
 //!   accounts, device cookies, erasure);
 //! - [`alerts`]: the monitor's endpoints, a user's alerts and summary;
-//! - [`names`]: the characters a new identifier may not hold.
+//! - [`names`]: the characters a new identifier may not hold;
+//! - [`policy`]: Dovecot's auth policy protocol, and a login's risk.
 
 pub mod agents;
 pub mod alerts;
 pub mod names;
+pub mod policy;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -127,6 +129,9 @@ pub struct Service {
     pub wake: Arc<tokio::sync::Notify>,
     /// Windows agents: the retry window and the per-user time opt-ins.
     pub agents: crate::config::AgentsConfig,
+    /// The auth policy protocol's settings, and its throttling state.
+    pub policy: crate::config::PolicyConfig,
+    pub throttle: Arc<monitor::throttle::Throttle>,
 }
 
 impl Service {
@@ -146,7 +151,22 @@ impl Service {
             alerts: Arc::new(alerts),
             wake: Arc::new(tokio::sync::Notify::new()),
             agents: crate::config::AgentsConfig::default(),
+            policy: crate::config::PolicyConfig::default(),
+            throttle: Arc::new(monitor::throttle::Throttle::new(
+                monitor::throttle::Limits::of(&crate::config::PolicyConfig::default()),
+                crate::clock::now_unix(),
+            )),
         }
+    }
+
+    /// Takes the `policy:` settings, with a throttle made for them.
+    pub fn with_policy(mut self, cfg: crate::config::PolicyConfig, now: i64) -> Service {
+        self.throttle = Arc::new(monitor::throttle::Throttle::new(
+            monitor::throttle::Limits::of(&cfg),
+            now,
+        ));
+        self.policy = cfg;
+        self
     }
 
     fn check_log_time(&self, t: &Timestamp, now: i64) -> Result<i64, ApiError> {

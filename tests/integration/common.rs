@@ -36,7 +36,7 @@ pub fn shared_geoip(name: &str) -> PathBuf {
 /// The ACL every test server runs with.
 pub const ACL: &str = r#"
     acl:
-      - { path: "/api/(add_log|set_last_login|check_device|identify_device)", cn: "sso-server|auth-server" }
+      - { path: "/api/(add_log|set_last_login|check_device|check_login|identify_device)", cn: "sso-server|auth-server" }
       - { path: "/api/get_.*", cn: "accounts-panel" }
       - { path: "/health", cn: ".*" }
       - { path: ".*", cn: "admin" }
@@ -81,6 +81,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The agents' listener, when the config has `agents.addr`.
     pub agents: Option<SocketAddr>,
+    /// The auth policy listener, when the config has `policy.addr`.
+    pub policy: Option<SocketAddr>,
     /// The configuration file the server runs on (for the CLI).
     pub config: PathBuf,
     pub dir: tempfile::TempDir,
@@ -123,6 +125,7 @@ impl TestServer {
             .unwrap();
         let addr = server.local_addr().unwrap();
         let agents = server.agents_addr();
+        let policy = server.policy_addr();
         let config = dir.path().join("server.yml");
         std::fs::write(&config, &yaml).unwrap();
         let (tx, rx) = oneshot::channel();
@@ -132,6 +135,7 @@ impl TestServer {
         TestServer {
             addr,
             agents,
+            policy,
             config,
             dir,
             stop: Some(tx),

@@ -26,6 +26,8 @@
 //! - `h2`: HTTP/2 by ALPN, the ACL per multiplexed request, and frame-level
 //!   abuse (rapid resets, CONTINUATION flood, too many streams, oversized
 //!   header lists, a window that never opens).
+//! - `policy`: the auth policy listener as Dovecot speaks it: the token,
+//!   throttling decisions, reports stored, `check_login`, nothing kept.
 //! - `security`: names that do not mean what they show, spreadsheet- and
 //!   terminal-safe admin output, no log line at info dating a login.
 //! - `ops`: the Grafana dashboard and the Prometheus rules in `contrib/`
@@ -57,6 +59,7 @@ mod ops;
 mod overload;
 mod pam;
 mod persistence;
+mod policy;
 mod postgres;
 mod privacy;
 mod properties;
