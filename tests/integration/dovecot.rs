@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::common::in_ci;
+use crate::common::{client_at, in_ci, on_postgres};
 
 /// The users of every instance, as `(name, password)`.
 pub(crate) const USERS: [(&str, &str); 3] = [
@@ -267,8 +267,9 @@ auth_policy_check_after_auth = yes
 impl Drop for Dovecot {
     fn drop(&mut self) {
         // On SIGTERM the master stops its children, then exits.
-        // SAFETY: a plain kill(2) of our own child, which is not reaped yet.
-        unsafe { libc::kill(self.master.id() as i32, libc::SIGTERM) };
+        if let Some(pid) = rustix::process::Pid::from_raw(self.master.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
         let _ = self.master.wait();
     }
 }
@@ -588,4 +589,155 @@ async fn dovecot_asks_reports_waits_and_shows_the_refusal() {
     assert_eq!(requests[1].0, "POST /?command=report HTTP/1.1");
     assert_eq!(requests[1].2["success"], false);
     assert_eq!(requests[1].2["policy_reject"], true);
+}
+
+/// Counts of the policy listener's decisions that slowed or refused.
+async fn slowed_or_refused(addr: SocketAddr) -> i64 {
+    let mut c = client_at(addr, "admin").await;
+    let r =
+        c.0.request(hyper::Method::GET, "/metrics", None, bytes::Bytes::new())
+            .await
+            .unwrap();
+    String::from_utf8_lossy(&r.body)
+        .lines()
+        .filter(|l| {
+            l.starts_with("usermetadb_policy_decisions_total{")
+                && (l.contains("decision=\"delay\"") || l.contains("decision=\"refuse\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_real_dovecot_is_throttled_and_its_logins_stored_without_addresses() {
+    let ts = crate::policy::start(
+        "  delay_after: 2\n  refuse_after: 4\n  message: Too many failures, try later\n",
+    )
+    .await;
+    let url = format!("http://{}/", ts.policy.unwrap());
+    let Some(dovecot) = Dovecot::start(&url, crate::policy::TOKEN) else {
+        return;
+    };
+    let mut admin = ts.client("admin").await;
+
+    // A login: stored with its service, country and client.
+    let gb: IpAddr = "81.2.69.160".parse().unwrap();
+    let login = dovecot
+        .imap_login(gb, "alice", "secret1", Some(THUNDERBIRD))
+        .await;
+    assert!(login.ok, "{login:?}");
+    let v = admin
+        .ok(
+            "/api/get_user_logs",
+            serde_json::json!({"username": "alice", "max_days": 1}),
+        )
+        .await;
+    let entry = &v["result"][0];
+    assert_eq!(
+        (
+            &entry["log_type"],
+            &entry["service"],
+            &entry["device_info"]["remote_zone"]
+        ),
+        (
+            &serde_json::json!("login"),
+            &serde_json::json!("imap"),
+            &serde_json::json!("GB")
+        ),
+        "{v}"
+    );
+    assert_eq!(entry["device_info"]["id"], "Thunderbird/Windows", "{v}");
+    assert_eq!(entry["device_info"]["browser"], "Thunderbird 115.3", "{v}");
+
+    // Wrong passwords from one address: allowed, then delayed by Dovecot
+    // on the policy's word (1 s, then 2 s), then refused with the message,
+    // even with the right password.
+    let se: IpAddr = "89.160.20.112".parse().unwrap();
+    let mut attempts = Vec::new();
+    for password in ["w1", "w2", "w3", "w4"] {
+        attempts.push(dovecot.imap_login(se, "bob", password, None).await);
+    }
+    assert!(
+        attempts
+            .iter()
+            .all(|l| !l.ok && l.text.contains("AUTHENTICATIONFAILED")),
+        "{attempts:?}"
+    );
+    assert!(
+        attempts[2].elapsed >= Duration::from_secs(1),
+        "{attempts:?}"
+    );
+    assert!(
+        attempts[3].elapsed >= Duration::from_secs(2),
+        "{attempts:?}"
+    );
+    let refused = dovecot.imap_login(se, "bob", "secret2", None).await;
+    assert!(!refused.ok, "{refused:?}");
+    assert!(
+        refused
+            .text
+            .contains("[ALERT] Too many failures, try later"),
+        "{refused:?}"
+    );
+
+    // Another user from the same address is neither delayed nor refused.
+    let before = slowed_or_refused(ts.addr).await;
+    let carol = dovecot.imap_login(se, "carol", "secret3", None).await;
+    assert!(carol.ok, "{carol:?}");
+    assert_eq!(slowed_or_refused(ts.addr).await, before, "carol was slowed");
+
+    // The same wrong password again and again (a phone with an old one)
+    // counts once: never delayed, and the right one still gets in.
+    let us: IpAddr = "216.160.83.56".parse().unwrap();
+    for _ in 0..4 {
+        let l = dovecot.imap_login(us, "alice", "old-password", None).await;
+        assert!(!l.ok, "{l:?}");
+    }
+    assert_eq!(
+        slowed_or_refused(ts.addr).await,
+        before,
+        "a repeated password was counted again"
+    );
+    let l = dovecot.imap_login(us, "alice", "secret1", None).await;
+    assert!(l.ok, "{l:?}");
+
+    // Every attempt was stored, as a login or a failure.
+    let v = admin
+        .ok(
+            "/api/get_user_logs",
+            serde_json::json!({"username": "bob", "max_days": 1}),
+        )
+        .await;
+    let failures = v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["log_type"] == "login_failure")
+        .count();
+    assert_eq!(failures, 5, "{v}");
+
+    // No address, password hash or token in the database or the metrics.
+    let r = admin
+        .0
+        .request(hyper::Method::GET, "/metrics", None, bytes::Bytes::new())
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&r.body).into_owned();
+    let raw = if on_postgres() {
+        Vec::new()
+    } else {
+        crate::privacy::database_bytes(ts.dir.path())
+    };
+    for needle in [
+        "81.2.69.160",
+        "89.160.20.112",
+        "216.160.83.56",
+        crate::policy::TOKEN,
+    ] {
+        assert!(!metrics.contains(needle), "{needle} in /metrics");
+        assert!(
+            !crate::privacy::contains(&raw, needle.as_bytes()),
+            "{needle} in the database"
+        );
+    }
 }
