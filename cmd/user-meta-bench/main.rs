@@ -11,6 +11,7 @@ mod data;
 #[path = "../common/generate.rs"]
 mod generate;
 mod load;
+mod policy;
 mod procfs;
 mod report;
 mod seed;
@@ -60,6 +61,10 @@ struct Cli {
 enum Command {
     /// Fill a database with a realistic history, directly through the library.
     Seed(SeedArgs),
+    /// The auth policy listener under Dovecot's load: logins a second,
+    /// `allow` latency at a given rate, memory per throttling key; on plain
+    /// HTTP and on TLS.
+    Policy(policy::PolicyArgs),
     /// Print the manual page or a shell's completion script.
     Generate {
         #[arg(value_enum)]
@@ -230,6 +235,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Seed(args)) => seed_command(args).map(|()| true),
+        Some(Command::Policy(args)) => policy_command(args).map(|()| true),
         Some(Command::Generate { what }) => generate::generate(Cli::command(), what)
             .map(|()| true)
             .context("writing to stdout"),
@@ -243,6 +249,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn policy_command(args: policy::PolicyArgs) -> Result<()> {
+    let binary = match &args.spawn_server {
+        Some(p) => p.clone(),
+        None => default_server_binary()?,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(policy::run(args, binary))
+        .map(|_| ())
 }
 
 fn population(p: &PopulationArgs) -> Population {

@@ -118,7 +118,7 @@ fn imap_id_pairs(id: &str) -> Option<Vec<(String, String)>> {
             }
         }
     }
-    if items.is_empty() || items.len() % 2 != 0 {
+    if items.is_empty() || !items.len().is_multiple_of(2) {
         return None;
     }
     Some(
