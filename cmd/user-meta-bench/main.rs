@@ -910,6 +910,7 @@ fn postgres_config(uri: String, pool_size: usize) -> usermetadb::config::DbConfi
         synchronous_full: true,
         device_index: false,
         postgres: Some(usermetadb::config::PostgresConfig {
+            read_uri: None,
             uri,
             password_file: None,
             pool_size,

@@ -163,6 +163,9 @@ pub struct RawDb {
     pub device_index: Option<bool>,
     /// PostgreSQL: a file holding the password (instead of one in `db_uri`).
     pub password_file: Option<String>,
+    /// PostgreSQL: the standbys that serve the reads that may lag (a user's
+    /// logs, devices, last logins and alerts, reports, the event list).
+    pub read_uri: Option<String>,
     /// PostgreSQL: connections in the pool (default 16).
     pub pool_size: Option<usize>,
     /// PostgreSQL: longest a statement may run (default 30s).
@@ -285,6 +288,8 @@ pub struct DbConfig {
 pub struct PostgresConfig {
     /// The connection string as configured (a password in it is never shown).
     pub uri: String,
+    /// The standbys for reads that may lag; the primary when none answers.
+    pub read_uri: Option<String>,
     pub password_file: Option<PathBuf>,
     pub pool_size: usize,
     pub statement_timeout: Duration,
@@ -296,6 +301,7 @@ impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresConfig")
             .field("uri", &redact_password(&self.uri))
+            .field("read_uri", &self.read_uri.as_deref().map(redact_password))
             .field("password_file", &self.password_file)
             .field("pool_size", &self.pool_size)
             .field("statement_timeout", &self.statement_timeout)
@@ -638,6 +644,7 @@ impl Config {
                 }
                 Some(PostgresConfig {
                     uri: uri.to_owned(),
+                    read_uri: raw.db.read_uri.filter(|u| !u.is_empty()),
                     password_file: raw.db.password_file.as_deref().map(PathBuf::from),
                     pool_size,
                     statement_timeout: raw
@@ -650,6 +657,13 @@ impl Config {
                         .map_or(Duration::from_secs(10), |d| d.0),
                     ca_file: raw.db.ca_file.as_deref().map(PathBuf::from),
                 })
+            }
+            _ if raw.db.read_uri.as_deref().is_some_and(|u| !u.is_empty()) => {
+                problems.push(Problem {
+                    key: "db.read_uri".into(),
+                    message: "needs a PostgreSQL db_uri".into(),
+                });
+                None
             }
             _ => None,
         };

@@ -19,6 +19,10 @@
 //!   headers, pipelining, malformed JSON, bad fields, paths against the ACL.
 //! - `tls_matrix`: every TLS refusal of the compiled server, its logged reason
 //!   and its counter.
+//! - `failover`: three servers on a primary and a synchronous standby
+//!   through a `kill -9` of the primary and a fenced primary, each followed
+//!   by a promotion: acknowledged writes, the device index, retention and
+//!   alert delivery on the new primary.
 //! - `faults`: `kill -9` during writes (`.ci/crash-test`), a full filesystem,
 //!   a read-only database.
 //! - `overload`: slow-header clients, idle / half-open connections, the
@@ -50,6 +54,7 @@ mod common;
 mod config_files;
 mod dovecot;
 mod errors;
+mod failover;
 mod faults;
 mod h2;
 mod hostile;

@@ -179,7 +179,7 @@ impl PgStore {
         from_day: i64,
         to_day: i64,
     ) -> Result<Vec<TimeSpentRow>, StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let rows = client
             .query(
                 "SELECT u.name, t.device_id, t.day, t.seconds, t.first_start, t.last_end

@@ -106,6 +106,18 @@ impl PgStore {
         client.query(&stmt, params).await.map_err(pg_error)
     }
 
+    /// [`PgStore::query`] for a read that may lag: on a standby when
+    /// there is one (see [`PgStore::reader`]).
+    pub(super) async fn read_query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let client = self.reader().await?;
+        let stmt = client.prepare_cached(sql).await.map_err(pg_error)?;
+        client.query(&stmt, params).await.map_err(pg_error)
+    }
+
     pub(super) async fn execute(
         &self,
         sql: &str,

@@ -73,6 +73,25 @@ async fn next_batch(rx: &Mutex<mpsc::UnboundedReceiver<Job>>) -> Option<Vec<Job>
     Some(batch)
 }
 
+/// Whether a batch that failed with `e` may have failed for one of its
+/// entries (a value PostgreSQL refused): only then are they stored one by
+/// one. A lost connection, the pool or a read-only server says nothing of
+/// the entries, and after a lost connection the batch's COMMIT may have
+/// been done.
+fn entry_may_be_at_fault(e: &TxError) -> bool {
+    match e {
+        TxError::Store(StoreError::Other(_)) => true,
+        TxError::Store(_) => false,
+        TxError::Pg(e) => e.as_db_error().is_some_and(|db| {
+            let class = &db.code().code()[..2];
+            // Data exceptions, integrity constraints, syntax or access:
+            // not connection (08), not read-only (25), not resources (53),
+            // not operator intervention (57).
+            matches!(class, "22" | "23" | "42")
+        }),
+    }
+}
+
 /// Entries (by position) in rounds where each user appears at most once,
 /// each user's entries in their order.
 pub(super) fn rounds<'a>(users: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
@@ -107,7 +126,11 @@ impl PgStore {
                     let _ = job.done.send(Ok(n));
                 }
             }
-            Err(e) if jobs.len() == 1 => {
+            // One entry, or a failure that is no entry's fault: the
+            // connection lost (perhaps during COMMIT, so the batch may or
+            // may not be stored: storing its entries again could store them
+            // twice), the pool, the server refusing writes.
+            Err(e) if jobs.len() == 1 || !entry_may_be_at_fault(&e) => {
                 let e = match e {
                     TxError::Pg(e) => pg_error(e),
                     TxError::Store(e) => e,

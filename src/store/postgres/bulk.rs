@@ -41,6 +41,7 @@ async fn connect(cfg: &PostgresConfig) -> Result<deadpool_postgres::Object, Bulk
     let store = PgStore::open(
         &PostgresConfig {
             pool_size: 1,
+            read_uri: None,
             ..cfg.clone()
         },
         false,

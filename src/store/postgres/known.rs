@@ -148,6 +148,7 @@ pub(super) async fn follow(
         if pool.is_closed() {
             return;
         }
+        let connected_at = std::time::Instant::now();
         let (client, mut connection) = match config.connect(tls.clone()).await {
             Ok(c) => c,
             Err(e) => {
@@ -212,9 +213,24 @@ pub(super) async fn follow(
             }
             known.ready.store(true, Ordering::Release);
             known.rebuilds.fetch_add(1, Ordering::Relaxed);
-            match hearing.recv().await {
-                Some(Heard::Removed) => continue 'listening,
-                Some(Heard::Lost) | None => break 'listening,
+            let mut check = tokio::time::interval(CHECK_PRIMARY);
+            check.tick().await;
+            loop {
+                tokio::select! {
+                    heard = hearing.recv() => match heard {
+                        Some(Heard::Removed) => continue 'listening,
+                        Some(Heard::Lost) | None => break 'listening,
+                    },
+                    _ = check.tick() => {
+                        if !on_the_primary(&client, connected_at).await {
+                            tracing::warn!(
+                                "device index: the listening connection's server no longer \
+                                 takes writes; listening on the primary again"
+                            );
+                            break 'listening;
+                        }
+                    }
+                }
             }
         }
         known.drop_all();
@@ -225,6 +241,32 @@ pub(super) async fn follow(
         }
         tracing::warn!("device index: listening connection lost; lookups go to the database");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How often the listening connection checks that its server is still the
+/// primary: after a failover that leaves the old primary running (demoted or
+/// fenced read-only), removals are notified on the new one, so the index
+/// hears nothing for up to this long.
+const CHECK_PRIMARY: Duration = Duration::from_millis(500);
+
+/// Whether the listening connection, made at `connected_at`, is still on a
+/// server that takes writes (the primary, where removals are notified):
+/// not one in recovery or read-only, and not one of a server that has
+/// refused this process a write since.
+async fn on_the_primary(client: &tokio_postgres::Client, connected_at: std::time::Instant) -> bool {
+    if super::made_before_refusal(connected_at) {
+        return false;
+    }
+    match client
+        .query_one(
+            "SELECT NOT (pg_is_in_recovery() OR current_setting('transaction_read_only')::bool)",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row.get(0),
+        Err(_) => false,
     }
 }
 

@@ -55,8 +55,9 @@ pub mod scratch;
 mod write;
 
 use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
@@ -74,7 +75,10 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
         let msg = format!("{}: {}", code.code(), db.message());
         return match code {
             c if *c == SqlState::DISK_FULL || *c == SqlState::OUT_OF_MEMORY => StoreError::Full,
-            c if *c == SqlState::READ_ONLY_SQL_TRANSACTION => StoreError::ReadOnly,
+            c if *c == SqlState::READ_ONLY_SQL_TRANSACTION => {
+                refused_writes();
+                StoreError::ReadOnly
+            }
             c if *c == SqlState::T_R_SERIALIZATION_FAILURE
                 || *c == SqlState::T_R_DEADLOCK_DETECTED
                 || *c == SqlState::LOCK_NOT_AVAILABLE
@@ -92,6 +96,32 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
         return StoreError::Io(format!("connection to PostgreSQL lost: {e}"));
     }
     StoreError::Io(format!("PostgreSQL: {e}"))
+}
+
+/// The start of this process's clock of [`REFUSED_WRITES`].
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+/// When (nanoseconds after [`EPOCH`]) a server last refused a write of this
+/// process (SQLSTATE 25006): a primary demoted, or fenced by a failover tool.
+/// Pooled connections made before then are dropped at their next checkout,
+/// so that a new one looks for the primary again (with
+/// `target_session_attrs=read-write`, skipping a read-only server), rather
+/// than sending every write to the old primary for as long as it lives.
+static REFUSED_WRITES: AtomicU64 = AtomicU64::new(0);
+
+fn since_epoch(t: Instant) -> u64 {
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    t.saturating_duration_since(epoch).as_nanos() as u64
+}
+
+fn refused_writes() {
+    REFUSED_WRITES.fetch_max(since_epoch(Instant::now()), Ordering::AcqRel);
+}
+
+/// Whether a pooled connection made at `created` may have been made to a
+/// server that has refused writes since.
+pub(super) fn made_before_refusal(created: Instant) -> bool {
+    let refused = REFUSED_WRITES.load(Ordering::Acquire);
+    refused != 0 && since_epoch(created) <= refused
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
@@ -119,9 +149,18 @@ const RETRIES: usize = 8;
 fn connection_config(
     cfg: &PostgresConfig,
 ) -> Result<(tokio_postgres::Config, Option<std::path::PathBuf>, bool), String> {
+    connection_config_of(cfg, &cfg.uri)
+}
+
+/// [`connection_config`] of `uri` (`db_uri` or `db.read_uri`), with the
+/// rest of `cfg`.
+fn connection_config_of(
+    cfg: &PostgresConfig,
+    uri: &str,
+) -> Result<(tokio_postgres::Config, Option<std::path::PathBuf>, bool), String> {
     let mut ca = cfg.ca_file.clone();
     let mut verify = cfg.ca_file.is_some();
-    let mut uri = cfg.uri.clone();
+    let mut uri = uri.to_owned();
     // libpq's `sslmode` values tokio-postgres does not know: with a CA
     // (here or as `sslrootcert`), the server's certificate and name are
     // always verified.
@@ -189,7 +228,11 @@ fn percent_decode(s: &str) -> String {
 /// Checks `db_uri` and its companions without connecting: the message
 /// names what is wrong.
 pub fn check(cfg: &PostgresConfig) -> Result<(), String> {
-    connection_config(cfg).map(|_| ())
+    connection_config(cfg)?;
+    if let Some(read) = &cfg.read_uri {
+        connection_config_of(cfg, read).map_err(|e| format!("db.read_uri: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The TLS client for PostgreSQL: rustls, checking the server's certificate
@@ -225,7 +268,19 @@ pub struct PgStore {
     known: Option<Arc<known::KnownDevices>>,
     /// The task keeping `known` coherent, stopped by [`PgStore::close`].
     follower: Option<Arc<tokio::task::AbortHandle>>,
+    /// With `db.read_uri`: the standbys serving reads that may lag.
+    reads: Option<Arc<Standbys>>,
 }
+
+/// The pool of `db.read_uri`, and until when it is not tried again after
+/// no standby answered (nanoseconds after [`EPOCH`]).
+struct Standbys {
+    pool: Pool,
+    down_until: AtomicU64,
+}
+
+/// How long reads stay on the primary after no standby answered.
+const STANDBYS_DOWN: Duration = Duration::from_secs(1);
 
 impl PgStore {
     /// Connects, runs the migrations once across replicas, and opens the pool.
@@ -259,12 +314,37 @@ impl PgStore {
             .map_err(|e| StoreError::Other(e.to_string()))?;
         // One connection now, so that a wrong password fails the start.
         drop(pool.get().await.map_err(pool_error)?);
+        let reads = match &cfg.read_uri {
+            Some(uri) => {
+                let (read, _, _) = connection_config_of(cfg, uri).map_err(StoreError::Other)?;
+                let manager = Manager::from_config(
+                    read,
+                    tls.clone(),
+                    ManagerConfig {
+                        recycling_method: RecyclingMethod::Fast,
+                    },
+                );
+                let pool = Pool::builder(manager)
+                    .max_size(cfg.pool_size)
+                    .wait_timeout(Some(cfg.connect_timeout))
+                    .create_timeout(Some(cfg.connect_timeout))
+                    .runtime(deadpool_postgres::Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| StoreError::Other(e.to_string()))?;
+                Some(Arc::new(Standbys {
+                    pool,
+                    down_until: AtomicU64::new(0),
+                }))
+            }
+            None => None,
+        };
         let mut store = PgStore {
             pool,
             location: Arc::new(crate::config::redact_password(&cfg.uri).into()),
             queue: None,
             known: None,
             follower: None,
+            reads,
         };
         if device_index {
             let known = Arc::new(known::KnownDevices::new());
@@ -285,10 +365,44 @@ impl PgStore {
             f.abort();
         }
         self.pool.close();
+        if let Some(r) = &self.reads {
+            r.pool.close();
+        }
     }
 
+    /// A connection for a read that may lag behind the last commits: a
+    /// standby's from `db.read_uri`, or the primary's when there is none or
+    /// no standby answers (then for [`STANDBYS_DOWN`] before they are tried
+    /// again).
+    pub(super) async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        if let Some(r) = &self.reads {
+            let now = since_epoch(Instant::now());
+            if r.down_until.load(Ordering::Acquire) <= now {
+                match r.pool.get().await {
+                    Ok(client) => return Ok(client),
+                    Err(e) => {
+                        tracing::warn!(
+                            "no standby of db.read_uri answers ({e}); reads go to the primary"
+                        );
+                        let until = now + STANDBYS_DOWN.as_nanos() as u64;
+                        r.down_until.store(until, Ordering::Release);
+                    }
+                }
+            }
+        }
+        self.client().await
+    }
+
+    /// A pooled connection; never one made before a server refused a write
+    /// (see [`REFUSED_WRITES`]).
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(pool_error)
+        loop {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            if !made_before_refusal(deadpool_postgres::Object::metrics(&client).created) {
+                return Ok(client);
+            }
+            drop(deadpool_postgres::Object::take(client));
+        }
     }
 }
 
@@ -326,6 +440,7 @@ mod tests {
     pub(crate) fn config(uri: String) -> PostgresConfig {
         PostgresConfig {
             uri,
+            read_uri: None,
             password_file: None,
             pool_size: 8,
             statement_timeout: Duration::from_secs(30),
@@ -533,6 +648,108 @@ mod tests {
         assert!(holds(&b, "w", b"d2"));
         a.close();
         b.close();
+    }
+
+    /// With `db.read_uri`, the reads that may lag go to the standby (an
+    /// entry the paused standby has not replayed is not in a user's logs,
+    /// devices or reports yet) and everything else to the primary
+    /// (`check_device`, the detections, writes); with the standby down,
+    /// reads fall back to the primary.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_go_to_the_standbys_and_fall_back_to_the_primary() {
+        let primary = match Scratch::start(true) {
+            Ok(s) => s,
+            Err(e) if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") => {
+                panic!("PostgreSQL is required in CI: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipping the standby test: {e}");
+                return;
+            }
+        };
+        primary.create_database("reads").unwrap();
+        let standby = primary
+            .standby("reader", super::scratch::free_port().unwrap())
+            .unwrap();
+        let mut cfg = config(primary.tcp_uri("reads"));
+        cfg.read_uri = Some(format!(
+            "{}?target_session_attrs=read-only",
+            standby.tcp_uri("reads")
+        ));
+        let store = PgStore::open(&cfg, false).await.unwrap();
+        let ts = crate::clock::now_unix() - 60;
+        store
+            .record_log(login_from("u", "d1", ts), None)
+            .await
+            .unwrap();
+        eventually("the standby has the first entry", async || {
+            store.user_logs_len("u").await == 1
+        })
+        .await;
+
+        // Replay paused: the second entry is on the primary only.
+        standby.sql("SELECT pg_wal_replay_pause()").unwrap();
+        store
+            .record_log(login_from("u", "d2", ts + 1), None)
+            .await
+            .unwrap();
+        assert!(store
+            .device_known("u".into(), b"d2".to_vec())
+            .await
+            .unwrap());
+        assert_eq!(store.user_logs_len("u").await, 1);
+        assert_eq!(store.user_devices("u".into()).await.unwrap().len(), 1);
+        let total = store
+            .aggregate(vec![crate::model::Aggregate::EventsTotal], 0, i64::MAX)
+            .await
+            .unwrap();
+        match &total[0] {
+            crate::model::Aggregated::Groups(g) => assert_eq!(g[0].count, 1),
+            other => panic!("{other:?}"),
+        }
+        // The detections read the primary: d2 is known there.
+        store
+            .record_log(login_from("u", "d2", ts + 2), None)
+            .await
+            .unwrap();
+        assert_eq!(store.user_devices("u".into()).await.unwrap().len(), 1);
+
+        // Replay resumed: the standby catches up.
+        standby.sql("SELECT pg_wal_replay_resume()").unwrap();
+        eventually("the standby catches up", async || {
+            store.user_logs_len("u").await == 3
+        })
+        .await;
+
+        // The standby down: reads go to the primary (a read in flight on
+        // the standby's connection as it goes fails once, as a lost
+        // connection does).
+        store
+            .record_log(login_from("u", "d3", ts + 3), None)
+            .await
+            .unwrap();
+        drop(standby);
+        eventually("reads from the primary", async || {
+            store
+                .user_devices("u".into())
+                .await
+                .is_ok_and(|d| d.len() == 3)
+        })
+        .await;
+        assert_eq!(store.user_logs_len("u").await, 4);
+        store.close();
+    }
+
+    impl PgStore {
+        /// How many entries a read of the user's logs sees.
+        async fn user_logs_len(&self, user: &str) -> usize {
+            self.fold_logs(user.into(), i64::MIN, None, 100, 0, |n, _| {
+                *n += 1;
+                Ok(())
+            })
+            .await
+            .unwrap_or(usize::MAX)
+        }
     }
 
     /// An entry PostgreSQL refuses (a NUL byte in a text column) fails

@@ -60,7 +60,7 @@ impl PgStore {
         since: i64,
         limit: i64,
     ) -> Result<Vec<(StoredAlert, Vec<Delivery>)>, StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         user_alerts(&**client, &user, since, limit).await
     }
 
@@ -168,7 +168,7 @@ impl PgStore {
         state: String,
         limit: i64,
     ) -> Result<Vec<(StoredAlert, Vec<Delivery>)>, StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let rows = client
             .query(
                 "SELECT a.id, u.name, a.kind, a.created, a.details

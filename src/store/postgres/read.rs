@@ -94,7 +94,7 @@ impl PgStore {
         T: Send + 'static,
         F: FnMut(&mut T, &LogRow<'_>) -> Result<(), StoreError> + Send + 'static,
     {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let stmt = client
             .prepare_cached(&format!(
                 "SELECT {LOG_COLUMNS} FROM users u JOIN user_logs l ON l.user_id = u.id
@@ -117,7 +117,7 @@ impl PgStore {
 
     pub async fn user_devices(&self, user: String) -> Result<Vec<DeviceRow>, StoreError> {
         let rows = self
-            .query(
+            .read_query(
                 &format!(
                     "SELECT {DEVICE_COLUMNS} FROM users u JOIN devices d ON d.user_id = u.id
                      WHERE u.name = $1
@@ -160,7 +160,7 @@ impl PgStore {
         service: Option<String>,
     ) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = self
-            .query(
+            .read_query(
                 "SELECT l.service, l.ts FROM users u JOIN last_login l ON l.user_id = u.id
                  WHERE u.name = $1 AND ($2::text IS NULL OR l.service = $2)
                  ORDER BY l.ts DESC, l.service COLLATE \"C\"",
@@ -179,7 +179,7 @@ impl PgStore {
         sorted.sort_unstable();
         sorted.dedup();
         let rows = self
-            .query(
+            .read_query(
                 "SELECT n FROM unnest($1::text[]) AS n
                  WHERE NOT EXISTS (
                      SELECT 1 FROM users u JOIN last_login l ON l.user_id = u.id
@@ -202,7 +202,7 @@ impl PgStore {
         since: i64,
         alerts_limit: i64,
     ) -> Result<UserOverview, StoreError> {
-        let mut client = self.client().await?;
+        let mut client = self.reader().await?;
         let tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
@@ -260,7 +260,7 @@ impl PgStore {
     }
 
     pub async fn recent_logs(&self, f: EventFilter) -> Result<Vec<LogRecord>, StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let rows = client
             .query(
                 &format!(

@@ -16,7 +16,7 @@ impl PgStore {
         from: i64,
         to: i64,
     ) -> Result<Vec<Aggregated>, StoreError> {
-        let mut client = self.client().await?;
+        let mut client = self.reader().await?;
         let tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)

@@ -23,6 +23,8 @@ pub struct Scratch {
     tls: Option<(PathBuf, PathBuf)>,
     /// `(uid, gid)` the cluster runs as, when that is not this process's.
     owner: Option<(u32, u32)>,
+    /// Settings given to the server at start (`name=value`).
+    settings: Vec<String>,
 }
 
 fn other(msg: impl Into<String>) -> io::Error {
@@ -61,7 +63,28 @@ fn postgres_user() -> io::Result<(u32, u32)> {
         .ok_or_else(|| other("running as root, and there is no postgres user to run PostgreSQL as"))
 }
 
-fn free_port() -> io::Result<u16> {
+/// A loopback port free now, below the kernel's range of ephemeral ports:
+/// one that no outgoing connection takes meanwhile, so that a server may be
+/// started on it later (a standby listed in a `db_uri` before it exists).
+pub fn free_port() -> io::Result<u16> {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(32768);
+    let (from, to) = if low > 12_000 {
+        (10_000, low)
+    } else {
+        (1024, low.max(2048))
+    };
+    for _ in 0..200 {
+        let port = rand::Rng::gen_range(&mut rand::thread_rng(), from..to);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -118,6 +141,7 @@ impl Scratch {
             tcp,
             tls,
             owner,
+            settings: Vec::new(),
         };
         scratch.run(
             "initdb",
@@ -136,6 +160,84 @@ impl Scratch {
         )?;
         scratch.launch()?;
         Ok(scratch)
+    }
+
+    /// A streaming standby of this cluster (which must listen on TCP): a
+    /// base backup with `pg_basebackup -R`, started on a port of its own
+    /// and on loopback TCP, as `name` (its `application_name`, which the
+    /// primary's `synchronous_standby_names` may list), on `port`.
+    pub fn standby(&self, name: &str, port: u16) -> io::Result<Scratch> {
+        let root = std::env::temp_dir().join(format!(
+            "usermeta-pg-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir(&root)?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(&root, Some(uid), Some(gid))?;
+        }
+        let standby = Scratch {
+            root,
+            bindir: self.bindir.clone(),
+            port,
+            tcp: true,
+            tls: None,
+            owner: self.owner,
+            settings: vec![format!(
+                "primary_conninfo=host=127.0.0.1 port={} user=postgres application_name={name}",
+                self.port
+            )],
+        };
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                &standby.data().to_string_lossy(),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+        )?;
+        standby.launch()?;
+        Ok(standby)
+    }
+
+    /// Sets a server setting for good (`ALTER SYSTEM`) and reloads.
+    pub fn set(&self, name: &str, value: &str) -> io::Result<()> {
+        self.sql(&format!("ALTER SYSTEM SET {name} = '{value}'"))?;
+        self.sql("SELECT pg_reload_conf()")
+    }
+
+    /// Kills the postmaster with SIGKILL, as a crash of the machine would
+    /// stop it; its backends notice and end on their own.
+    pub fn kill(&self) -> io::Result<()> {
+        let pid = std::fs::read_to_string(self.data().join("postmaster.pid"))?;
+        let pid = pid.lines().next().unwrap_or("").trim().to_owned();
+        let killed = Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .map_err(|e| other(format!("kill: {e}")))?;
+        if !killed.success() {
+            return Err(other(format!("kill -KILL {pid} failed")));
+        }
+        Ok(())
+    }
+
+    /// Promotes a standby to a primary, waiting until it accepts writes.
+    pub fn promote(&self) -> io::Result<()> {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data().to_string_lossy(), "-w", "promote"],
+        )
     }
 
     fn data(&self) -> PathBuf {
@@ -189,9 +291,14 @@ impl Scratch {
             ),
             None => String::new(),
         };
+        let settings: String = self
+            .settings
+            .iter()
+            .map(|s| format!(" -c \"{s}\""))
+            .collect();
         let script = format!(
             "{postgres} -D {data} -k {sock} -p {port} -c listen_addresses='{listen}' \
-             -c max_connections=200 -c shared_buffers=64MB{ssl} >> {log} 2>&1 &
+             -c max_connections=200 -c shared_buffers=64MB{ssl}{settings} >> {log} 2>&1 &
              pg=$!
              while [ -d /proc/{parent} ] && kill -0 $pg 2>/dev/null; do sleep 1; done
              if kill -INT $pg 2>/dev/null; then wait $pg; rm -rf {root}; fi",
