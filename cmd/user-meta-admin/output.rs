@@ -145,9 +145,11 @@ pub fn spreadsheet_safe(cell: &str) -> Cow<'_, str> {
 }
 
 /// `text` with its C0 and C1 control characters and DEL escaped, so that
-/// printing it cannot send a terminal a command.
+/// printing it cannot send a terminal a command, and its invisible and
+/// direction-changing characters too, so that it cannot reorder a line.
 pub fn terminal_safe(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    let unsafe_char = |c: char| c.is_control() || usermetadb::service::names::is_deceptive(c);
+    if !text.chars().any(unsafe_char) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
@@ -159,7 +161,7 @@ pub fn terminal_safe(text: &str) -> Cow<'_, str> {
             c if u32::from(c) < 0x80 && c.is_control() => {
                 out.push_str(&format!("\\x{:02x}", u32::from(c)))
             }
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
             c => out.push(c),
         }
     }

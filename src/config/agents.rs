@@ -95,6 +95,45 @@ pub fn valid_tenant(t: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// A side listener's `PREFIX.addr` (`HOST:PORT`, or `:PORT` for every
+/// interface) and `PREFIX.tls`, with their problems.
+pub(crate) fn listener(
+    prefix: &str,
+    addr: Option<&str>,
+    tls: Option<RawAgentTls>,
+    problem: &mut dyn FnMut(&str, String),
+) -> (Option<SocketAddr>, Option<AgentTls>) {
+    let addr = addr.and_then(|a| {
+        let full = if a.starts_with(':') {
+            format!("0.0.0.0{a}")
+        } else {
+            a.to_owned()
+        };
+        match full.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                problem(
+                    &format!("{prefix}.addr"),
+                    format!("expected HOST:PORT, not {a:?}"),
+                );
+                None
+            }
+        }
+    });
+    let tls = tls.map(|t| {
+        for (key, value) in [("cert", &t.cert), ("key", &t.key)] {
+            if value.is_empty() {
+                problem(&format!("{prefix}.tls.{key}"), "is required".into());
+            }
+        }
+        AgentTls {
+            cert: t.cert.into(),
+            key: t.key.into(),
+        }
+    });
+    (addr, tls)
+}
+
 impl AgentsConfig {
     pub fn from_raw(raw: Option<RawAgents>, problems: &mut Vec<Problem>) -> AgentsConfig {
         let mut problem = |key: &str, message: String| {
@@ -107,31 +146,7 @@ impl AgentsConfig {
             return AgentsConfig::default();
         };
         let defaults = AgentsConfig::default();
-        let addr = raw.addr.as_deref().and_then(|a| {
-            let full = if a.starts_with(':') {
-                format!("0.0.0.0{a}")
-            } else {
-                a.to_owned()
-            };
-            match full.parse() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    problem("agents.addr", format!("expected HOST:PORT, not {a:?}"));
-                    None
-                }
-            }
-        });
-        let tls = raw.tls.map(|t| {
-            for (key, value) in [("agents.tls.cert", &t.cert), ("agents.tls.key", &t.key)] {
-                if value.is_empty() {
-                    problem(key, "is required".into());
-                }
-            }
-            AgentTls {
-                cert: t.cert.into(),
-                key: t.key.into(),
-            }
-        });
+        let (addr, tls) = listener("agents", raw.addr.as_deref(), raw.tls, &mut problem);
         let rate_limit = raw.rate_limit.unwrap_or(defaults.rate_limit);
         if !(1..=100_000).contains(&rate_limit) {
             problem("agents.rate_limit", "must be between 1 and 100000".into());

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::agents::{AgentTls, RawAgentTls};
+use super::agents::{listener, AgentTls, RawAgentTls};
 use super::alerts::{secret, Secret};
 use super::{ConfigDuration, Problem};
 
@@ -125,31 +125,7 @@ impl PolicyConfig {
                 message,
             })
         };
-        let addr = raw.addr.as_deref().and_then(|a| {
-            let full = if a.starts_with(':') {
-                format!("0.0.0.0{a}")
-            } else {
-                a.to_owned()
-            };
-            match full.parse() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    problem("policy.addr", format!("expected HOST:PORT, not {a:?}"));
-                    None
-                }
-            }
-        });
-        let tls = raw.tls.map(|t| {
-            for (key, value) in [("policy.tls.cert", &t.cert), ("policy.tls.key", &t.key)] {
-                if value.is_empty() {
-                    problem(key, "is required".into());
-                }
-            }
-            AgentTls {
-                cert: t.cert.into(),
-                key: t.key.into(),
-            }
-        });
+        let (addr, tls) = listener("policy", raw.addr.as_deref(), raw.tls, &mut problem);
         let mut secret_problems = Vec::new();
         let token = secret(
             "policy.token",

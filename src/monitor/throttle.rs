@@ -5,7 +5,9 @@
 //!
 //! 1. **Spraying.** An address from which `spray_logins` distinct logins
 //!    failed within the window, or an IPv4 /24 or IPv6 /64 from which
-//!    `spray_net_logins` did, is refused.
+//!    `spray_net_logins` did, is refused; but a login that succeeded from
+//!    that very address within the window is not, so an attacker behind a
+//!    user's NAT cannot lock that user out.
 //! 2. **Guessing one password.** A login and an address with `delay_after`
 //!    distinct wrong passwords within the window are delayed, the delay
 //!    doubling with each further one up to `max_delay`; with
@@ -156,11 +158,13 @@ impl Recent {
     }
 }
 
-/// A login and an address: the wrong passwords, and a refusal in force.
+/// A login and an address: the wrong passwords, a refusal in force, and
+/// the last success.
 #[derive(Debug, Default, Clone)]
 struct Pair {
     passwords: Recent,
     refused_until: i64,
+    succeeded: i64,
 }
 
 /// One generation of keys: its hashing key and its tables.
@@ -362,7 +366,10 @@ impl Throttle {
             Table::Pairs => {
                 if let Some(mut old) = s.previous.pairs.remove(&prev_key) {
                     old.passwords.0.retain(|(_, t)| *t > since);
-                    if old.passwords.0.is_empty() && old.refused_until <= now {
+                    if old.passwords.0.is_empty()
+                        && old.refused_until <= now
+                        && old.succeeded <= since
+                    {
                         return;
                     }
                     let cap = self.limits.refuse_after as usize + 1;
@@ -371,6 +378,7 @@ impl Throttle {
                         fresh.passwords.add(pw, t, cap);
                     }
                     fresh.refused_until = fresh.refused_until.max(old.refused_until);
+                    fresh.succeeded = fresh.succeeded.max(old.succeeded);
                 }
             }
             Table::Logins => {}
@@ -399,8 +407,26 @@ impl Throttle {
         }
     }
 
-    /// Makes room for one more key, evicting the oldest.
+    /// Makes room for one more key, evicting the oldest. The eviction order
+    /// also holds keys removed since (a success, a clear); it is compacted
+    /// when they outnumber the keys held.
     fn make_room(&self, s: &mut State) {
+        for g in [&mut s.current, &mut s.previous] {
+            if g.order.len() > 2 * g.len() + 1024 {
+                let Generation {
+                    order,
+                    pairs,
+                    logins,
+                    addrs,
+                    ..
+                } = g;
+                order.retain(|(table, key)| match table {
+                    Table::Pairs => pairs.contains_key(key),
+                    Table::Logins => logins.contains_key(key),
+                    Table::Addrs => addrs.contains_key(key),
+                });
+            }
+        }
         while s.current.len() + s.previous.len() >= self.limits.max_keys {
             if !(s.previous.evict_oldest() || s.current.evict_oldest()) {
                 break;
@@ -484,17 +510,20 @@ impl Throttle {
         let mut s = self.lock();
         let keys = self.touch(&mut s, login, ip, now);
         let g = &s.current;
-        if g.addrs
-            .get(&keys.addr)
-            .is_some_and(|r| r.count_since(since) >= l.spray_logins)
-        {
-            return Verdict::Decided(Decision::Refuse, Reason::Spray);
-        }
-        if g.addrs
-            .get(&keys.net)
-            .is_some_and(|r| r.count_since(since) >= l.spray_net_logins)
-        {
-            return Verdict::Decided(Decision::Refuse, Reason::SprayNet);
+        let trusted = g.pairs.get(&keys.pair).is_some_and(|p| p.succeeded > since);
+        if !trusted {
+            if g.addrs
+                .get(&keys.addr)
+                .is_some_and(|r| r.count_since(since) >= l.spray_logins)
+            {
+                return Verdict::Decided(Decision::Refuse, Reason::Spray);
+            }
+            if g.addrs
+                .get(&keys.net)
+                .is_some_and(|r| r.count_since(since) >= l.spray_net_logins)
+            {
+                return Verdict::Decided(Decision::Refuse, Reason::SprayNet);
+            }
         }
         if let Some(pair) = g.pairs.get(&keys.pair) {
             if pair.refused_until > now {
@@ -533,8 +562,14 @@ impl Throttle {
         let mut s = self.lock();
         let keys = self.touch(&mut s, login, ip, now);
         if success {
-            // Its place in the eviction order is skipped when reached.
-            s.current.pairs.remove(&keys.pair);
+            // The wrong passwords are forgiven; the success is remembered,
+            // so that a spray from the same address does not lock this
+            // login out.
+            let pair = self.entry_pair(&mut s, keys.pair);
+            *pair = Pair {
+                succeeded: now,
+                ..Pair::default()
+            };
             return;
         }
         let password = self.password_tag(login, pwhash);
@@ -615,6 +650,13 @@ impl Throttle {
     pub fn stats(&self) -> (usize, u64) {
         let s = self.lock();
         (s.current.len() + s.previous.len(), s.evictions)
+    }
+
+    /// Starts a new generation when one is due, even with no attempt coming:
+    /// called every minute, so that no key outlives two generations.
+    pub fn expire(&self, now: i64) {
+        let mut s = self.lock();
+        self.rotate(&mut s, now);
     }
 }
 
@@ -706,6 +748,23 @@ mod tests {
         assert_eq!(decided(t.check("alice", a, NOW + 6)).0, Decision::Delay(4));
         t.report("alice", a, "right", true, NOW + 7);
         assert_eq!(decided(t.check("alice", a, NOW + 8)).0, Decision::Allow);
+    }
+
+    #[test]
+    fn a_spray_does_not_lock_out_a_login_that_succeeded_from_the_address() {
+        let t = Throttle::new(limits(), NOW);
+        let nat = ip("81.2.69.160");
+        t.report("alice", nat, "right", true, NOW);
+        for i in 0..10 {
+            t.report(&format!("victim{i}"), nat, "x", false, NOW + 1);
+        }
+        assert_eq!(decided(t.check("mallory", nat, NOW + 2)).1, Reason::Spray);
+        assert_eq!(decided(t.check("alice", nat, NOW + 2)).0, Decision::Allow);
+        // Once the success is older than the window, alice is sprayed too.
+        for i in 0..10 {
+            t.report(&format!("victim{i}"), nat, "y", false, NOW + 950);
+        }
+        assert_eq!(decided(t.check("alice", nat, NOW + 951)).1, Reason::Spray);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use super::body::RequestBody;
-use super::handler::{json_response, Reject};
+use super::handler::json_response;
 use super::{framing, State};
 use crate::metrics::AgentOutcome as Outcome;
 use crate::service::ApiError;
@@ -120,20 +120,10 @@ pub async fn handle(
     framing: Arc<framing::Ambiguity>,
     peer: IpAddr,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let (parts, body) = req.into_parts();
-    let mut body = RequestBody::new(&parts, body);
-    let mut resp = if framing.next_is_ambiguous() {
-        Reject::AmbiguousFraming.into_response(None)
-    } else {
-        serve(&parts, &mut body, &state, &limits, peer).await
-    };
-    body.settle(
-        parts.version,
-        &mut resp,
-        MAX_BODY,
-        state.http.request_timeout,
-    );
-    Ok(resp)
+    super::side::request(req, &state, &framing, MAX_BODY, async |parts, body| {
+        serve(parts, body, &state, &limits, peer).await
+    })
+    .await
 }
 
 async fn serve(

@@ -26,7 +26,7 @@
 //!   window granted meanwhile is returned only as bytes are read, so a
 //!   client that keeps sending costs no more than the bound.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -54,6 +54,11 @@ pub struct RequestBody {
     /// Read in part, then abandoned: an HTTP/1.1 connection's framing is
     /// lost.
     broken: bool,
+    /// When the request arrived: what is left of its body is read within
+    /// the request timeout from then, not from the refusal.
+    arrived: Instant,
+    /// Body bytes read so far, counted against the drain's bound.
+    received: u64,
 }
 
 impl RequestBody {
@@ -66,6 +71,8 @@ impl RequestBody {
                 .get(EXPECT)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
             broken: false,
+            arrived: Instant::now(),
+            received: 0,
         }
     }
 
@@ -87,10 +94,11 @@ impl RequestBody {
         let Some(body) = self.body.as_mut() else {
             return Err(Reject::BadBody("request body already read".into()));
         };
-        let read = match tokio::time::timeout(timeout, collect(body, limit)).await {
-            Err(_) => Err(Reject::BodyTimeout),
-            Ok(read) => read,
-        };
+        let read =
+            match tokio::time::timeout(timeout, collect(body, limit, &mut self.received)).await {
+                Err(_) => Err(Reject::BodyTimeout),
+                Ok(read) => read,
+            };
         match &read {
             Ok(_) => self.body = None,
             Err(_) => self.broken = true,
@@ -111,8 +119,10 @@ impl RequestBody {
         if body.is_end_stream() {
             return;
         }
+        let deadline = self.arrived + timeout;
         if version == Version::HTTP_2 {
-            tokio::spawn(drain(body, drain_bound(limit), timeout));
+            let bound = drain_bound(limit).saturating_sub(self.received);
+            tokio::spawn(drain(body, bound, deadline));
             return;
         }
         let close = match body.size_hint().exact() {
@@ -120,7 +130,7 @@ impl RequestBody {
             // The client waits for a `100 Continue` it will not get.
             _ if self.expects_continue => true,
             Some(left) if left <= limit as u64 => {
-                tokio::spawn(drain(body, left, timeout));
+                tokio::spawn(drain(body, left, deadline));
                 false
             }
             _ => true,
@@ -134,7 +144,7 @@ impl RequestBody {
 
 /// Reads `body` to its end, keeping at most `limit` bytes: a single frame
 /// is kept as it came, without a copy.
-async fn collect(body: &mut Incoming, limit: usize) -> Result<Bytes, Reject> {
+async fn collect(body: &mut Incoming, limit: usize, received: &mut u64) -> Result<Bytes, Reject> {
     let mut first: Option<Bytes> = None;
     let mut more: Option<BytesMut> = None;
     let mut len = 0usize;
@@ -144,6 +154,7 @@ async fn collect(body: &mut Incoming, limit: usize) -> Result<Bytes, Reject> {
             continue;
         };
         len += data.len();
+        *received += data.len() as u64;
         if len > limit {
             return Err(Reject::TooLarge);
         }
@@ -165,12 +176,12 @@ async fn collect(body: &mut Incoming, limit: usize) -> Result<Bytes, Reject> {
     })
 }
 
-/// Reads a body to its end and drops it, at most `bound` bytes within
-/// `timeout`. Dropped unfinished, an HTTP/1.1 connection ends and an
+/// Reads a body to its end and drops it, at most `bound` more bytes, until
+/// `deadline`. Dropped unfinished, an HTTP/1.1 connection ends and an
 /// HTTP/2 stream is reset with `NO_ERROR`.
-async fn drain(mut body: Incoming, bound: u64, timeout: Duration) {
+async fn drain(mut body: Incoming, bound: u64, deadline: Instant) {
     let mut read = 0u64;
-    let _ = tokio::time::timeout(timeout, async {
+    let _ = tokio::time::timeout_at(deadline.into(), async {
         while let Some(frame) = body.frame().await {
             match frame {
                 Ok(frame) => {

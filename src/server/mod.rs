@@ -183,8 +183,14 @@ impl Server {
                         .map(|t| t.read())
                         .transpose()
                         .map_err(ServerError::Policy)?
-                        .filter(|t| !t.is_empty())
-                        .ok_or_else(|| ServerError::Policy("policy.token_file is empty".into()))?;
+                        .ok_or_else(|| ServerError::Policy("no token given".into()))?;
+                    let token = token.trim().to_owned();
+                    if token.len() < 16 {
+                        return Err(ServerError::Policy(
+                            "the token must be at least 16 bytes (e.g. head -c 32 /dev/urandom | base64)"
+                                .into(),
+                        ));
+                    }
                     Some((l, token.into_bytes()))
                 }
                 None => None,

@@ -87,20 +87,10 @@ pub async fn handle(
     token: Arc<Vec<u8>>,
     framing: Arc<framing::Ambiguity>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let (parts, body) = req.into_parts();
-    let mut body = RequestBody::new(&parts, body);
-    let mut resp = if framing.next_is_ambiguous() {
-        Reject::AmbiguousFraming.into_response(None)
-    } else {
-        serve(&parts, &mut body, &state, &token).await
-    };
-    body.settle(
-        parts.version,
-        &mut resp,
-        MAX_BODY,
-        state.http.request_timeout,
-    );
-    Ok(resp)
+    super::side::request(req, &state, &framing, MAX_BODY, async |parts, body| {
+        serve(parts, body, &state, &token).await
+    })
+    .await
 }
 
 async fn serve(
@@ -187,11 +177,24 @@ pub async fn run(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let token = Arc::new(token);
+    // A new generation of throttling keys when one is due, even when no
+    // attempt comes to start it.
+    let expiry = tokio::spawn({
+        let throttle = state.service.throttle.clone();
+        async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                throttle.expire(crate::clock::now_unix());
+            }
+        }
+    });
     let handler = {
         let state = state.clone();
         move |req, framing, _peer: IpAddr| handle(req, state.clone(), token.clone(), framing)
     };
     super::side::run(listener, state, "policy", handler, shutdown).await;
+    expiry.abort();
 }
 
 #[cfg(test)]

@@ -13,11 +13,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::http::request::Parts;
 use hyper::{Request, Response};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use super::body::RequestBody;
+use super::handler::Reject;
 use super::{framing, State};
 use crate::config::agents::AgentTls;
 
@@ -50,6 +53,27 @@ impl Listener {
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
+}
+
+/// Serves one request of a side listener with `serve`, which reads at most
+/// `limit` bytes of body: a request whose framing is ambiguous is refused,
+/// and what `serve` leaves of the body is dealt with after the answer.
+pub async fn request(
+    req: Request<Incoming>,
+    state: &State,
+    framing: &framing::Ambiguity,
+    limit: usize,
+    serve: impl AsyncFnOnce(&Parts, &mut RequestBody) -> Response<Full<Bytes>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let mut body = RequestBody::new(&parts, body);
+    let mut resp = if framing.next_is_ambiguous() {
+        Reject::AmbiguousFraming.into_response(None)
+    } else {
+        serve(&parts, &mut body).await
+    };
+    body.settle(parts.version, &mut resp, limit, state.http.request_timeout);
+    Ok(resp)
 }
 
 /// Accepts connections until `shutdown` flips, serving each request with

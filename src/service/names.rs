@@ -3,10 +3,12 @@
 //! screen shows as something else or as nothing, and case folding may not
 //! turn a non-ASCII letter into an ASCII one.
 //!
-//! - **Refused characters.** The invisible format characters (zero-width
-//!   spaces and joiners, direction marks, embeddings, overrides and
-//!   isolates, word joiners, the byte order mark, the soft hyphen) let two
-//!   names that look alike be different accounts, or make `PC\u{202e}EXE.TXT`
+//! - **Refused characters.** The invisible characters (Unicode's
+//!   default-ignorable code points: zero-width spaces and joiners,
+//!   direction marks, embeddings, overrides and isolates, word joiners, the
+//!   byte order mark, the soft hyphen, fillers, variation selectors, tags)
+//!   and the line and paragraph separators let two names that look alike
+//!   be different accounts, or make `PC\u{202e}EXE.TXT`
 //!   display reversed; the noncharacters (U+FDD0–U+FDEF and every code
 //!   point ending in FFFE or FFFF) are not text at all, and U+FFFF breaks
 //!   the XML of a spreadsheet export.
@@ -29,19 +31,30 @@ fn is_noncharacter(c: char) -> bool {
     (0xFDD0..=0xFDEF).contains(&u) || u & 0xFFFE == 0xFFFE
 }
 
-/// Whether `c` displays as something other than itself, or as nothing.
+/// Whether `c` displays as something other than itself, or as nothing:
+/// Unicode's default-ignorable code points (format characters, fillers,
+/// variation selectors, tags), the line and paragraph separators, the
+/// interlinear annotation marks, and the noncharacters.
 pub fn is_deceptive(c: char) -> bool {
     matches!(
         c,
-        '\u{00AD}'                      // soft hyphen
-            | '\u{061C}'                // Arabic letter mark
-            | '\u{180E}'                // Mongolian vowel separator
-            | '\u{200B}'..='\u{200F}'   // zero-width space, joiners, LRM, RLM
-            | '\u{202A}'..='\u{202E}'   // embeddings and overrides
-            | '\u{2060}'..='\u{2064}'   // word joiner, invisible operators
-            | '\u{2066}'..='\u{2069}'   // isolates
-            | '\u{FEFF}'                // byte order mark, zero-width no-break space
-            | '\u{FFF9}'..='\u{FFFB}' // interlinear annotation
+        '\u{00AD}'                        // soft hyphen
+            | '\u{034F}'                  // combining grapheme joiner
+            | '\u{061C}'                  // Arabic letter mark
+            | '\u{115F}'..='\u{1160}'     // Hangul fillers
+            | '\u{17B4}'..='\u{17B5}'     // Khmer inherent vowels
+            | '\u{180B}'..='\u{180F}'     // Mongolian selectors and separator
+            | '\u{200B}'..='\u{200F}'     // zero-width space, joiners, LRM, RLM
+            | '\u{2028}'..='\u{202E}'     // line and paragraph separators, embeddings, overrides
+            | '\u{2060}'..='\u{206F}'     // word joiner, invisible operators, isolates, deprecated formats
+            | '\u{3164}'                  // Hangul filler
+            | '\u{FE00}'..='\u{FE0F}'     // variation selectors
+            | '\u{FEFF}'                  // byte order mark, zero-width no-break space
+            | '\u{FFA0}'                  // halfwidth Hangul filler
+            | '\u{FFF0}'..='\u{FFFB}'     // unassigned specials, interlinear annotation
+            | '\u{1BCA0}'..='\u{1BCA3}'   // shorthand format controls
+            | '\u{1D173}'..='\u{1D17A}'   // musical format controls
+            | '\u{E0000}'..='\u{E0FFF}' // tags, variation selectors supplement
     ) || is_noncharacter(c)
 }
 
@@ -109,6 +122,16 @@ mod tests {
             '\u{1FFFF}',
             '\u{10FFFE}',
             '\u{00AD}',
+            '\u{034F}',
+            '\u{115F}',
+            '\u{3164}',
+            '\u{FFA0}',
+            '\u{FE0F}',
+            '\u{E007F}',
+            '\u{E0100}',
+            '\u{206A}',
+            '\u{2028}',
+            '\u{17B4}',
         ] {
             let name = format!("acme/a{c}b");
             let err = check_shown("username", &name).unwrap_err().to_string();

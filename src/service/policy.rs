@@ -129,10 +129,21 @@ fn imap_id_pairs(id: &str) -> Option<Vec<(String, String)>> {
     )
 }
 
-/// A short, printable piece of client-supplied text.
+/// A short, printable piece of client-supplied text: no control, invisible
+/// or direction-changing character, at most 60 bytes.
 fn clean(s: &str) -> String {
-    let s: String = s.chars().filter(|c| !c.is_control()).collect();
-    crate::privacy::truncate(s.trim(), 64).to_owned()
+    let s: String = s
+        .chars()
+        .filter(|c| !c.is_control() && !super::names::is_deceptive(*c))
+        .collect();
+    crate::privacy::truncate(s.trim(), 60).to_owned()
+}
+
+/// How the throttle knows a login: what the user typed, trimmed and
+/// lowercased, so that `Bob`, `BOB` and ` bob` are one login to it (the
+/// log keeps the login as sent).
+fn throttle_key(login: &str) -> String {
+    login.trim().to_lowercase()
 }
 
 /// The client of a login: (device ID, browser shown, OS shown).
@@ -168,7 +179,7 @@ pub fn client_of(device_id: &str, protocol: &str) -> (String, String, String) {
                 format!("{a} {b}")
             }
         };
-        let family = format!("{}/{}", name, os);
+        let family = format!("{name}/{os}");
         return (family, join(&name, &version), join(&os, &os_version));
     }
     // Webmail and other HTTP clients send their user agent.
@@ -176,20 +187,36 @@ pub fn client_of(device_id: &str, protocol: &str) -> (String, String, String) {
     if browser == "unknown" && os == "unknown" {
         return unidentified();
     }
-    (format!("{browser}/{os}"), browser, os)
+    (
+        format!("{}/{}", clean(&browser), clean(&os)),
+        clean(&browser),
+        clean(&os),
+    )
 }
 
+/// The address of `remote`: bare, `[v6]`, or with a port.
 fn parse_remote(remote: &str) -> Option<IpAddr> {
     let r = remote.trim();
     r.parse()
         .ok()
         .or_else(|| r.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            r.strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|r| r.parse().ok())
+        })
 }
 
 impl Service {
     fn decode_policy(body: &[u8]) -> Result<PolicyRequest, ApiError> {
-        let req: PolicyRequest = serde_json::from_slice(body)
-            .map_err(|e| invalid(format!("invalid policy request: {e}")))?;
+        // Where, not what: serde's message would echo a value (an address).
+        let req: PolicyRequest = serde_json::from_slice(body).map_err(|e| {
+            invalid(format!(
+                "invalid policy request at line {}, column {}: a JSON object of Dovecot's fields is expected",
+                e.line(),
+                e.column()
+            ))
+        })?;
         if req.login.is_empty() {
             return Err(invalid("login is required"));
         }
@@ -242,7 +269,7 @@ impl Service {
     ) -> Result<(PolicyAnswer, Allowed), ApiError> {
         let req = Self::decode_policy(body)?;
         let verdict = match parse_remote(&req.remote) {
-            Some(ip) => self.throttle.check(&req.login, ip, now),
+            Some(ip) => self.throttle.check(&throttle_key(&req.login), ip, now),
             None => Verdict::Decided(Decision::Allow, Reason::None),
         };
         let (decision, reason) = match verdict {
@@ -296,13 +323,7 @@ impl Service {
         } else {
             req.protocol.to_ascii_lowercase()
         };
-        // A refusal of ours is not another wrong password.
-        if !req.policy_reject {
-            if let Some(ip) = parse_remote(&req.remote) {
-                self.throttle
-                    .report(&req.login, ip, &req.pwhash, success, now);
-            }
-        }
+        let ip = parse_remote(&req.remote);
         let (id, browser, os) = client_of(&req.device_id, &protocol);
         let message = if success {
             String::new()
@@ -324,13 +345,24 @@ impl Service {
             service: protocol.clone(),
             device_info: Some(DeviceInfo {
                 id,
-                remote_addr: req.remote.clone(),
+                // Only an address: anything else could not be looked up,
+                // and must not make the entry invalid.
+                remote_addr: ip.map(|ip| ip.to_string()).unwrap_or_default(),
                 browser,
                 os,
                 ..Default::default()
             }),
             ..Default::default()
         };
+        // Validated before anything is counted: a report refused changes
+        // nothing. What the client chose (its ID) is cleaned above and can
+        // never be the reason.
+        self.log_record(&log, now)?;
+        // A refusal of ours is not another wrong password.
+        if let (false, Some(ip)) = (req.policy_reject, ip) {
+            self.throttle
+                .report(&throttle_key(&req.login), ip, &req.pwhash, success, now);
+        }
         self.add_log(AddLogRequest { log: Some(log) }, now).await?;
         if success {
             self.set_last_login(
@@ -371,7 +403,7 @@ impl Service {
             .await?;
         let under_attack = self
             .throttle
-            .login_throttles(&req.username, now)
+            .login_throttles(&throttle_key(&req.username), now)
             .under_attack;
         let mut reasons = Vec::new();
         if first_login {
@@ -419,7 +451,9 @@ impl Service {
         now: i64,
     ) -> Result<ThrottlesResponse, ApiError> {
         check_username(&req.login)?;
-        let t = self.throttle.login_throttles(&req.login, now);
+        let t = self
+            .throttle
+            .login_throttles(&throttle_key(&req.login), now);
         Ok(ThrottlesResponse {
             login: req.login,
             failing_addresses: t.failing_addresses,
@@ -430,7 +464,10 @@ impl Service {
                 .map(|p| PairThrottleWire {
                     id: p.id,
                     failures: p.failures,
-                    refused_until: p.refused_until.map(Timestamp::from_unix),
+                    // To the minute: the second would date the last failure.
+                    refused_until: p
+                        .refused_until
+                        .map(|t| Timestamp::from_unix((t + 59).div_euclid(60) * 60)),
                 })
                 .collect(),
         })
@@ -443,7 +480,7 @@ impl Service {
     ) -> Result<ClearThrottlesResponse, ApiError> {
         check_username(&req.login)?;
         Ok(ClearThrottlesResponse {
-            cleared: self.throttle.clear_login(&req.login) as u64,
+            cleared: self.throttle.clear_login(&throttle_key(&req.login)) as u64,
         })
     }
 }
@@ -478,5 +515,29 @@ mod tests {
             client_of("\"unterminated", "imap").0,
             "unidentified imap client"
         );
+    }
+
+    #[test]
+    fn a_hostile_imap_id_still_gives_fields_that_can_be_stored() {
+        let long = format!(
+            "\"name\" \"{}\" \"version\" \"{}\" \"os\" \"Win\u{202e}dows{}\" \"os-version\" \"{}\"",
+            "A".repeat(500),
+            "B".repeat(500),
+            "\u{200b}".repeat(100),
+            "\u{e0001}".repeat(100)
+        );
+        let (id, browser, os) = client_of(&long, "imap");
+        assert!(
+            id.len() <= 256 && browser.len() <= 128 && os.len() <= 128,
+            "{id} {browser} {os}"
+        );
+        for s in [&id, &browser, &os] {
+            assert!(
+                !s.chars()
+                    .any(|c| c.is_control() || crate::service::names::is_deceptive(c)),
+                "{s:?}"
+            );
+        }
+        assert_eq!(os, "Windows");
     }
 }

@@ -192,6 +192,25 @@ async fn a_report_is_stored_as_a_login_with_its_country_and_client() {
         ),
         "{login}"
     );
+    // What the client chose (its IMAP ID, an odd `remote`) can never make
+    // a report fail: a login is always recorded.
+    let mut hostile = attempt("alice", "[81.2.69.160]", "0eab", Some(true));
+    hostile["device_id"] = json!(format!(
+        "\"name\" \"{}\" \"version\" \"{}\" \"os\" \"Thunder\u{200b}bird\"",
+        "A".repeat(300),
+        "B".repeat(300)
+    ));
+    assert_eq!(d.post("report", &hostile).await.0, 200);
+    let mut bad_remote = attempt("alice", &"x".repeat(100), "0eab", Some(true));
+    bad_remote["protocol"] = json!("pop3");
+    assert_eq!(d.post("report", &bad_remote).await.0, 200);
+    let v = c
+        .ok(
+            "/api/get_user_logs",
+            json!({"username": "alice", "max_days": 30}),
+        )
+        .await;
+    assert_eq!(v["result"].as_array().unwrap().len(), 4, "{v}");
     let v = c
         .ok(
             "/api/get_last_login",
@@ -264,6 +283,13 @@ async fn wrong_passwords_are_delayed_then_refused_and_nobody_else_is_slowed() {
         .await;
     assert_eq!(v["cleared"], 0, "already cleared: {v}");
     assert_eq!(d.allow("alice", a, "0000").await.0, 0);
+    // The throttle knows a login as typed, whatever the case or spaces:
+    // each variant gets no budget of its own.
+    for (i, variant) in ["Alice", "ALICE", " alice", "alice "].iter().enumerate() {
+        d.report(variant, a, &format!("{:04x}", 100 + i), false)
+            .await;
+    }
+    assert_eq!(d.allow("aLiCe", a, "0000").await.0, -1);
     // Decisions are counted by reason.
     let refused = metric(
         ts.addr,
