@@ -412,7 +412,21 @@ async fn time_spent_report(
 
 /// Computes the reports asked for, each withholding its small groups.
 pub async fn report(svc: &Service, req: ReportRequest) -> Result<ReportResponse, ApiError> {
+    report_within(svc, req, false).await
+}
+
+/// As [`report`]; with `tenant_only`, every report (not only `time_spent`)
+/// counts only the users of `req.tenant`, which must be set: what a client
+/// scoped to that tenant is answered.
+pub async fn report_within(
+    svc: &Service,
+    req: ReportRequest,
+    tenant_only: bool,
+) -> Result<ReportResponse, ApiError> {
     let (from, to) = day_range(&req.from, &req.to)?;
+    if tenant_only && req.tenant.is_empty() {
+        return Err(ApiError::Invalid("tenant: required".into()));
+    }
     if !req.tenant.is_empty() && !crate::config::agents::valid_tenant(&req.tenant) {
         return Err(ApiError::Invalid(format!(
             "tenant {:?}: 1 to 64 letters, digits, '-', '_' or '.'",
@@ -432,7 +446,16 @@ pub async fn report(svc: &Service, req: ReportRequest) -> Result<ReportResponse,
     };
     let k = i64::from(svc.privacy.config.report_min_users);
     let queries: Vec<Aggregate> = kinds.iter().flat_map(|k| k.queries()).collect();
-    let mut answers = svc.store.aggregate(queries, from, to).await?.into_iter();
+    let prefix = if tenant_only {
+        format!("{}/", req.tenant)
+    } else {
+        String::new()
+    };
+    let mut answers = svc
+        .store
+        .aggregate_within(queries, from, to, prefix)
+        .await?
+        .into_iter();
     let mut next = move || answers.next();
     let groups = |a: Option<Aggregated>| match a {
         Some(Aggregated::Groups(rows)) => rows,

@@ -222,6 +222,8 @@ pub struct RawTls {
 pub struct RawAclEntry {
     pub path: String,
     pub cn: String,
+    /// Only requests about these tenants' users (`tenant/…`); absent: any.
+    pub tenants: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -490,9 +492,32 @@ impl Config {
             }
             let mut entries = Vec::new();
             for (i, e) in t.acl.iter().enumerate() {
-                match AclEntry::new(&e.path, &e.cn) {
-                    Ok(entry) => entries.push(entry),
-                    Err(msg) => problem(&format!("http_server.tls.acl[{i}]"), msg),
+                let key = format!("http_server.tls.acl[{i}]");
+                let entry = match AclEntry::new(&e.path, &e.cn) {
+                    Ok(entry) => entry,
+                    Err(msg) => {
+                        problem(&key, msg);
+                        continue;
+                    }
+                };
+                match &e.tenants {
+                    None => entries.push(entry),
+                    Some(tenants) => {
+                        if tenants.is_empty() {
+                            problem(
+                                &format!("{key}.tenants"),
+                                "is empty: the entry would allow nothing; leave it out for every tenant"
+                                    .into(),
+                            );
+                        }
+                        for t in tenants.iter().filter(|t| !agents::valid_tenant(t)) {
+                            problem(
+                                &format!("{key}.tenants"),
+                                format!("{t:?} is not a tenant name (1 to 64 letters, digits, '-', '_' or '.')"),
+                            );
+                        }
+                        entries.push(entry.with_tenants(tenants.clone()));
+                    }
                 }
             }
             if t.acl.is_empty() {
@@ -816,7 +841,14 @@ mod tests {
         let yaml = "
 http_server:
   max_inflight_requests: 0
-  tls: { cert: '', key: '', ca: '', acl: [ { path: '(', cn: x } ] }
+  tls:
+    cert: ''
+    key: ''
+    ca: ''
+    acl:
+      - { path: '(', cn: x }
+      - { path: /api/get_.*, cn: y, tenants: [acme, 'a/b'] }
+      - { path: /api/get_.*, cn: z, tenants: [] }
 privacy:
   timestamp_granularity: 0s
 ";
@@ -830,6 +862,8 @@ privacy:
             "http_server.tls.key",
             "http_server.tls.ca",
             "http_server.tls.acl[0]",
+            "http_server.tls.acl[1].tenants",
+            "http_server.tls.acl[2].tenants",
             "http_server.max_inflight_requests",
             "privacy.timestamp_granularity",
         ] {

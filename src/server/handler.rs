@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::body::RequestBody;
 use super::{Peer, State};
+use crate::acl::Scope;
 use crate::endpoint::Endpoint;
 use crate::service::ApiError;
 use crate::store::StoreError;
@@ -146,7 +147,7 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reject> {
     serde_json::from_slice(body).map_err(|e| Reject::BadBody(format!("invalid request: {e}")))
 }
 
-fn encode<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
+pub(super) fn encode<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec(v) {
         Ok(body) => json_response(StatusCode::OK, body),
         Err(e) => {
@@ -246,6 +247,11 @@ async fn serve(
         .await?;
     let svc = &state.service;
     let now = now_unix();
+    if let Scope::Tenants(tenants) = peer.scope(endpoint) {
+        if let Some(resp) = super::scope::serve(endpoint, &body, state, &tenants, now).await? {
+            return Ok(resp);
+        }
+    }
     Ok(match endpoint {
         Endpoint::AddLog => encode(&svc.add_log(decode(&body)?, now).await?),
         Endpoint::GetUserLogs => json_response(

@@ -8,6 +8,7 @@ pub mod framing;
 pub mod handler;
 mod idle;
 pub mod policy;
+pub mod scope;
 pub mod side;
 
 pub use crate::endpoint;
@@ -26,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::acl::Acl;
+use crate::acl::{Acl, Scope};
 use crate::config::{Config, HttpConfig};
 use crate::crypto::DeviceKey;
 use crate::endpoint::Endpoint;
@@ -67,6 +68,9 @@ pub struct State {
 pub struct Peer {
     /// Bit `e.bit()` is set when the ACL lets this peer call endpoint `e`.
     allowed: u32,
+    /// The endpoints allowed only by entries naming tenants, with the union
+    /// of those tenants (empty for most peers: nothing allocated).
+    scoped: Vec<(Endpoint, Scope)>,
     /// Which of the connection's requests carried two framings.
     pub framing: Arc<framing::Ambiguity>,
 }
@@ -76,18 +80,27 @@ impl Peer {
     fn unauthenticated() -> Peer {
         Peer {
             allowed: u32::MAX,
+            scoped: Vec::new(),
             framing: Default::default(),
         }
     }
 
     fn with_cn(acl: &Acl, cn: &str) -> Peer {
-        let allowed = Endpoint::ALL
-            .iter()
-            .copied()
-            .filter(|e| acl.allows(e.path(), cn))
-            .fold(0, |bits, e| bits | e.bit());
+        let mut allowed = 0;
+        let mut scoped = Vec::new();
+        for &e in Endpoint::ALL {
+            match acl.scope(e.path(), cn) {
+                None => {}
+                Some(Scope::Everyone) => allowed |= e.bit(),
+                Some(tenants) => {
+                    allowed |= e.bit();
+                    scoped.push((e, tenants));
+                }
+            }
+        }
         Peer {
             allowed,
+            scoped,
             framing: Default::default(),
         }
     }
@@ -95,12 +108,22 @@ impl Peer {
     fn denied() -> Peer {
         Peer {
             allowed: 0,
+            scoped: Vec::new(),
             framing: Default::default(),
         }
     }
 
     pub fn allows(&self, e: Endpoint) -> bool {
         self.allowed & e.bit() != 0
+    }
+
+    /// Whose data a call of `e` may concern (for an allowed `e`).
+    pub fn scope(&self, e: Endpoint) -> Scope {
+        self.scoped
+            .iter()
+            .find(|(s, _)| *s == e)
+            .map(|(_, t)| t.clone())
+            .unwrap_or(Scope::Everyone)
     }
 }
 

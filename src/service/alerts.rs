@@ -58,6 +58,17 @@ impl Service {
         req: GetAlertsRequest,
         now: i64,
     ) -> Result<GetAlertsResponse, ApiError> {
+        self.get_alerts_within(req, now, String::new()).await
+    }
+
+    /// The outbox of the users whose names start with `user_prefix` (a
+    /// tenant's `T/`; empty: every user).
+    pub async fn get_alerts_within(
+        &self,
+        req: GetAlertsRequest,
+        now: i64,
+        user_prefix: String,
+    ) -> Result<GetAlertsResponse, ApiError> {
         check_days("max_days", req.max_days)?;
         if !matches!(req.state.as_str(), "" | "pending" | "failed" | "delivered") {
             return Err(super::invalid(
@@ -70,7 +81,10 @@ impl Service {
         } else {
             now - req.max_days * 86_400
         };
-        let found = self.store.recent_alerts(since, req.state, limit).await?;
+        let found = self
+            .store
+            .recent_alerts(since, req.state, user_prefix, limit)
+            .await?;
         Ok(GetAlertsResponse {
             alerts: found
                 .into_iter()

@@ -1373,7 +1373,10 @@ pub async fn browsing_across_users(store: &Store, _db: &DbConfig, _another: &DbC
             .await
             .unwrap();
     }
-    let alerts = store.recent_alerts(T0, String::new(), 10).await.unwrap();
+    let alerts = store
+        .recent_alerts(T0, String::new(), String::new(), 10)
+        .await
+        .unwrap();
     let users: Vec<&str> = alerts.iter().map(|(a, _)| a.username.as_str()).collect();
     assert_eq!(users, ["globex/cy", "acme/ann"]);
     let id = alerts[1].0.id;
@@ -1381,19 +1384,100 @@ pub async fn browsing_across_users(store: &Store, _db: &DbConfig, _another: &DbC
         .mark_failed(id, "webhook".into(), "refused".into(), None)
         .await
         .unwrap();
-    let failed = store.recent_alerts(T0, "failed".into(), 10).await.unwrap();
+    let failed = store
+        .recent_alerts(T0, "failed".into(), String::new(), 10)
+        .await
+        .unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].0.id, id);
     assert_eq!(failed[0].1[0].state, "failed");
     assert_eq!(store.retry_alert(id).await.unwrap(), 1);
     assert!(store
-        .recent_alerts(T0, "failed".into(), 10)
+        .recent_alerts(T0, "failed".into(), String::new(), 10)
         .await
         .unwrap()
         .is_empty());
     let due = store.claim_due(T0 + DAY, 60, 10).await.unwrap();
     assert!(due.iter().any(|d| d.alert.id == id), "due again at once");
     assert_eq!(store.retry_alert(id + 1000).await.unwrap(), 0);
+    // One tenant's alerts: `acme/` is a prefix of no other tenant's names.
+    let acme = store
+        .recent_alerts(T0, String::new(), "acme/".into(), 10)
+        .await
+        .unwrap();
+    let users: Vec<&str> = acme.iter().map(|(a, _)| a.username.as_str()).collect();
+    assert_eq!(users, ["acme/ann"]);
+    assert!(store
+        .recent_alerts(T0, String::new(), "initech/".into(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Aggregates over one tenant's users count only theirs; without a prefix
+/// they count everyone, as before.
+pub async fn aggregates_within_a_tenant(store: &Store, _db: &DbConfig, _another: &DbConfig) {
+    for (user, ts, log_type) in [
+        ("acme/ann", T0, "login"),
+        ("acme/ann", T0 + HOUR, "logout"),
+        ("acme/bob", T0 + HOUR, "login"),
+        ("globex/cy", T0, "login"),
+        ("globex/cy", T0 + 2 * HOUR, "logout"),
+        ("dan", T0, "login"),
+        ("acmex/eve", T0, "login"),
+    ] {
+        let device = (log_type == "login").then(|| device(user, "IT"));
+        store
+            .record_log(entry(user, ts, log_type, device), None)
+            .await
+            .unwrap();
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    for user in ["acme/bob", "globex/cy"] {
+        store
+            .record_log(
+                entry(user, T0 + 3 * HOUR, "login", Some(device("new", "FR"))),
+                Some(noting(&seen, &["log"])),
+            )
+            .await
+            .unwrap();
+    }
+    let queries = vec![
+        Aggregate::EventsTotal,
+        Aggregate::EventsPerDay("login".into()),
+        Aggregate::LoginsBy(LoginColumn::Zone),
+        Aggregate::EventsByType,
+        Aggregate::NewDevicesPerDay,
+        Aggregate::AlertsByKind,
+        Aggregate::SessionBuckets,
+        Aggregate::SessionStats,
+    ];
+    let within =
+        |prefix: &str| store.aggregate_within(queries.clone(), T0, T0 + DAY, prefix.to_owned());
+    let users = |a: &Aggregated| match a {
+        Aggregated::Groups(g) => g.iter().map(|r| (r.count, r.users)).collect::<Vec<_>>(),
+        Aggregated::Buckets(b) => b.iter().map(|r| (r.1, r.2)).collect(),
+        Aggregated::Sessions(s) => vec![(s.sessions, s.users)],
+        Aggregated::NoAlerts => vec![],
+    };
+    let acme = within("acme/").await.unwrap();
+    // ann: login, logout, login (new device); bob: login, login.
+    assert_eq!(users(&acme[0]), [(4, 2)]);
+    assert_eq!(users(&acme[1]), [(3, 2)]);
+    assert_eq!(users(&acme[2]), [(2, 2), (1, 1)]);
+    assert_eq!(users(&acme[4]), [(3, 2)]);
+    assert_eq!(users(&acme[5]), [(1, 1)]);
+    assert_eq!(users(&acme[6]), [(1, 1)]);
+    assert_eq!(users(&acme[7]), [(1, 1)]);
+    let everyone = store
+        .aggregate(queries.clone(), T0, T0 + DAY)
+        .await
+        .unwrap();
+    assert_eq!(users(&everyone[0]), [(9, 5)]);
+    assert_eq!(everyone, within("").await.unwrap());
+    assert_eq!(users(&everyone[7]), [(2, 2)]);
+    let none = within("initech/").await.unwrap();
+    assert_eq!(users(&none[0]), [(0, 0)]);
 }
 
 /// Runs every case of the suite as a test of its own, each on a fresh
@@ -1415,6 +1499,7 @@ macro_rules! storage_conformance {
             unused_accounts_by_set,
             the_overview_gathers_a_user,
             aggregates_count_events_and_users,
+            aggregates_within_a_tenant,
             export_and_import_round_trip,
             a_bulk_load_is_stored_as_the_server_stores,
             agent_keys_are_found_by_hash_and_disabled,

@@ -109,14 +109,16 @@ impl Store {
     }
 
     /// The newest alerts across users since `since`, with their deliveries;
-    /// with `state`, only alerts with a delivery in that state.
+    /// with `state`, only alerts with a delivery in that state; with
+    /// `user_prefix` (a tenant's `T/`), only its users' alerts.
     pub async fn recent_alerts(
         &self,
         since: i64,
         state: String,
+        user_prefix: String,
         limit: i64,
     ) -> Result<Vec<(StoredAlert, Vec<Delivery>)>, StoreError> {
-        backend!(self, s => s.recent_alerts(since, state, limit).await)
+        backend!(self, s => s.recent_alerts(since, state, user_prefix, limit).await)
     }
 
     /// Makes every undelivered delivery of an alert due now (a failed one
@@ -336,6 +338,18 @@ impl Store {
         to: i64,
     ) -> Result<Vec<Aggregated>, StoreError> {
         backend!(self, s => s.aggregate(queries, from, to).await)
+    }
+
+    /// As [`Store::aggregate`], over the users whose names start with
+    /// `user_prefix` (a tenant's `T/`) only, when it is not empty.
+    pub async fn aggregate_within(
+        &self,
+        queries: Vec<Aggregate>,
+        from: i64,
+        to: i64,
+        user_prefix: String,
+    ) -> Result<Vec<Aggregated>, StoreError> {
+        backend!(self, s => s.aggregate_within(queries, from, to, user_prefix).await)
     }
 
     /// The in-memory device index's counts, when the backend keeps one.

@@ -71,7 +71,7 @@ keyUsage=critical,digitalSignature
 extendedKeyUsage=serverAuth
 subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"
 
-for cn in sso-server auth-server accounts-panel prometheus admin sso-server.evil xauth-server; do
+for cn in sso-server auth-server accounts-panel prometheus admin sso-server.evil xauth-server acme-admin; do
   sign "client-$cn" "/O=usermetadb test/CN=$cn" "$client_ext"
 done
 

@@ -4,6 +4,9 @@
 //! - `api`: every endpoint's behaviour, and the golden Go-marshalled bodies.
 //! - `errors`: every error status, and that a rejected request writes nothing.
 //! - `tls_acl`: certificate failure cases and ACL allow / deny.
+//! - `tenants`: clients scoped to tenants by the ACL: their tenants' users
+//!   only, listings, alerts and reports (`time_spent` included) of those
+//!   tenants only, and unscoped entries as before.
 //! - `persistence`: restarts, and `kill -9` of the compiled binary.
 //! - `privacy`: GeoIP, user agents, cookies, erasure, retention, and a raw-bytes audit.
 //! - `monitor`: detections, alert delivery to a real webhook receiver and SMTP server, summaries.
@@ -71,6 +74,7 @@ mod properties;
 mod receivers;
 mod reports;
 mod security;
+mod tenants;
 mod tls_acl;
 mod tls_matrix;
 mod ui;

@@ -166,6 +166,7 @@ impl PgStore {
         &self,
         since: i64,
         state: String,
+        user_prefix: String,
         limit: i64,
     ) -> Result<Vec<(StoredAlert, Vec<Delivery>)>, StoreError> {
         let client = self.reader().await?;
@@ -176,9 +177,10 @@ impl PgStore {
                  WHERE a.created >= $1
                    AND ($2 = '' OR EXISTS (SELECT 1 FROM alert_deliveries d
                                            WHERE d.alert_id = a.id AND d.state = $2))
+                   AND starts_with(u.name, $4)
                  ORDER BY a.created DESC, a.id DESC
                  LIMIT $3",
-                &[&since, &state, &limit],
+                &[&since, &state, &limit, &user_prefix],
             )
             .await
             .map_err(pg_error)?;

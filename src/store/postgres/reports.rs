@@ -3,6 +3,7 @@
 //! carries the number of distinct users behind it so that the caller can
 //! withhold the ones that would single someone out.
 
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, IsolationLevel, Row};
 
 use super::{pg_error, PgStore};
@@ -16,6 +17,19 @@ impl PgStore {
         from: i64,
         to: i64,
     ) -> Result<Vec<Aggregated>, StoreError> {
+        self.aggregate_within(queries, from, to, String::new())
+            .await
+    }
+
+    /// As `aggregate`, over the users whose names start with `user_prefix`
+    /// (a tenant's `T/`) when it is not empty.
+    pub async fn aggregate_within(
+        &self,
+        queries: Vec<Aggregate>,
+        from: i64,
+        to: i64,
+        user_prefix: String,
+    ) -> Result<Vec<Aggregated>, StoreError> {
         let mut client = self.reader().await?;
         let tx = client
             .build_transaction()
@@ -26,7 +40,11 @@ impl PgStore {
             .map_err(pg_error)?;
         let mut out = Vec::with_capacity(queries.len());
         for q in &queries {
-            out.push(aggregate(&*tx, q, from, to).await.map_err(pg_error)?);
+            out.push(
+                aggregate(&*tx, q, from, to, &user_prefix)
+                    .await
+                    .map_err(pg_error)?,
+            );
         }
         tx.commit().await.map_err(pg_error)?;
         Ok(out)
@@ -51,7 +69,7 @@ const SESSIONS: &str = "
                lead(log_type) OVER w AS next_type,
                lead(ts) OVER w AS next_ts
         FROM user_logs
-        WHERE ts >= $1 AND ts < $2 AND log_type IN ('login', 'logout')
+        WHERE ts >= $1 AND ts < $2 AND log_type IN ('login', 'logout'){within}
         WINDOW w AS (PARTITION BY user_id, coalesce(service, '') ORDER BY ts, seq)
     ),
     s AS (
@@ -61,23 +79,49 @@ const SESSIONS: &str = "
 
 const DAY_OF: &str = "to_char(to_timestamp({}) AT TIME ZONE 'UTC', 'YYYY-MM-DD')";
 
+/// The condition keeping the rows of users whose names start with parameter
+/// `$n`, or nothing when there is no prefix: the unscoped queries stay as
+/// they were.
+fn within(prefix: &str, n: usize) -> String {
+    if prefix.is_empty() {
+        String::new()
+    } else {
+        format!(" AND user_id IN (SELECT id FROM users WHERE starts_with(name, ${n}))")
+    }
+}
+
 async fn aggregate(
     tx: &impl GenericClient,
     q: &Aggregate,
     from: i64,
     to: i64,
+    prefix: &str,
 ) -> Result<Aggregated, tokio_postgres::Error> {
     let day = |col: &str| DAY_OF.replace("{}", col);
+    // `$1`, `$2` (and a third), then the prefix when there is one.
+    let w3 = within(prefix, 3);
+    let w4 = within(prefix, 4);
+    let prefix_param: &(dyn ToSql + Sync) = &prefix;
+    let two: Vec<&(dyn ToSql + Sync)> = if prefix.is_empty() {
+        vec![&from, &to]
+    } else {
+        vec![&from, &to, prefix_param]
+    };
+    let sessions = SESSIONS.replace("{within}", &w3);
     Ok(match q {
         Aggregate::EventsPerDay(t) => Aggregated::Groups(groups(
             &tx.query(
                 &format!(
                     "SELECT {}, count(*), count(DISTINCT user_id) FROM user_logs
-                     WHERE ts >= $1 AND ts < $2 AND log_type = $3
+                     WHERE ts >= $1 AND ts < $2 AND log_type = $3{w4}
                      GROUP BY 1 ORDER BY 1",
                     day("ts")
                 ),
-                &[&from, &to, t],
+                &if prefix.is_empty() {
+                    vec![&from as &(dyn ToSql + Sync), &to, t]
+                } else {
+                    vec![&from as &(dyn ToSql + Sync), &to, t, prefix_param]
+                },
             )
             .await?,
         )),
@@ -94,28 +138,33 @@ async fn aggregate(
                         "SELECT coalesce({column}, '') COLLATE \"C\", count(*),
                                 count(DISTINCT user_id)
                          FROM user_logs
-                         WHERE ts >= $1 AND ts < $2 AND log_type = 'login'
+                         WHERE ts >= $1 AND ts < $2 AND log_type = 'login'{w3}
                          GROUP BY 1 ORDER BY 2 DESC, 1"
                     ),
-                    &[&from, &to],
+                    &two,
                 )
                 .await?,
             ))
         }
         Aggregate::EventsByType => Aggregated::Groups(groups(
             &tx.query(
-                "SELECT log_type COLLATE \"C\", count(*), count(DISTINCT user_id) FROM user_logs
-                 WHERE ts >= $1 AND ts < $2
-                 GROUP BY 1 ORDER BY 2 DESC, 1",
-                &[&from, &to],
+                &format!(
+                    "SELECT log_type COLLATE \"C\", count(*), count(DISTINCT user_id)
+                     FROM user_logs
+                     WHERE ts >= $1 AND ts < $2{w3}
+                     GROUP BY 1 ORDER BY 2 DESC, 1"
+                ),
+                &two,
             )
             .await?,
         )),
         Aggregate::EventsTotal => Aggregated::Groups(groups(
             &tx.query(
-                "SELECT ''::text, count(*), count(DISTINCT user_id) FROM user_logs
-                 WHERE ts >= $1 AND ts < $2",
-                &[&from, &to],
+                &format!(
+                    "SELECT ''::text, count(*), count(DISTINCT user_id) FROM user_logs
+                     WHERE ts >= $1 AND ts < $2{w3}"
+                ),
+                &two,
             )
             .await?,
         )),
@@ -123,20 +172,22 @@ async fn aggregate(
             &tx.query(
                 &format!(
                     "SELECT {}, count(*), count(DISTINCT user_id) FROM devices
-                     WHERE first_seen >= $1 AND first_seen < $2
+                     WHERE first_seen >= $1 AND first_seen < $2{w3}
                      GROUP BY 1 ORDER BY 1",
                     day("first_seen")
                 ),
-                &[&from, &to],
+                &two,
             )
             .await?,
         )),
         Aggregate::AlertsByKind => Aggregated::Groups(groups(
             &tx.query(
-                "SELECT kind COLLATE \"C\", count(*), count(DISTINCT user_id) FROM alerts
-                 WHERE created >= $1 AND created < $2
-                 GROUP BY 1 ORDER BY 2 DESC, 1",
-                &[&from, &to],
+                &format!(
+                    "SELECT kind COLLATE \"C\", count(*), count(DISTINCT user_id) FROM alerts
+                     WHERE created >= $1 AND created < $2{w3}
+                     GROUP BY 1 ORDER BY 2 DESC, 1"
+                ),
+                &two,
             )
             .await?,
         )),
@@ -149,11 +200,11 @@ async fn aggregate(
             let rows = tx
                 .query(
                     &format!(
-                        "{SESSIONS}
+                        "{sessions}
                          SELECT ({case})::BIGINT AS bucket, count(*), count(DISTINCT user_id)
                          FROM s GROUP BY bucket ORDER BY bucket"
                     ),
-                    &[&from, &to],
+                    &two,
                 )
                 .await?;
             Aggregated::Buckets(
@@ -166,7 +217,7 @@ async fn aggregate(
             let r = tx
                 .query_one(
                     &format!(
-                        "{SESSIONS},
+                        "{sessions},
                          n AS (SELECT count(*) AS c, count(DISTINCT user_id) AS u FROM s)
                          SELECT n.c, n.u,
                              (SELECT d FROM s ORDER BY d LIMIT 1
@@ -175,7 +226,7 @@ async fn aggregate(
                                   OFFSET (SELECT GREATEST(0, (c * 9 + 9) / 10 - 1) FROM n))
                          FROM n"
                     ),
-                    &[&from, &to],
+                    &two,
                 )
                 .await?;
             Aggregated::Sessions(SessionStats {

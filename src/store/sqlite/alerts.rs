@@ -264,11 +264,13 @@ fn with_deliveries(
 }
 
 /// The newest alerts of every user since `since` (with a delivery in
-/// `state`, when not empty), with their deliveries.
+/// `state`, when not empty; of users whose names start with `user_prefix`),
+/// with their deliveries.
 pub fn recent_alerts(
     conn: &Connection,
     since: i64,
     state: &str,
+    user_prefix: &str,
     limit: i64,
 ) -> Result<Vec<(StoredAlert, Vec<Delivery>)>, StoreError> {
     let mut stmt = conn.prepare_cached(
@@ -277,11 +279,14 @@ pub fn recent_alerts(
          WHERE a.created >= ?1
            AND (?2 = '' OR EXISTS (SELECT 1 FROM alert_deliveries d
                                    WHERE d.alert_id = a.id AND d.state = ?2))
+           AND substr(u.name, 1, length(?4)) = ?4
          ORDER BY a.created DESC, a.id DESC
          LIMIT ?3",
     )?;
     let alerts = stmt
-        .query_map(params![since, state, limit], |r| alert_from_row(r, 0))?
+        .query_map(params![since, state, limit, user_prefix], |r| {
+            alert_from_row(r, 0)
+        })?
         .collect::<Result<Vec<_>, _>>()?;
     with_deliveries(conn, alerts)
 }

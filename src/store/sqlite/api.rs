@@ -45,9 +45,10 @@ impl SqliteStore {
         &self,
         since: i64,
         state: String,
+        user_prefix: String,
         limit: i64,
     ) -> Result<Vec<(StoredAlert, Vec<Delivery>)>, StoreError> {
-        self.read(move |c| alerts::recent_alerts(c, since, &state, limit))
+        self.read(move |c| alerts::recent_alerts(c, since, &state, &user_prefix, limit))
             .await
     }
 
@@ -294,10 +295,21 @@ impl SqliteStore {
         from: i64,
         to: i64,
     ) -> Result<Vec<Aggregated>, StoreError> {
+        self.aggregate_within(queries, from, to, String::new())
+            .await
+    }
+
+    pub async fn aggregate_within(
+        &self,
+        queries: Vec<Aggregate>,
+        from: i64,
+        to: i64,
+        user_prefix: String,
+    ) -> Result<Vec<Aggregated>, StoreError> {
         self.read(move |c| {
             queries
                 .iter()
-                .map(|q| reports::aggregate(c, q, from, to))
+                .map(|q| reports::aggregate(c, q, from, to, &user_prefix))
                 .collect()
         })
         .await
