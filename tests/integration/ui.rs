@@ -39,15 +39,20 @@ impl Dashboard {
     /// `user-meta-admin ui --listen LISTEN` against `ts` with the admin's
     /// certificate, once it has printed its URL.
     async fn start(ts: &TestServer, listen: &str) -> Dashboard {
+        Self::start_as(ts, listen, "client-admin").await
+    }
+
+    /// [`Dashboard::start`] with `testdata/certs/<name>.pem`.
+    async fn start_as(ts: &TestServer, listen: &str, name: &str) -> Dashboard {
         let mut child = Command::new(env!("CARGO_BIN_EXE_user-meta-admin"))
             .arg("--server")
             .arg(format!("https://localhost:{}", ts.addr.port()))
             .arg("--ca")
             .arg(cert("ca.pem"))
             .arg("--cert")
-            .arg(cert("client-admin.pem"))
+            .arg(cert(&format!("{name}.pem")))
             .arg("--key")
-            .arg(cert("client-admin.key"))
+            .arg(cert(&format!("{name}.key")))
             .args(["ui", "--listen", listen])
             .stdout(Stdio::piped())
             .spawn()
@@ -492,6 +497,58 @@ async fn without_the_session_cookie_another_local_process_gets_no_token_and_eras
 
 /// The printed URL opens one session: a wrong secret gets nothing and spends
 /// nothing, the right one sets the cookie, and using it again is refused.
+#[tokio::test]
+async fn on_a_tenant_scoped_certificate_the_dashboard_shows_that_tenant_only() {
+    let ts = TestServer::start_with(
+        r#"      - { path: "/api/(get_.*|admin/.*|report)", cn: "acme-admin", tenants: [acme] }
+"#,
+    )
+    .await;
+    let mut sso = ts.client("sso-server").await;
+    for user in ["acme/ann", "globex/cy", "dan"] {
+        sso.ok("/api/add_log", login(user, "d1", 3600)).await;
+    }
+    let ui = Dashboard::start_as(&ts, "127.0.0.1:0", "client-acme-admin").await;
+    let login = ui.get(ui.login_path(), &[]).await;
+    let port = ui.host().rsplit_once(':').unwrap().1;
+    let cookie = session_cookie(&login, port);
+    let token = ui
+        .get("/events", &[("Cookie", &cookie)])
+        .await
+        .token()
+        .unwrap();
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Cookie", &cookie),
+        ("X-UI-Token", &token),
+    ];
+    // The events page as it asks: no tenant named, the server scopes it.
+    let r = ui
+        .post(
+            "/proxy/admin/events",
+            &headers,
+            r#"{"tenant":"","username":"","log_type":"","limit":100}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("acme/ann"), "{}", r.body);
+    assert!(
+        !r.body.contains("globex/") && !r.body.contains("\"dan\""),
+        "{}",
+        r.body
+    );
+    // Another tenant's user: the server's 403, passed on for the page to say.
+    let r = ui
+        .post(
+            "/proxy/get_user_logs",
+            &headers,
+            r#"{"username":"globex/cy"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.body.contains("forbidden"), "{}", r.body);
+}
+
 #[tokio::test]
 async fn the_login_url_works_once() {
     let ts = TestServer::start().await;

@@ -39,7 +39,11 @@ async function api(endpoint, body) {
     data = null;
   }
   if (!resp.ok) {
-    const msg = data && data.error ? data.error : "HTTP " + resp.status;
+    let msg = data && data.error ? data.error : "HTTP " + resp.status;
+    if (resp.status === 403 && msg === "forbidden") {
+      // The server's ACL: a certificate scoped to tenants sees only their users.
+      msg = "not allowed for this certificate (another tenant's user, a user of no tenant, or outside its ACL)";
+    }
     throw new Error(endpoint + ": " + msg);
   }
   return data;
@@ -335,7 +339,7 @@ const LOG_TYPES = ["", "login", "logout", "lock", "unlock", "login_failure", "pa
 function eventsPage() {
   const from = el("input", { type: "date", name: "from", value: day(daysAgo(30)) });
   const to = el("input", { type: "date", name: "to", value: day(daysAgo(-1)) });
-  const tenant = el("input", { type: "text", name: "tenant", placeholder: "any", size: 10 });
+  const tenant = el("input", { type: "text", name: "tenant", placeholder: "any allowed", size: 10 });
   const user = el("input", { type: "text", name: "username", placeholder: "any", size: 16 });
   const type = el("select", { name: "log_type" }, LOG_TYPES.map((t) => el("option", { value: t }, t || "any")));
   const limit = el("input", { type: "number", name: "limit", value: 200, min: 1, max: 1000 });
