@@ -89,6 +89,8 @@ pub struct Figures {
     pub allow_p999_ms: f64,
     pub keys: i64,
     pub bytes_per_key: f64,
+    /// Logins the first `allow` delayed or refused (not counted as logins).
+    pub throttled: u64,
     pub errors: u64,
 }
 
@@ -97,6 +99,8 @@ struct Shared {
     measuring: AtomicBool,
     logins: AtomicU64,
     requests: AtomicU64,
+    /// Logins the first `allow` delayed or refused.
+    throttled: AtomicU64,
     errors: AtomicU64,
 }
 
@@ -114,13 +118,16 @@ async fn send(conn: &mut Connection, path: &'static str, body: Bytes) -> Result<
 }
 
 /// One login's requests on `conn`; the allows' latencies (µs) into `lat`.
+/// `Ok(None)`: the first `allow` delayed or refused the login (a user of the
+/// population with wrong passwords enough, as on a real server), so it
+/// ended there.
 async fn login(
     conn: &mut Connection,
     rng: &mut StdRng,
     pop: &Population,
     failure_percent: u32,
     lat: Option<&mut hdrhistogram::Histogram<u64>>,
-) -> Result<usize> {
+) -> Result<Option<usize>> {
     let n = rng.gen_range(0..pop.users);
     let user = pop.username(n);
     // Each user logs in from a home address of its own, in a /24 of its
@@ -151,8 +158,10 @@ async fn login(
     let status = serde_json::from_slice::<serde_json::Value>(&answer)
         .ok()
         .and_then(|v| v["status"].as_i64());
-    if status != Some(0) {
-        bail!("allow answered {}", String::from_utf8_lossy(&answer));
+    match status {
+        Some(0) => {}
+        Some(_) => return Ok(None),
+        None => bail!("allow answered {}", String::from_utf8_lossy(&answer)),
     }
     let mut requests = 2;
     if ok {
@@ -166,7 +175,7 @@ async fn login(
             h.saturating_record(t.as_micros() as u64);
         }
     }
-    Ok(requests)
+    Ok(Some(requests))
 }
 
 /// Runs `connections` workers, closed loop or paced at `rate` logins a
@@ -208,9 +217,12 @@ async fn drive(
                 )
                 .await
                 {
-                    Ok(requests) if measuring => {
+                    Ok(Some(requests)) if measuring => {
                         shared.logins.fetch_add(1, Relaxed);
                         shared.requests.fetch_add(requests as u64, Relaxed);
+                    }
+                    Ok(None) => {
+                        shared.throttled.fetch_add(1, Relaxed);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -243,6 +255,7 @@ fn shared() -> Arc<Shared> {
         measuring: AtomicBool::new(false),
         logins: AtomicU64::new(0),
         requests: AtomicU64::new(0),
+        throttled: AtomicU64::new(0),
         errors: AtomicU64::new(0),
     })
 }
@@ -382,6 +395,7 @@ async fn one_transport(args: &PolicyArgs, binary: &Path, tls: bool) -> Result<Fi
     f.server_cpu_ms_per_login =
         cpu * 1000.0 / (logins * (window + args.warmup.as_secs_f64()) / window).max(1.0);
     f.errors += s.errors.load(Relaxed);
+    f.throttled += s.throttled.load(Relaxed);
 
     // Latency: open loop at --rate.
     let s = shared();
@@ -398,6 +412,7 @@ async fn one_transport(args: &PolicyArgs, binary: &Path, tls: bool) -> Result<Fi
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     (f.allow_p50_ms, f.allow_p99_ms, f.allow_p999_ms) = (ms(0.5), ms(0.99), ms(0.999));
     f.errors += s.errors.load(Relaxed);
+    f.throttled += s.throttled.load(Relaxed);
 
     // Memory: keys held against resident memory.
     let keys0 = metric(api, admin.clone(), "usermetadb_policy_keys").await?;
@@ -431,7 +446,7 @@ pub async fn run(mut args: PolicyArgs, binary: PathBuf) -> Result<Vec<Figures>> 
         args.connections, args.duration, args.failure_percent
     );
     println!(
-        "{:<6} {:>10} {:>10} {:>12} | {:>10} {:>9} {:>9} {:>9} | {:>8} {:>10} {:>6}",
+        "{:<6} {:>10} {:>10} {:>12} | {:>10} {:>9} {:>9} {:>9} | {:>8} {:>10} | {:>9} {:>6}",
         "",
         "logins/s",
         "req/s",
@@ -442,11 +457,12 @@ pub async fn run(mut args: PolicyArgs, binary: PathBuf) -> Result<Vec<Figures>> 
         "p999 ms",
         "keys",
         "bytes/key",
+        "throttled",
         "errors"
     );
     for f in &all {
         println!(
-            "{:<6} {:>10.0} {:>10.0} {:>12.3} | {:>10.0} {:>9.2} {:>9.2} {:>9.2} | {:>8} {:>10.0} {:>6}",
+            "{:<6} {:>10.0} {:>10.0} {:>12.3} | {:>10.0} {:>9.2} {:>9.2} {:>9.2} | {:>8} {:>10.0} | {:>9} {:>6}",
             f.transport,
             f.logins_per_second,
             f.requests_per_second,
@@ -457,6 +473,7 @@ pub async fn run(mut args: PolicyArgs, binary: PathBuf) -> Result<Vec<Figures>> 
             f.allow_p999_ms,
             f.keys,
             f.bytes_per_key,
+            f.throttled,
             f.errors
         );
     }
