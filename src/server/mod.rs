@@ -196,28 +196,29 @@ impl Server {
         let agents = side::Listener::bind(config.agents.addr, config.agents.tls.as_ref())
             .await?
             .map(|l| (l, config.agents.rate_limit));
-        let policy =
-            match side::Listener::bind(config.policy.addr, config.policy.tls.as_ref()).await? {
-                Some(l) => {
-                    let token = config
-                        .policy
-                        .token
-                        .as_ref()
-                        .map(|t| t.read())
-                        .transpose()
-                        .map_err(ServerError::Policy)?
-                        .ok_or_else(|| ServerError::Policy("no token given".into()))?;
-                    let token = token.trim().to_owned();
-                    if token.len() < 16 {
-                        return Err(ServerError::Policy(
+        let policy = match side::Listener::bind(config.policy.addr, config.policy.tls.as_ref())
+            .await?
+        {
+            Some(l) => {
+                let token = config
+                    .policy
+                    .token
+                    .as_ref()
+                    .map(|t| t.read())
+                    .transpose()
+                    .map_err(ServerError::Policy)?
+                    .ok_or_else(|| ServerError::Policy("no token given".into()))?;
+                let token = token.trim().to_owned();
+                if token.len() < 16 {
+                    return Err(ServerError::Policy(
                             "the token must be at least 16 bytes (e.g. head -c 32 /dev/urandom | base64)"
                                 .into(),
                         ));
-                    }
-                    Some((l, token.into_bytes()))
                 }
-                None => None,
-            };
+                Some((l, token.into_bytes()))
+            }
+            None => None,
+        };
         Ok(Server {
             listener,
             state,
