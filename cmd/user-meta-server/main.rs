@@ -306,10 +306,14 @@ fn db_prune(config: &Config) -> anyhow::Result<()> {
     let store = runtime.block_on(usermetadb::store::Store::open(&config.db))?;
     let result = runtime.block_on(async {
         let now = usermetadb::clock::now_unix();
-        let d = usermetadb::retention::prune(&store, config.retention, now).await?;
+        let (d, c) = usermetadb::retention::run_once(&store, config.retention, now).await?;
         println!(
             "deleted {} log entries, {} devices, {} users with no data left",
             d.user_logs, d.devices, d.users
+        );
+        println!(
+            "coarsened {} log entries, {} devices, {} time-spent rows",
+            c.user_logs, c.devices, c.time_spent
         );
         Ok::<(), anyhow::Error>(())
     });

@@ -239,6 +239,18 @@ pub struct RawPrivacy {
     pub report_min_users: Option<u32>,
     /// Time spent in a session (agents) is stored rounded to this (default 5m).
     pub session_granularity: Option<ConfigDuration>,
+    /// Coarsening with age: stored times older than a step's `after` are
+    /// floored to its `granularity` by the retention run (default none).
+    pub decay: Option<Vec<RawDecayStep>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDecayStep {
+    /// Times older than this are coarsened.
+    pub after: ConfigDuration,
+    /// ... to a multiple of this.
+    pub granularity: ConfigDuration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -389,6 +401,48 @@ pub struct RetentionConfig {
     pub user_logs: Duration,
     pub devices: Duration,
     pub interval: Duration,
+    /// `privacy.decay`: applied by the retention run, so kept with it.
+    pub decay: Decay,
+}
+
+/// One step of `privacy.decay`, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecayStep {
+    pub after: i64,
+    pub granularity: i64,
+}
+
+/// The steps of `privacy.decay`, `after` increasing, each granularity a
+/// multiple of the one before (so flooring to a later step keeps an entry
+/// floored to every earlier one, and a run changes nothing twice). A fixed
+/// array keeps the retention settings `Copy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Decay {
+    steps: [DecayStep; Decay::MAX_STEPS],
+    len: usize,
+}
+
+impl Decay {
+    pub const MAX_STEPS: usize = 8;
+
+    /// The steps, at most [`Decay::MAX_STEPS`] (more are ignored; the
+    /// configuration refuses them).
+    pub fn new(steps: &[DecayStep]) -> Decay {
+        let mut d = Decay::default();
+        for s in steps.iter().take(Self::MAX_STEPS) {
+            d.steps[d.len] = *s;
+            d.len += 1;
+        }
+        d
+    }
+
+    pub fn steps(&self) -> &[DecayStep] {
+        &self.steps[..self.len]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 impl Default for RetentionConfig {
@@ -397,6 +451,7 @@ impl Default for RetentionConfig {
             user_logs: Duration::from_secs(365 * 86_400),
             devices: Duration::from_secs(730 * 86_400),
             interval: Duration::from_secs(3600),
+            decay: Decay::default(),
         }
     }
 }
@@ -649,6 +704,12 @@ impl Config {
             .map(|f| non_empty("secrets.device_key_file", f));
 
         let alerts = AlertsConfig::from_raw(raw.alerts, &mut problems);
+        let decay = decay_steps(
+            raw.privacy.decay.as_deref().unwrap_or_default(),
+            timestamp_granularity,
+            &alerts,
+            &mut problems,
+        );
         let agents = AgentsConfig::from_raw(raw.agents, &mut problems);
         let policy = PolicyConfig::from_raw(raw.policy, &mut problems);
         let postgres = match raw.db_uri.as_deref() {
@@ -728,6 +789,7 @@ impl Config {
                 user_logs,
                 devices,
                 interval,
+                decay,
             },
             geoip,
             secrets: SecretsConfig { device_key_file },
@@ -799,6 +861,95 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// Validates `privacy.decay`: at most [`Decay::MAX_STEPS`] steps, `after`
+/// increasing, each granularity whole seconds, a multiple of
+/// `privacy.timestamp_granularity` and of the step before's (and larger).
+/// With the `dormant_account` rule on, no step may start before
+/// `alerts.dormant_after`: the rule reads the newest login from the log, and
+/// a login floored earlier while still inside the dormancy period could look
+/// dormant. An entry older than `dormant_after` is dormant whichever way it
+/// is floored, so steps from there on never change the rule's answer.
+fn decay_steps(
+    raw: &[RawDecayStep],
+    timestamp_granularity: Duration,
+    alerts: &AlertsConfig,
+    problems: &mut Vec<Problem>,
+) -> Decay {
+    let mut problem = |key: String, message: String| problems.push(Problem { key, message });
+    if raw.len() > Decay::MAX_STEPS {
+        problem(
+            "privacy.decay".into(),
+            format!(
+                "has {} steps; at most {} are allowed",
+                raw.len(),
+                Decay::MAX_STEPS
+            ),
+        );
+    }
+    let base = timestamp_granularity.as_secs().max(1) as i64;
+    let dormant = alerts
+        .rules
+        .contains(&crate::model::AlertKind::DormantAccount)
+        .then_some(alerts.dormant_after);
+    let mut steps = Vec::with_capacity(raw.len());
+    let mut previous = DecayStep {
+        after: 0,
+        granularity: base,
+    };
+    for (i, s) in raw.iter().enumerate() {
+        let after = s.after.0;
+        let g = s.granularity.0;
+        let key = |field: &str| format!("privacy.decay[{i}].{field}");
+        if after.subsec_nanos() != 0 || after.is_zero() {
+            problem(key("after"), "must be whole seconds, longer than 0".into());
+        } else if i > 0 && after.as_secs() as i64 <= previous.after {
+            problem(key("after"), "must be longer than the step before's".into());
+        }
+        if let Some(d) = dormant.filter(|d| after < *d) {
+            problem(
+                key("after"),
+                format!(
+                    "is shorter than alerts.dormant_after ({}d): a login still inside the \
+                     dormancy period could be floored to look dormant; start the step at \
+                     {}d or later, or leave out the dormant_account rule",
+                    d.as_secs() / 86_400,
+                    d.as_secs().div_ceil(86_400)
+                ),
+            );
+        }
+        let gs = g.as_secs() as i64;
+        if g.subsec_nanos() != 0 || gs == 0 {
+            problem(
+                key("granularity"),
+                "must be whole seconds, longer than 0".into(),
+            );
+        } else if gs % base != 0 {
+            problem(
+                key("granularity"),
+                "must be a multiple of privacy.timestamp_granularity".into(),
+            );
+        } else if i > 0 && (gs <= previous.granularity || gs % previous.granularity != 0) {
+            problem(
+                key("granularity"),
+                "must be larger than the step before's and a multiple of it".into(),
+            );
+        }
+        if gs > 0 && g.subsec_nanos() == 0 && gs % base == 0 {
+            previous = DecayStep {
+                after: after.as_secs() as i64,
+                granularity: gs,
+            };
+        } else {
+            previous.after = after.as_secs() as i64;
+        }
+        steps.push(DecayStep {
+            after: after.as_secs() as i64,
+            granularity: gs.max(1),
+        });
+    }
+    Decay::new(&steps)
 }
 
 #[cfg(test)]
@@ -886,5 +1037,91 @@ privacy:
         .unwrap();
         let keys: Vec<String> = c.missing_files().into_iter().map(|p| p.key).collect();
         assert_eq!(keys, vec!["geoip.db", "db_uri"]);
+    }
+
+    fn decay_problems(yaml: &str) -> Vec<String> {
+        match Config::from_yaml(yaml) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid { problems }) => {
+                problems.iter().map(|p| p.to_string()).collect()
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn decay_steps_are_read_in_seconds() {
+        let c = Config::from_yaml(
+            "db_uri: x.db\nprivacy:\n  decay:\n    - { after: 180d, granularity: 1d }\n    - { after: 365d, granularity: 30d }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.retention.decay.steps(),
+            [
+                DecayStep {
+                    after: 180 * 86_400,
+                    granularity: 86_400
+                },
+                DecayStep {
+                    after: 365 * 86_400,
+                    granularity: 30 * 86_400
+                },
+            ]
+        );
+        assert!(Config::from_yaml("db_uri: x.db\n")
+            .unwrap()
+            .retention
+            .decay
+            .is_empty());
+    }
+
+    #[test]
+    fn decay_steps_must_grow_and_divide() {
+        let problems = decay_problems(
+            "db_uri: x.db
+alerts: { rules: [new_device] }
+privacy:
+  decay:
+    - { after: 30d, granularity: 90m }
+    - { after: 20d, granularity: 1d }
+    - { after: 40d, granularity: 36h }
+    - { after: 50d, granularity: 12h }
+",
+        );
+        let keys: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "privacy.decay[0].granularity",
+                "privacy.decay[1].after",
+                "privacy.decay[2].granularity",
+                "privacy.decay[3].granularity",
+            ],
+            "{problems:?}"
+        );
+        // Without the dormant rule, a step may start early.
+        assert!(decay_problems(
+            "db_uri: x.db\nalerts: { rules: [new_device] }\nprivacy:\n  decay: [{ after: 30d, granularity: 1d }]\n"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn decay_may_not_start_inside_the_dormancy_period() {
+        let problems =
+            decay_problems("db_uri: x.db\nprivacy:\n  decay: [{ after: 30d, granularity: 1d }]\n");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .starts_with("privacy.decay[0].after: is shorter than alerts.dormant_after (180d)"),
+            "{problems:?}"
+        );
+        assert!(decay_problems(
+            "db_uri: x.db\nalerts: { dormant_after: 20d }\nprivacy:\n  decay: [{ after: 20d, granularity: 1d }]\n"
+        )
+        .is_empty());
     }
 }

@@ -1480,6 +1480,198 @@ pub async fn aggregates_within_a_tenant(store: &Store, _db: &DbConfig, _another:
     assert_eq!(users(&none[0]), [(0, 0)]);
 }
 
+/// Coarsening with age: after a run, no stored time older than a cut is finer
+/// than its granularity (logs, devices, time spent); no entry is lost or
+/// merged, entries keep their order, entries landing on the time of an
+/// entry already stored do not collide with it, time spent meeting on one
+/// floored day is added up, and a second run changes nothing.
+pub async fn decay_floors_old_times_and_keeps_every_entry(
+    store: &Store,
+    _db: &DbConfig,
+    _another: &DbConfig,
+) {
+    use store::types::DecayCut;
+    use store::{AgentEvent, SessionStep};
+    let now = T0 + 400 * DAY;
+    let cuts = vec![
+        DecayCut {
+            before: now - 30 * DAY,
+            granularity: DAY,
+        },
+        DecayCut {
+            before: now - 365 * DAY,
+            granularity: 30 * DAY,
+        },
+    ];
+    // An entry every 4 hours over 450 days (past both cuts), the types in
+    // turn so that order can be checked; more than one batch.
+    let mut written = Vec::new();
+    let mut t = now - 450 * DAY + 7;
+    let mut i = 0;
+    while t < now {
+        let kind = ["login", "logout", "login_failure"][i % 3];
+        let mut e = entry("u", t, kind, Some(device("d-recent", "IT")));
+        e.message = format!("m{i}");
+        store.record_log(e, None).await.unwrap();
+        written.push(t);
+        t += 4 * HOUR;
+        i += 1;
+    }
+    // Already on the day another entry floors to, for "u" and for another user.
+    let day = now - 100 * DAY - (now - 100 * DAY) % DAY;
+    for user in ["u", "v"] {
+        let mut e = entry(user, day, "login", None);
+        e.message = "on the day".into();
+        store.record_log(e, None).await.unwrap();
+    }
+    for (h, m) in [(3, "later a"), (5, "later b")] {
+        let mut e = entry("u", day + h * HOUR, "login", None);
+        e.message = m.into();
+        store.record_log(e, None).await.unwrap();
+    }
+    // A device first seen long ago, last seen recently; one seen only long ago.
+    store
+        .record_log(
+            entry(
+                "w",
+                now - 400 * DAY + 5 * HOUR,
+                "login",
+                Some(device("d1", "IT")),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    store
+        .record_log(
+            entry("w", now - 2 * HOUR, "login", Some(device("d1", "IT"))),
+            None,
+        )
+        .await
+        .unwrap();
+    store
+        .record_log(
+            entry(
+                "w",
+                now - 50 * DAY + 7 * HOUR,
+                "login",
+                Some(device("d2", "IT")),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    // Time spent on two days of one 30-day period, older than a year.
+    let period = now - 390 * DAY - (now - 390 * DAY) % (30 * DAY);
+    for (n, d) in [(1u8, period + 2 * DAY), (2, period + 3 * DAY)] {
+        let start = d + 9 * HOUR;
+        for (tag, step) in [
+            (
+                n * 2,
+                SessionStep::Open {
+                    session: [n; 32],
+                    started: start,
+                },
+            ),
+            (
+                n * 2 + 1,
+                SessionStep::Close {
+                    session: [n; 32],
+                    ended: start + 1800,
+                    granularity: 300,
+                },
+            ),
+        ] {
+            let ev = AgentEvent {
+                rec: entry("acme/t", start, "login", Some(device("PC1", "GB"))),
+                dedup: [tag; 32],
+                dedup_expires: now + 7 * DAY,
+                session: step,
+            };
+            store
+                .record_agent_event(ev, noting(&Arc::new(Mutex::new(Vec::new())), &[]))
+                .await
+                .unwrap();
+        }
+    }
+
+    let before: Vec<LogRecord> = store.user_logs("u".into(), 0, 100_000).await.unwrap();
+    let c = store.decay(cuts.clone()).await.unwrap();
+    assert!(c.user_logs > 2_000, "{c:?}");
+    assert!(c.devices >= 2, "{c:?}");
+    assert_eq!(c.time_spent, 2, "{c:?}");
+
+    let coarse_enough = |t: i64| cuts.iter().all(|c| t >= c.before || t % c.granularity == 0);
+    let after: Vec<LogRecord> = store.user_logs("u".into(), 0, 100_000).await.unwrap();
+    assert_eq!(after.len(), before.len(), "no entry is lost or merged");
+    for e in &after {
+        assert!(coarse_enough(e.ts), "entry at {} finer than its step", e.ts);
+    }
+    // The same entries in the same order (newest first), each at its floor.
+    let floor = |t: i64| {
+        let g = cuts
+            .iter()
+            .rev()
+            .find(|c| t < c.before)
+            .map_or(1, |c| c.granularity);
+        t - t % g
+    };
+    let expect: Vec<(i64, String)> = before
+        .iter()
+        .map(|e| (floor(e.ts), e.message.clone()))
+        .collect();
+    let got: Vec<(i64, String)> = after.iter().map(|e| (e.ts, e.message.clone())).collect();
+    let mut sorted = expect.clone();
+    sorted.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+    assert_eq!(
+        got.iter().map(|g| g.0).collect::<Vec<_>>(),
+        sorted.iter().map(|g| g.0).collect::<Vec<_>>()
+    );
+    let mut a = got.clone();
+    let mut b = expect.clone();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    // On the shared day: the entry already there first, then the moved ones
+    // in their order.
+    let on_day: Vec<&str> = after
+        .iter()
+        .filter(|e| e.ts == day && !e.message.starts_with('m'))
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(on_day, ["later b", "later a", "on the day"]);
+    assert_eq!(store.user_logs("v".into(), 0, 10).await.unwrap()[0].ts, day);
+
+    let devices = store.user_devices("w".into()).await.unwrap();
+    for d in &devices {
+        assert!(
+            coarse_enough(d.first_seen) && coarse_enough(d.last_seen),
+            "{d:?}"
+        );
+    }
+    let d1 = devices
+        .iter()
+        .find(|d| d.device.sealed_id == b"d1")
+        .unwrap();
+    assert_eq!(d1.first_seen, floor(now - 400 * DAY + 5 * HOUR));
+    assert_eq!(
+        d1.last_seen,
+        now - 2 * HOUR,
+        "a recent time is left as it was"
+    );
+    assert_eq!(d1.num_logins, 2);
+    let spent = store.time_spent(String::new(), 0, now).await.unwrap();
+    assert_eq!(spent.len(), 1, "{spent:?}");
+    assert_eq!((spent[0].day, spent[0].seconds), (period, 3600));
+    assert!(coarse_enough(spent[0].first_start) && coarse_enough(spent[0].last_end));
+
+    assert_eq!(
+        store.decay(cuts).await.unwrap().total(),
+        0,
+        "a second run changes nothing"
+    );
+}
+
 /// Runs every case of the suite as a test of its own, each on a fresh
 /// database from `$open` (a future giving a [`Subject`], or `None` when the
 /// backend cannot run here and its tests say so and pass).
@@ -1504,7 +1696,8 @@ macro_rules! storage_conformance {
             a_bulk_load_is_stored_as_the_server_stores,
             agent_keys_are_found_by_hash_and_disabled,
             agent_events_are_stored_once_and_sessions_add_up,
-            browsing_across_users
+            browsing_across_users,
+            decay_floors_old_times_and_keeps_every_entry
         );
     };
     (@cases $open:expr; $($case:ident),*) => {

@@ -199,6 +199,13 @@ impl Store {
         backend!(self, s => s.prune(logs_before, devices_before).await)
     }
 
+    /// Floors stored times (log entries, devices' first and last seen, time
+    /// spent) before each cut to its granularity, in short steps; `cuts`
+    /// finest first, each granularity a multiple of the one before.
+    pub async fn decay(&self, cuts: Vec<types::DecayCut>) -> Result<types::Coarsened, StoreError> {
+        backend!(self, s => s.decay(cuts).await)
+    }
+
     /// Folds `f` over the user's entries, newest first, at most `limit` at or
     /// after `since` (of `log_type` only, when given), without an owned copy
     /// of each: for answers written straight from the rows.

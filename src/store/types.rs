@@ -76,7 +76,7 @@ pub enum BulkError {
 /// race with another writer.
 pub type Rules = Box<dyn Fn(&History, &Event) -> Vec<AlertDraft> + Send + Sync>;
 
-/// What [`Store::record_log`] needs to run the detections.
+/// What [`Store::record_log`](super::Store::record_log) needs to run the detections.
 pub struct Detections {
     /// How far back failures count towards a burst (seconds).
     pub burst_window: i64,

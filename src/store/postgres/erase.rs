@@ -10,7 +10,7 @@ use crate::model::Deleted;
 use crate::store::types::StoreError;
 
 /// The advisory lock key of retention ("retentio").
-const RETENTION_LOCK: i64 = 0x7265_7465_6e74_696f;
+pub(super) const RETENTION_LOCK: i64 = 0x7265_7465_6e74_696f;
 /// Rows deleted per table in one retention transaction.
 const PRUNE_BATCH: i64 = 500;
 

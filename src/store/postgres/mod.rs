@@ -45,6 +45,7 @@ mod api;
 mod agents;
 mod batch;
 pub mod bulk;
+mod decay;
 mod erase;
 mod known;
 mod outbox;

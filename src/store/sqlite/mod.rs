@@ -21,6 +21,7 @@ mod agents;
 mod alerts;
 mod api;
 mod checkpoint;
+mod decay;
 pub mod export;
 mod known;
 mod ops;

@@ -1,0 +1,137 @@
+//! Coarsening with age (`privacy.decay`) on PostgreSQL: stored times older
+//! than a step are floored to its granularity, a bounded batch per
+//! transaction, on one replica at a time (the retention lock).
+//!
+//! `seq` is a sequence over the whole log, so a floored entry keeps it and
+//! cannot collide with an entry already at its new time; entries keep their
+//! order. Entries that become identical are kept, not merged, as on SQLite.
+
+use super::erase::RETENTION_LOCK;
+use super::{pg_error, PgStore};
+use crate::store::types::{Coarsened, DecayCut, StoreError};
+
+/// Rows changed per transaction.
+const DECAY_BATCH: i64 = 2_000;
+
+impl PgStore {
+    /// Floors every stored time before each cut to its granularity; `cuts`
+    /// come finest first, applied coarsest first (see the SQLite backend).
+    pub async fn decay(&self, cuts: Vec<DecayCut>) -> Result<Coarsened, StoreError> {
+        if cuts.is_empty() {
+            return Ok(Coarsened::default());
+        }
+        let client = self.client().await?;
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&RETENTION_LOCK])
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        if !locked {
+            tracing::debug!("decay: another replica holds the retention lock");
+            return Ok(Coarsened::default());
+        }
+        let result = decay_locked(&client, &cuts).await;
+        let unlocked = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&RETENTION_LOCK])
+            .await;
+        if unlocked.is_err() {
+            let _ = deadpool_postgres::Object::take(client);
+        }
+        result
+    }
+}
+
+async fn decay_locked(
+    client: &deadpool_postgres::Object,
+    cuts: &[DecayCut],
+) -> Result<Coarsened, StoreError> {
+    let mut total = Coarsened::default();
+    let mut covered = i64::MIN;
+    for cut in cuts.iter().rev() {
+        let (before, g) = (cut.before, cut.granularity);
+        // Logs, oldest first from where the coarser cut stopped; each
+        // statement is its own transaction.
+        let mut from = covered;
+        loop {
+            let row = client
+                .query_one(
+                    "WITH k AS (SELECT user_id, ts, seq FROM user_logs
+                                WHERE ts >= $1 AND ts < $2 AND ts % $3 <> 0
+                                ORDER BY ts, seq LIMIT $4),
+                          u AS (UPDATE user_logs l SET ts = l.ts - l.ts % $3 FROM k
+                                WHERE (l.user_id, l.ts, l.seq) = (k.user_id, k.ts, k.seq)
+                                RETURNING 1)
+                     SELECT (SELECT count(*) FROM u), (SELECT max(ts) FROM k)",
+                    &[&from, &before, &g, &DECAY_BATCH],
+                )
+                .await
+                .map_err(pg_error)?;
+            let n: i64 = row.get(0);
+            total.user_logs += n as u64;
+            match row.get::<_, Option<i64>>(1) {
+                Some(last) if n == DECAY_BATCH => from = last,
+                _ => break,
+            }
+            tokio::task::yield_now().await;
+        }
+        loop {
+            let n = client
+                .execute(
+                    "UPDATE devices SET
+                         first_seen = CASE WHEN first_seen < $1 THEN first_seen - first_seen % $2
+                                      ELSE first_seen END,
+                         last_seen = CASE WHEN last_seen < $1 THEN last_seen - last_seen % $2
+                                     ELSE last_seen END
+                     WHERE (user_id, device_id) IN
+                         (SELECT user_id, device_id FROM devices
+                          WHERE (first_seen < $1 AND first_seen % $2 <> 0)
+                             OR (last_seen < $1 AND last_seen % $2 <> 0)
+                          LIMIT $3)",
+                    &[&before, &g, &DECAY_BATCH],
+                )
+                .await
+                .map_err(pg_error)?;
+            total.devices += n;
+            if n < DECAY_BATCH as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        // Time spent is a sum: rows meeting on a floored day are added up.
+        let mut from = covered;
+        loop {
+            let row = client
+                .query_one(
+                    "WITH k AS (SELECT user_id, device_id, day FROM time_spent
+                                WHERE day >= $1 AND day < $2 AND day % $3 <> 0
+                                ORDER BY day LIMIT $4),
+                          d AS (DELETE FROM time_spent t USING k
+                                WHERE (t.user_id, t.device_id, t.day) = (k.user_id, k.device_id, k.day)
+                                RETURNING t.*),
+                          i AS (INSERT INTO time_spent
+                                    (user_id, device_id, day, seconds, first_start, last_end)
+                                SELECT user_id, device_id, day - day % $3, sum(seconds)::BIGINT,
+                                       min(first_start - first_start % $3),
+                                       max(last_end - last_end % $3)
+                                FROM d GROUP BY user_id, device_id, day - day % $3
+                                ON CONFLICT (user_id, device_id, day) DO UPDATE SET
+                                    seconds = time_spent.seconds + excluded.seconds,
+                                    first_start = least(time_spent.first_start, excluded.first_start),
+                                    last_end = greatest(time_spent.last_end, excluded.last_end))
+                     SELECT (SELECT count(*) FROM d), (SELECT max(day) FROM k)",
+                    &[&from, &before, &g, &DECAY_BATCH],
+                )
+                .await
+                .map_err(pg_error)?;
+            let n: i64 = row.get(0);
+            total.time_spent += n as u64;
+            match row.get::<_, Option<i64>>(1) {
+                Some(last) if n == DECAY_BATCH => from = last,
+                _ => break,
+            }
+            tokio::task::yield_now().await;
+        }
+        covered = covered.max(before);
+    }
+    Ok(total)
+}
