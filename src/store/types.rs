@@ -99,3 +99,32 @@ pub struct EventFilter {
     pub log_type: String,
     pub limit: i64,
 }
+
+/// How many rows a coarsening run (`privacy.decay`) changed, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Coarsened {
+    pub user_logs: u64,
+    pub devices: u64,
+    /// Time-spent rows floored to a coarser day (merged rows count once each).
+    pub time_spent: u64,
+}
+
+impl Coarsened {
+    pub fn total(&self) -> u64 {
+        self.user_logs + self.devices + self.time_spent
+    }
+
+    pub fn add(&mut self, other: Coarsened) {
+        self.user_logs += other.user_logs;
+        self.devices += other.devices;
+        self.time_spent += other.time_spent;
+    }
+}
+
+/// One step of coarsening as of a run: stored times before `before` are
+/// floored to a multiple of `granularity` (seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecayCut {
+    pub before: i64,
+    pub granularity: i64,
+}
