@@ -42,7 +42,7 @@ impl Scope {
     }
 }
 
-fn anchored(pattern: &str) -> Result<Regex, String> {
+pub(crate) fn anchored(pattern: &str) -> Result<Regex, String> {
     RegexBuilder::new(&format!("^(?:{pattern})$"))
         .size_limit(1 << 20)
         .build()

@@ -23,6 +23,8 @@ pub enum Endpoint {
     CheckLogin,
     GetThrottles,
     ClearThrottles,
+    GetUserAccess,
+    ExportUser,
 }
 
 impl Endpoint {
@@ -47,6 +49,8 @@ impl Endpoint {
         Endpoint::CheckLogin,
         Endpoint::GetThrottles,
         Endpoint::ClearThrottles,
+        Endpoint::GetUserAccess,
+        Endpoint::ExportUser,
     ];
 
     /// Exact match on the path the client sent: no decoding, no normalisation,
@@ -77,6 +81,8 @@ impl Endpoint {
             Endpoint::CheckLogin => "/api/check_login",
             Endpoint::GetThrottles => "/api/admin/throttles",
             Endpoint::ClearThrottles => "/api/admin/clear_throttles",
+            Endpoint::GetUserAccess => "/api/get_user_access",
+            Endpoint::ExportUser => "/api/export_user",
         }
     }
 
@@ -103,6 +109,8 @@ impl Endpoint {
             Endpoint::CheckLogin => "check_login",
             Endpoint::GetThrottles => "admin_throttles",
             Endpoint::ClearThrottles => "admin_clear_throttles",
+            Endpoint::GetUserAccess => "get_user_access",
+            Endpoint::ExportUser => "export_user",
         }
     }
 

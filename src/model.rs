@@ -399,6 +399,20 @@ pub enum Record {
         key_hash: Vec<u8>,
     },
     TimeSpent(TimeSpentRow),
+    /// A recorded read of one user's data.
+    AccessRead(AccessRead),
+}
+
+/// One read of a user's data by a client whose CN matches
+/// `transparency.record`: who (the CN), through which endpoint, on which
+/// day (UTC, the day's first second). Repeats within a day are one row; no
+/// exact time and no request detail is kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessRead {
+    pub username: String,
+    pub reader: String,
+    pub endpoint: String,
+    pub day: i64,
 }
 
 /// Records written or read, per kind.
@@ -409,6 +423,7 @@ pub struct Counts {
     pub last_logins: u64,
     pub agent_keys: u64,
     pub time_spent: u64,
+    pub access_reads: u64,
 }
 
 impl Counts {
@@ -419,6 +434,7 @@ impl Counts {
             Record::LastLogin { .. } => self.last_logins += 1,
             Record::AgentKey { .. } => self.agent_keys += 1,
             Record::TimeSpent(_) => self.time_spent += 1,
+            Record::AccessRead(_) => self.access_reads += 1,
         }
     }
 }

@@ -49,6 +49,21 @@ pub enum Record {
     TimeSpent {
         time_spent: TimeSpentLine,
     },
+    AccessRead {
+        access_read: AccessReadLine,
+    },
+}
+
+/// A recorded read of a user's data: the reader's CN, the endpoint and the
+/// day (access transparency).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessReadLine {
+    pub username: String,
+    pub reader: String,
+    pub endpoint: String,
+    /// The day's first second (UTC).
+    pub day: Timestamp,
 }
 
 /// A Windows agents' API key: the SHA-256 it is known by, never the key.
@@ -154,6 +169,8 @@ pub fn export(
         };
     // Time spent is sorted by its clear computer name, for the same reason.
     let mut spent: Vec<TimeSpentLine> = Vec::new();
+    // The record of reads comes last, after time spent.
+    let mut reads: Vec<AccessReadLine> = Vec::new();
     let counts = store::export(db, &mut |rec| {
         if !matches!(rec, model::Record::Device { .. }) {
             flush(&mut pending, out)?;
@@ -223,6 +240,12 @@ pub fn export(
                     last_end: Timestamp::from_unix(t.last_end),
                 });
             }
+            model::Record::AccessRead(a) => reads.push(AccessReadLine {
+                username: a.username,
+                reader: a.reader,
+                endpoint: a.endpoint,
+                day: Timestamp::from_unix(a.day),
+            }),
         }
         Ok(())
     })?;
@@ -230,6 +253,9 @@ pub fn export(
     spent.sort_by(|a, b| (&a.username, a.day, &a.computer).cmp(&(&b.username, b.day, &b.computer)));
     for time_spent in spent {
         line(out, &Record::TimeSpent { time_spent })?;
+    }
+    for access_read in reads {
+        line(out, &Record::AccessRead { access_read })?;
     }
     out.flush()?;
     if unopened > 0 {
@@ -353,6 +379,26 @@ fn stored(privacy: &Privacy, rec: Record) -> Result<model::Record, String> {
                 last_end: floor(check_time(&t.last_end, "last_end")?),
             })
         }
+        Record::AccessRead { access_read: a } => {
+            user(&a.username)?;
+            for (field, v) in [("reader", &a.reader), ("endpoint", &a.endpoint)] {
+                if v.is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
+                    return Err(format!(
+                        "access_read.{field}: 1 to 256 bytes, no control characters"
+                    ));
+                }
+            }
+            let day = check_time(&a.day, "day")?;
+            if day.rem_euclid(86_400) != 0 {
+                return Err("access_read.day must be a day's first second".into());
+            }
+            model::Record::AccessRead(model::AccessRead {
+                username: a.username,
+                reader: a.reader,
+                endpoint: a.endpoint,
+                day,
+            })
+        }
     })
 }
 
@@ -462,6 +508,7 @@ mod tests {
                 last_logins: 1,
                 agent_keys: 1,
                 time_spent: 1,
+                access_reads: 0,
             }
         );
         let file = std::fs::read(&c.path).unwrap();

@@ -489,6 +489,14 @@ pub struct DeletedCounts {
     pub devices: u64,
     pub last_logins: u64,
     pub alerts: u64,
+    /// Recorded reads of the user's data (access transparency); left out
+    /// when none was deleted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub access_reads: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -641,6 +649,65 @@ pub struct SummaryFact {
 pub struct GetUserSummaryResponse {
     pub username: String,
     pub facts: Vec<SummaryFact>,
+}
+
+/// `/api/get_user_access`: the recorded reads of the user's data (access
+/// transparency), newest day first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GetUserAccessRequest {
+    #[serde(deserialize_with = "nullable_string")]
+    pub username: String,
+    /// Only the last this many days; 0: every recorded day.
+    pub max_days: i64,
+}
+
+/// One recorded read: who (the client certificate's CN), through which
+/// endpoint, on which day (UTC, `YYYY-MM-DD`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessEntry {
+    pub reader: String,
+    pub endpoint: String,
+    pub day: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetUserAccessResponse {
+    pub result: Vec<AccessEntry>,
+}
+
+/// `/api/export_user`: everything stored about one user (a subject-access
+/// request).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportUserRequest {
+    #[serde(deserialize_with = "nullable_string")]
+    pub username: String,
+}
+
+/// Time the user spent at a computer on a day (Windows agents).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeSpentEntry {
+    pub computer: String,
+    /// The day's first second (UTC).
+    pub day: Timestamp,
+    pub seconds: i64,
+    pub first_start: Timestamp,
+    pub last_end: Timestamp,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExportUserResponse {
+    pub username: String,
+    /// Every log entry, newest first.
+    pub logs: Vec<LogEntry>,
+    pub devices: Vec<MetaDeviceInfo>,
+    pub last_logins: Vec<LastLoginEntry>,
+    /// Every alert, newest first, with its deliveries.
+    pub alerts: Vec<AlertInfo>,
+    pub time_spent: Vec<TimeSpentEntry>,
+    /// The recorded reads of the user's data, newest first.
+    pub access: Vec<AccessEntry>,
 }
 
 /// The body of every error answer.

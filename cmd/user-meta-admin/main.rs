@@ -226,6 +226,16 @@ enum Command {
         #[arg(long)]
         user_agent: Option<String>,
     },
+    /// Everything stored about a user, as one JSON document (export_user):
+    /// the answer to a subject-access request.
+    ExportUser { username: String },
+    /// Who read a user's data (get_user_access), newest first.
+    UserAccess {
+        username: String,
+        /// Only the last this many days (0: all).
+        #[arg(long, default_value_t = 0)]
+        days: i64,
+    },
     /// Delete every row of a user (forget_user). Needs --yes.
     ForgetUser {
         username: String,
@@ -750,6 +760,31 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     d.devices.to_string(),
                     d.last_logins.to_string(),
                 ]);
+                t
+            })
+            .map_err(io)?;
+        }
+        Command::ExportUser { username } => {
+            let req = ExportUserRequest { username };
+            let resp: serde_json::Value = api.call(&mut c, "/api/export_user", &req).await?;
+            let mut text =
+                serde_json::to_string_pretty(&resp).map_err(|e| io(std::io::Error::other(e)))?;
+            text.push('\n');
+            std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())
+                .map_err(io)?;
+        }
+        Command::UserAccess { username, days } => {
+            let req = GetUserAccessRequest {
+                username,
+                max_days: days,
+            };
+            let resp: GetUserAccessResponse =
+                api.call(&mut c, "/api/get_user_access", &req).await?;
+            print(format, &resp, || {
+                let mut t = Table::new(&["day", "reader", "endpoint"]);
+                for e in &resp.result {
+                    t.row(vec![e.day.clone(), e.reader.clone(), e.endpoint.clone()]);
+                }
                 t
             })
             .map_err(io)?;

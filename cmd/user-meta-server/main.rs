@@ -361,8 +361,8 @@ fn db_export(config: &Config, output: Option<&std::path::Path>) -> anyhow::Resul
     };
     let n = usermetadb::transfer::export(&config.db, &privacy, &mut out)?;
     eprintln!(
-        "exported {} log entries, {} devices, {} last logins, {} agent keys, {} time spent rows (device IDs in clear: keep this file as safe as the key)",
-        n.logs, n.devices, n.last_logins, n.agent_keys, n.time_spent
+        "exported {} log entries, {} devices, {} last logins, {} agent keys, {} time spent rows, {} recorded reads (device IDs in clear: keep this file as safe as the key)",
+        n.logs, n.devices, n.last_logins, n.agent_keys, n.time_spent, n.access_reads
     );
     Ok(())
 }
@@ -391,8 +391,8 @@ fn db_import(config: &Config, input: Option<&std::path::Path>) -> anyhow::Result
             .with_context(|| format!("{}", path.display()))?
     };
     eprintln!(
-        "imported {} log entries, {} devices, {} last logins, {} agent keys, {} time spent rows",
-        n.logs, n.devices, n.last_logins, n.agent_keys, n.time_spent
+        "imported {} log entries, {} devices, {} last logins, {} agent keys, {} time spent rows, {} recorded reads",
+        n.logs, n.devices, n.last_logins, n.agent_keys, n.time_spent, n.access_reads
     );
     Ok(())
 }

@@ -15,9 +15,11 @@ use crate::acl::{Acl, AclEntry};
 pub mod agents;
 pub mod alerts;
 pub mod policy;
+pub mod transparency;
 pub use agents::AgentsConfig;
 pub use alerts::AlertsConfig;
 pub use policy::PolicyConfig;
+pub use transparency::TransparencyConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -132,6 +134,9 @@ pub struct RawConfig {
     /// Dovecot's auth policy protocol: a listener and its throttling.
     #[serde(default)]
     pub policy: Option<policy::RawPolicy>,
+    /// Access transparency: whose reads of a user's data are recorded.
+    #[serde(default)]
+    pub transparency: Option<transparency::RawTransparency>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,6 +282,7 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub agents: AgentsConfig,
     pub policy: PolicyConfig,
+    pub transparency: TransparencyConfig,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -712,6 +718,7 @@ impl Config {
         );
         let agents = AgentsConfig::from_raw(raw.agents, &mut problems);
         let policy = PolicyConfig::from_raw(raw.policy, &mut problems);
+        let transparency = TransparencyConfig::from_raw(raw.transparency, &mut problems);
         let postgres = match raw.db_uri.as_deref() {
             Some(uri) if is_postgres_uri(uri) => {
                 if device_key_file.is_none() {
@@ -796,6 +803,7 @@ impl Config {
             alerts,
             agents,
             policy,
+            transparency,
         })
     }
 }

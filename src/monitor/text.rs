@@ -288,6 +288,15 @@ pub fn date(ts: i64) -> String {
         .unwrap_or_default()
 }
 
+/// `Your sign-in history was viewed by support on 2026-12-05`: the latest
+/// recorded read of a user's data.
+pub fn access_sentence(reader: &str, day: i64) -> String {
+    format!(
+        "Your sign-in history was viewed by {reader} on {}",
+        date(day)
+    )
+}
+
 /// `2026-11-20 10:00 UTC`.
 pub fn date_time(ts: i64) -> String {
     DateTime::from_timestamp(ts, 0)

@@ -37,6 +37,9 @@ pub enum Reject {
     AmbiguousFraming,
     Overloaded,
     Api(ApiError),
+    /// The read was answered but could not be recorded (access
+    /// transparency): the answer is withheld.
+    Unrecorded(StoreError),
 }
 
 impl From<ApiError> for Reject {
@@ -74,7 +77,7 @@ impl Reject {
             Reject::BadBody(_) | Reject::AmbiguousFraming | Reject::Api(ApiError::Invalid(_)) => {
                 StatusCode::BAD_REQUEST
             }
-            Reject::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::Overloaded | Reject::Unrecorded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Reject::Api(ApiError::Store(e)) if e.is_unavailable() => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -97,6 +100,11 @@ impl Reject {
                 "a request must not carry both Content-Length and Transfer-Encoding".into()
             }
             Reject::Overloaded => "server overloaded, retry later".into(),
+            Reject::Unrecorded(e) => {
+                crate::metrics::global().storage_error(e.metric());
+                tracing::error!(endpoint = name, error = %e, "a read could not be recorded");
+                "the read could not be recorded, retry later".into()
+            }
             Reject::Api(ApiError::Invalid(m) | ApiError::TooLarge(m)) => m.clone(),
             Reject::Api(ApiError::Store(e)) => {
                 crate::metrics::global().storage_error(e.metric());
@@ -110,7 +118,7 @@ impl Reject {
         };
         if status.is_client_error() {
             tracing::debug!(endpoint = name, status = status.as_u16(), error = %msg, "request rejected");
-        } else if !matches!(self, Reject::Api(_)) {
+        } else if !matches!(self, Reject::Api(_) | Reject::Unrecorded(_)) {
             tracing::warn!(endpoint = name, status = status.as_u16(), error = %msg, "request rejected");
         }
         let mut resp = json_response(status, error_body(&msg));
@@ -247,33 +255,53 @@ async fn serve(
         .await?;
     let svc = &state.service;
     let now = now_unix();
-    if let Scope::Tenants(tenants) = peer.scope(endpoint) {
-        if let Some(resp) = super::scope::serve(endpoint, &body, state, &tenants, now).await? {
-            return Ok(resp);
+    let answer: Result<Response<Full<Bytes>>, Reject> = async {
+        if let Scope::Tenants(tenants) = peer.scope(endpoint) {
+            if let Some(resp) = super::scope::serve(endpoint, &body, state, &tenants, now).await? {
+                return Ok(resp);
+            }
         }
+        answer(endpoint, &body, svc, now).await
     }
+    .await;
+    let resp = answer?;
+    // The answer is built: the read is recorded before it is sent.
+    if let Some(reader) = &peer.reader {
+        super::access::record(endpoint, &body, svc, reader, now).await?;
+    }
+    Ok(resp)
+}
+
+/// The answer of an endpoint served as for any client.
+async fn answer(
+    endpoint: Endpoint,
+    body: &[u8],
+    svc: &crate::service::Service,
+    now: i64,
+) -> Result<Response<Full<Bytes>>, Reject> {
     Ok(match endpoint {
-        Endpoint::AddLog => encode(&svc.add_log(decode(&body)?, now).await?),
-        Endpoint::GetUserLogs => json_response(
-            StatusCode::OK,
-            svc.get_user_logs(decode(&body)?, now).await?,
-        ),
-        Endpoint::GetUserDevices => encode(&svc.get_user_devices(decode(&body)?).await?),
-        Endpoint::CheckDevice => encode(&svc.check_device(decode(&body)?).await?),
-        Endpoint::SetLastLogin => encode(&svc.set_last_login(decode(&body)?, now).await?),
-        Endpoint::GetLastLogin => encode(&svc.get_last_login(decode(&body)?).await?),
-        Endpoint::GetUnusedAccounts => encode(&svc.get_unused_accounts(decode(&body)?, now).await?),
-        Endpoint::IdentifyDevice => encode(&svc.identify_device(decode(&body)?)?),
-        Endpoint::ForgetUser => encode(&svc.forget_user(decode(&body)?).await?),
-        Endpoint::GetUserAlerts => encode(&svc.get_user_alerts(decode(&body)?, now).await?),
-        Endpoint::GetUserSummary => encode(&svc.get_user_summary(decode(&body)?, now).await?),
-        Endpoint::Report => encode(&crate::reports::report(svc, decode(&body)?).await?),
-        Endpoint::GetEvents => encode(&svc.get_events(decode(&body)?, now).await?),
-        Endpoint::GetAlerts => encode(&svc.get_alerts(decode(&body)?, now).await?),
-        Endpoint::RetryAlert => encode(&svc.retry_alert(decode(&body)?).await?),
-        Endpoint::CheckLogin => encode(&svc.check_login(decode(&body)?, now).await?),
-        Endpoint::GetThrottles => encode(&svc.throttles(decode(&body)?, now)?),
-        Endpoint::ClearThrottles => encode(&svc.clear_throttles(decode(&body)?)?),
+        Endpoint::AddLog => encode(&svc.add_log(decode(body)?, now).await?),
+        Endpoint::GetUserLogs => {
+            json_response(StatusCode::OK, svc.get_user_logs(decode(body)?, now).await?)
+        }
+        Endpoint::GetUserDevices => encode(&svc.get_user_devices(decode(body)?).await?),
+        Endpoint::CheckDevice => encode(&svc.check_device(decode(body)?).await?),
+        Endpoint::SetLastLogin => encode(&svc.set_last_login(decode(body)?, now).await?),
+        Endpoint::GetLastLogin => encode(&svc.get_last_login(decode(body)?).await?),
+        Endpoint::GetUnusedAccounts => encode(&svc.get_unused_accounts(decode(body)?, now).await?),
+        Endpoint::IdentifyDevice => encode(&svc.identify_device(decode(body)?)?),
+        Endpoint::ForgetUser => encode(&svc.forget_user(decode(body)?).await?),
+        Endpoint::GetUserAlerts => encode(&svc.get_user_alerts(decode(body)?, now).await?),
+        Endpoint::GetUserSummary => encode(&svc.get_user_summary(decode(body)?, now).await?),
+        Endpoint::Report => encode(&crate::reports::report(svc, decode(body)?).await?),
+        Endpoint::GetEvents => encode(&svc.get_events(decode(body)?, now).await?),
+        Endpoint::GetAlerts => encode(&svc.get_alerts(decode(body)?, now).await?),
+        Endpoint::RetryAlert => encode(&svc.retry_alert(decode(body)?).await?),
+        Endpoint::CheckLogin => encode(&svc.check_login(decode(body)?, now).await?),
+        Endpoint::GetThrottles => encode(&svc.throttles(decode(body)?, now)?),
+        Endpoint::ClearThrottles => encode(&svc.clear_throttles(decode(body)?)?),
+        Endpoint::GetUserAccess => encode(&svc.get_user_access(decode(body)?, now).await?),
+        Endpoint::ExportUser => encode(&svc.export_user(decode(body)?).await?),
         Endpoint::Health | Endpoint::Metrics => return Err(Reject::NotFound),
     })
 }

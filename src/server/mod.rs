@@ -2,6 +2,7 @@
 //! HTTP/2 (chosen by ALPN), graceful shutdown. Requests are handed to
 //! [`handler`], which calls the service.
 
+mod access;
 pub mod agents;
 mod body;
 pub mod framing;
@@ -73,6 +74,9 @@ pub struct Peer {
     scoped: Vec<(Endpoint, Scope)>,
     /// Which of the connection's requests carried two framings.
     pub framing: Arc<framing::Ambiguity>,
+    /// The CN, when `transparency.record` matches it: this peer's reads of
+    /// a user's data are recorded.
+    pub reader: Option<Arc<str>>,
 }
 
 impl Peer {
@@ -82,6 +86,7 @@ impl Peer {
             allowed: u32::MAX,
             scoped: Vec::new(),
             framing: Default::default(),
+            reader: None,
         }
     }
 
@@ -102,6 +107,7 @@ impl Peer {
             allowed,
             scoped,
             framing: Default::default(),
+            reader: None,
         }
     }
 
@@ -110,6 +116,7 @@ impl Peer {
             allowed: 0,
             scoped: Vec::new(),
             framing: Default::default(),
+            reader: None,
         }
     }
 
@@ -170,6 +177,7 @@ pub async fn build_state(
         config.alerts.clone(),
     );
     service.agents = config.agents.clone();
+    service.transparency = config.transparency.clone();
     let service = service.with_policy(config.policy.clone(), crate::clock::now_unix());
     let state = Arc::new(State {
         service,
@@ -543,7 +551,11 @@ async fn serve_connection(
             let peer = match leaf {
                 Ok(cn) => {
                     tracing::debug!(cn = %cn, "client connected");
-                    Peer::with_cn(acl, &cn)
+                    let mut peer = Peer::with_cn(acl, &cn);
+                    if state.service.records_reads_of(&cn) {
+                        peer.reader = Some(cn.as_str().into());
+                    }
+                    peer
                 }
                 Err(e) => {
                     crate::metrics::global().identity_failure(e.metric());

@@ -3,7 +3,7 @@
 //! (`tenant/…`).
 //!
 //! - An endpoint about one user (`add_log`, `set_last_login`, `get_*`,
-//!   `check_device`, `check_login`, `forget_user`), and the admin throttling
+//!   `check_device`, `check_login`, `forget_user`, `export_user`), and the admin throttling
 //!   endpoints (their `login`), is refused (403) for a user of another
 //!   tenant or of none; `get_unused_accounts` when any name of its list is.
 //! - The cross-user answers hold only the tenants' rows: the event list (a
@@ -71,6 +71,8 @@ pub(super) async fn serve(
         Endpoint::ForgetUser => user(&decode::<ForgetUserRequest>(body)?.username),
         Endpoint::GetUserAlerts => user(&decode::<GetUserAlertsRequest>(body)?.username),
         Endpoint::GetUserSummary => user(&decode::<GetUserSummaryRequest>(body)?.username),
+        Endpoint::GetUserAccess => user(&decode::<GetUserAccessRequest>(body)?.username),
+        Endpoint::ExportUser => user(&decode::<ExportUserRequest>(body)?.username),
         Endpoint::GetThrottles | Endpoint::ClearThrottles => {
             user(&decode::<ThrottlesRequest>(body)?.login)
         }

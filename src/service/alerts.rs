@@ -12,7 +12,7 @@ const SUMMARY_DAYS: i64 = 30;
 /// Alerts listed in a summary at most.
 const SUMMARY_ALERTS: i64 = 10;
 
-fn alert_info(a: StoredAlert, deliveries: Vec<Delivery>) -> AlertInfo {
+pub(super) fn alert_info(a: StoredAlert, deliveries: Vec<Delivery>) -> AlertInfo {
     AlertInfo {
         id: a.id,
         username: String::new(),
@@ -208,6 +208,7 @@ impl Service {
                 details: Some(a.details),
             });
         }
+        facts.extend(self.access_fact(&req.username).await?);
         Ok(GetUserSummaryResponse {
             username: req.username,
             facts,

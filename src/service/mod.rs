@@ -8,6 +8,7 @@
 //! - [`names`]: the characters a new identifier may not hold;
 //! - [`policy`]: Dovecot's auth policy protocol, and a login's risk.
 
+pub mod access;
 pub mod agents;
 pub mod alerts;
 pub mod names;
@@ -132,6 +133,9 @@ pub struct Service {
     /// The auth policy protocol's settings, and its throttling state.
     pub policy: crate::config::PolicyConfig,
     pub throttle: Arc<monitor::throttle::Throttle>,
+    /// Whose reads of a user's data are recorded, and the reads recorded today.
+    pub transparency: crate::config::TransparencyConfig,
+    pub reads_seen: Arc<access::ReadsSeen>,
 }
 
 impl Service {
@@ -156,6 +160,8 @@ impl Service {
                 monitor::throttle::Limits::of(&crate::config::PolicyConfig::default()),
                 crate::clock::now_unix(),
             )),
+            transparency: Default::default(),
+            reads_seen: Default::default(),
         }
     }
 
@@ -492,6 +498,8 @@ impl Service {
     ) -> Result<ForgetUserResponse, ApiError> {
         check_username(&req.username)?;
         let user = req.username;
+        let access_reads = self.store.forget_access(user.clone()).await?;
+        self.reads_seen.clear();
         let d = self.store.forget_user(user).await?;
         Ok(ForgetUserResponse {
             deleted: DeletedCounts {
@@ -499,6 +507,7 @@ impl Service {
                 devices: d.devices,
                 last_logins: d.last_logins,
                 alerts: d.alerts,
+                access_reads,
             },
         })
     }

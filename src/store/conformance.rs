@@ -1019,6 +1019,7 @@ pub async fn export_and_import_round_trip(store: &Store, db: &DbConfig, another:
                 Record::Device { username, .. } | Record::LastLogin { username, .. } => username,
                 Record::AgentKey { key, .. } => key.tenant.as_str(),
                 Record::TimeSpent(t) => t.username.as_str(),
+                Record::AccessRead(a) => a.username.as_str(),
             })
             .collect();
         assert_eq!(
@@ -1672,6 +1673,103 @@ pub async fn decay_floors_old_times_and_keeps_every_entry(
     );
 }
 
+/// Reads of a user's data are recorded once per user, day, reader and
+/// endpoint, answered newest day first, erased with the user, aged out by
+/// day, and carried by export and import.
+pub async fn access_reads_are_recorded_once_and_kept_like_data(
+    store: &Store,
+    db: &DbConfig,
+    another: &DbConfig,
+) {
+    use crate::model::AccessRead;
+    let read = |user: &str, reader: &str, endpoint: &str, day: i64| AccessRead {
+        username: user.into(),
+        reader: reader.into(),
+        endpoint: endpoint.into(),
+        day,
+    };
+    for r in [
+        read("a", "support", "get_user_logs", T0 - 2 * DAY),
+        read("a", "support", "get_user_logs", T0 - 2 * DAY),
+        read("a", "admin", "export_user", T0),
+        read("a", "support", "get_user_logs", T0),
+        read("a", "support", "get_user_devices", T0),
+        read("b", "support", "get_user_logs", T0),
+    ] {
+        store.record_access(r).await.unwrap();
+    }
+    let a = store.user_access("a".into(), i64::MIN).await.unwrap();
+    assert_eq!(
+        a,
+        [
+            read("a", "admin", "export_user", T0),
+            read("a", "support", "get_user_devices", T0),
+            read("a", "support", "get_user_logs", T0),
+            read("a", "support", "get_user_logs", T0 - 2 * DAY),
+        ]
+    );
+    assert_eq!(store.user_access("a".into(), T0).await.unwrap().len(), 3);
+    assert!(store
+        .user_access("c".into(), i64::MIN)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Export and import carry them.
+    let (db, another) = (db.clone(), another.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut records = Vec::new();
+        let counts = store::export(&db, &mut |r| {
+            records.push(r);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(counts.access_reads, 5);
+        let reads: Vec<&AccessRead> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::AccessRead(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            reads[0],
+            &read("a", "support", "get_user_logs", T0 - 2 * DAY)
+        );
+        assert_eq!(reads[4], &read("b", "support", "get_user_logs", T0));
+        let mut it = records.clone().into_iter().map(Ok);
+        let imported = store::import(&another, &mut || it.next()).unwrap();
+        assert_eq!(imported.access_reads, 5);
+        let mut again = Vec::new();
+        store::export(&another, &mut |r| {
+            again.push(r);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(again, records);
+    })
+    .await
+    .unwrap();
+
+    // Retention, by day; erasure, of one user only.
+    assert_eq!(store.prune_access(T0 - DAY).await.unwrap(), 1);
+    assert_eq!(
+        store.user_access("a".into(), i64::MIN).await.unwrap().len(),
+        3
+    );
+    assert_eq!(store.forget_access("a".into()).await.unwrap(), 3);
+    assert!(store
+        .user_access("a".into(), i64::MIN)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.user_access("b".into(), i64::MIN).await.unwrap().len(),
+        1
+    );
+    assert_eq!(store.forget_access("a".into()).await.unwrap(), 0);
+}
+
 /// Runs every case of the suite as a test of its own, each on a fresh
 /// database from `$open` (a future giving a [`Subject`], or `None` when the
 /// backend cannot run here and its tests say so and pass).
@@ -1697,7 +1795,8 @@ macro_rules! storage_conformance {
             agent_keys_are_found_by_hash_and_disabled,
             agent_events_are_stored_once_and_sessions_add_up,
             browsing_across_users,
-            decay_floors_old_times_and_keeps_every_entry
+            decay_floors_old_times_and_keeps_every_entry,
+            access_reads_are_recorded_once_and_kept_like_data
         );
     };
     (@cases $open:expr; $($case:ident),*) => {

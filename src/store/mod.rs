@@ -32,8 +32,8 @@ use std::path::Path;
 
 use crate::config::DbConfig;
 use crate::model::{
-    Aggregate, Aggregated, Counts, Deleted, Delivery, DeviceIndexStats, DeviceRow, Due, LogRecord,
-    LogRow, Record, StorageSize, StoredAlert, UserOverview,
+    AccessRead, Aggregate, Aggregated, Counts, Deleted, Delivery, DeviceIndexStats, DeviceRow, Due,
+    LogRecord, LogRow, Record, StorageSize, StoredAlert, UserOverview,
 };
 
 pub use agents::{AgentEvent, AgentKey, AgentOutcome, SessionStep, TimeSpentRow};
@@ -188,15 +188,18 @@ impl Store {
         backend!(self, s => s.forget_user(user).await)
     }
 
-    /// Deletes log entries and alerts older than `logs_before`, devices and
-    /// countries last seen before `devices_before`, then users left with no
-    /// rows, in short steps.
+    /// Deletes log entries, alerts and recorded reads older than
+    /// `logs_before`, devices and countries last seen before
+    /// `devices_before`, then users left with no rows, in short steps.
     pub async fn prune(
         &self,
         logs_before: i64,
         devices_before: i64,
     ) -> Result<Deleted, StoreError> {
-        backend!(self, s => s.prune(logs_before, devices_before).await)
+        let d = backend!(self, s => s.prune(logs_before, devices_before).await)?;
+        // The record of reads ages out with the logs, by its day.
+        backend!(self, s => s.prune_access(logs_before).await)?;
+        Ok(d)
     }
 
     /// Floors stored times (log entries, devices' first and last seen, time
@@ -357,6 +360,33 @@ impl Store {
         user_prefix: String,
     ) -> Result<Vec<Aggregated>, StoreError> {
         backend!(self, s => s.aggregate_within(queries, from, to, user_prefix).await)
+    }
+
+    /// Records a read of a user's data (access transparency); a repeat of a
+    /// stored read (same user, day, reader and endpoint) changes nothing.
+    pub async fn record_access(&self, read: AccessRead) -> Result<(), StoreError> {
+        backend!(self, s => s.record_access(read).await)
+    }
+
+    /// The recorded reads of the user's data on days at or after `since_day`,
+    /// newest day first (then by reader and endpoint).
+    pub async fn user_access(
+        &self,
+        user: String,
+        since_day: i64,
+    ) -> Result<Vec<AccessRead>, StoreError> {
+        backend!(self, s => s.user_access(user, since_day).await)
+    }
+
+    /// Deletes the recorded reads of the user's data; how many.
+    pub async fn forget_access(&self, user: String) -> Result<u64, StoreError> {
+        backend!(self, s => s.forget_access(user).await)
+    }
+
+    /// Deletes recorded reads of days before `before_day`, in short steps;
+    /// how many.
+    pub async fn prune_access(&self, before_day: i64) -> Result<u64, StoreError> {
+        backend!(self, s => s.prune_access(before_day).await)
     }
 
     /// The in-memory device index's counts, when the backend keeps one.

@@ -77,4 +77,5 @@ mod security;
 mod tenants;
 mod tls_acl;
 mod tls_matrix;
+mod transparency;
 mod ui;

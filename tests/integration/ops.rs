@@ -195,7 +195,7 @@ async fn every_documented_example_round_trips() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 18);
+    assert_eq!(checked, 20);
 }
 
 /// Under systemd's `Type=notify`, the server says READY=1 once it answers

@@ -263,7 +263,7 @@ async fn the_dashboard_in_headless_chromium() {
     // The Windows agents' listener takes one agent's event (below).
     let ts = TestServer::start_with(&format!(
         "agents:\n  addr: 127.0.0.1:0\n  per_user_time: [evil]\n  tls:\n    cert: {}\n    key: {}\n\
-         privacy:\n  report_min_users: 2\nalerts:\n  log: false\n  webhook:\n    url: http://127.0.0.1:9/hook\n    secret: s\n    timeout: 1s\n  retry: {{ initial: 1h, max: 1h }}\n",
+         privacy:\n  report_min_users: 2\ntransparency:\n  record: admin\nalerts:\n  log: false\n  webhook:\n    url: http://127.0.0.1:9/hook\n    secret: s\n    timeout: 1s\n  retry: {{ initial: 1h, max: 1h }}\n",
         cert("server.pem").display(),
         cert("server.key").display(),
     ))
@@ -334,6 +334,8 @@ async fn the_dashboard_in_headless_chromium() {
             // How the planted cells start on screen (the first of each).
             "planted": ["=cmd|", "+SUM(", "-1+1", "@SUM(", "=HYPERLINK("],
             "time_spent": {"tenant": "evil", "user": "evil/mallory", "computer": "=HYPERLINK("},
+            // The dashboard's own reads, under the admin's certificate.
+            "reader": "admin",
         })
         .to_string(),
     )

@@ -203,6 +203,11 @@ try {
   check((await page.$$("#user-summary li")).length > 0, "the summary sentences are shown");
   check((await page.$$("#user-devices tbody tr")).length >= 1, "the user's devices are listed");
   check((await page.$$("#user-alerts tbody tr td[data-key=kind]")).length >= 1, "the user's alerts are listed");
+  // The record of reads holds the page's own reads, by the admin's certificate.
+  const readers = await page.$$eval("#user-access tbody tr td[data-key=reader]", (tds) => tds.map((td) => td.textContent));
+  const throughs = await page.$$eval("#user-access tbody tr td[data-key=endpoint]", (tds) => tds.map((td) => td.textContent));
+  check(readers.length >= 5 && readers.every((r) => r === fixture.reader), `the record of reads shows ${fixture.reader}'s reads of this user`);
+  check(["get_user_logs", "get_user_devices", "get_last_login", "get_user_alerts", "get_user_summary"].every((e) => throughs.includes(e)), "the record of reads names each endpoint read");
   await shot("user");
   // forget_user is behind a confirmation, on a user kept for it.
   await page.goto(base + "/user?u=" + encodeURIComponent(fixture.forget));

@@ -411,6 +411,21 @@ function userPage() {
       ll.set(last.result);
       const al = new Table("user-alerts", alertColumns(false));
       al.set(alerts.alerts);
+      // Asked after the reads above, so that the record holds them too.
+      const reads = new Table("user-access", [
+        { key: "day", label: "Day (UTC)", get: (r) => r.day },
+        { key: "reader", label: "Read by", get: (r) => r.reader },
+        { key: "endpoint", label: "Through", get: (r) => r.endpoint },
+      ]);
+      let readsNote = el("p", { class: "status", text: "Reads of this user's data by the clients transparency.record names; none recorded." });
+      try {
+        const access = await api("get_user_access", { username: u, max_days: 0 });
+        reads.set(access.result);
+        if (access.result.length) readsNote = el("p", { class: "status", text: "Reads of this user's data by the clients transparency.record names, one per day, reader and endpoint." });
+      } catch (e) {
+        reads.set([]);
+        readsNote = el("p", { class: "status", text: "The record of reads is not available: " + e.message });
+      }
       const forget = forgetBox(u, out);
       out.replaceChildren(
         el("h2", { text: u }),
@@ -419,6 +434,7 @@ function userPage() {
         el("h3", { text: "Devices" }), dev.root,
         el("h3", { text: "Last logins" }), ll.root,
         el("h3", { text: "Alerts" }), al.root,
+        el("h3", { text: "Who read this user's data" }), readsNote, reads.root,
         forget
       );
     } catch (e) {

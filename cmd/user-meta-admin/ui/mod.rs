@@ -75,6 +75,7 @@ const ENDPOINTS: &[&str] = &[
     "forget_user",
     "report",
     "get_unused_accounts",
+    "get_user_access",
 ];
 
 /// The pages: path, title.

@@ -170,6 +170,16 @@ pub fn export(
             |r| emit(Record::TimeSpent(time_spent_row(r))),
         )
         .await?;
+        let access: bool = tx
+            .query_one("SELECT to_regclass('access_reads') IS NOT NULL", &[])
+            .await?
+            .get(0);
+        if access {
+            each_row(&tx, super::access::EXPORT, |r| {
+                emit(Record::AccessRead(super::access::row(r)))
+            })
+            .await?;
+        }
         tx.commit().await?;
         Ok(counts)
     })
@@ -290,6 +300,13 @@ pub fn import(
                             &t.first_start,
                             &t.last_end,
                         ],
+                    )
+                    .await?;
+                }
+                Record::AccessRead(a) => {
+                    tx.execute(
+                        super::access::IMPORT,
+                        &[&a.username, &a.day, &a.reader, &a.endpoint],
                     )
                     .await?;
                 }

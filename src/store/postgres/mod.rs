@@ -42,6 +42,7 @@ macro_rules! device_merge {
 
 #[macro_use]
 mod api;
+mod access;
 mod agents;
 mod batch;
 pub mod bulk;

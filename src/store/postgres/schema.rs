@@ -144,6 +144,18 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX time_spent_by_day ON time_spent (day);
     ",
+    // 4: access transparency, as SQLite's migration 6: reads of a user's
+    // data by recorded clients, one row per user, day, reader and endpoint.
+    "
+    CREATE TABLE access_reads (
+        username TEXT NOT NULL,
+        day      BIGINT NOT NULL,
+        reader   TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        PRIMARY KEY (username, day, reader, endpoint)
+    );
+    CREATE INDEX access_reads_by_day ON access_reads (day);
+    ",
 ];
 
 /// The schema version this build writes.

@@ -112,6 +112,9 @@ pub fn export(
     if version >= 5 {
         export_agents(&tx, &mut emit)?;
     }
+    if version >= 6 {
+        super::access::export(&tx, &mut emit)?;
+    }
     Ok(counts)
 }
 
@@ -236,6 +239,9 @@ fn insert_record(conn: &Connection, rec: &Record) -> Result<(), BulkError> {
                 ])
             })
             .map_err(sql)?;
+        }
+        Record::AccessRead(a) => {
+            super::access::import(conn, a).map_err(sql)?;
         }
     }
     Ok(())

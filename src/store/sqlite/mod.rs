@@ -17,6 +17,7 @@
 //! The device index (`known`) holds every (user, device) pair in memory for
 //! `check_device`; the writer keeps it in step with each commit.
 
+mod access;
 mod agents;
 mod alerts;
 mod api;

@@ -160,6 +160,20 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX time_spent_by_day ON time_spent (day);
     ",
+    // 6: access transparency: reads of a user's data by recorded clients,
+    // one row per user, day, reader CN and endpoint. The user is named, not
+    // numbered, so that the record outlives the user's other rows until
+    // retention or an erasure removes it.
+    "
+    CREATE TABLE access_reads (
+        username TEXT NOT NULL,
+        day      INTEGER NOT NULL,
+        reader   TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        PRIMARY KEY (username, day, reader, endpoint)
+    ) WITHOUT ROWID;
+    CREATE INDEX access_reads_by_day ON access_reads (day);
+    ",
 ];
 
 /// The schema version this build writes.
@@ -222,7 +236,7 @@ mod tests {
         assert_eq!(v, MIGRATIONS.len() as i64);
         assert_eq!(
             current_version(),
-            5,
+            6,
             "a migration was added: update this count"
         );
         // Running again is a no-op.

@@ -1,0 +1,209 @@
+//! Access transparency and subject access: the record of reads of one
+//! user's data by clients whose CN matches `transparency.record`, answered
+//! by `get_user_access` and mentioned in the summary, and `export_user`,
+//! everything stored about one user in one document.
+//!
+//! A read is recorded after its answer is built and before it is sent; when
+//! the record cannot be written the request fails (503), so that no answered
+//! read escapes the record. Only the CN, the endpoint and the day (UTC) are
+//! stored. Repeats within a day are one row; a server remembers the reads it
+//! recorded today, so that a repeat costs no write.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::{check_days, check_username, ApiError, Service};
+use crate::model::AccessRead;
+use crate::monitor::text;
+use crate::store::StoreError;
+use crate::wire::*;
+
+const DAY: i64 = 86_400;
+/// Reads remembered at most before the memory is emptied (a write each
+/// then, until the reads repeat).
+const MAX_SEEN: usize = 100_000;
+
+/// A read as remembered: (user, reader, endpoint).
+type Read = (String, String, &'static str);
+
+/// The reads this server recorded today.
+#[derive(Default)]
+pub struct ReadsSeen {
+    inner: Mutex<(i64, HashSet<Read>)>,
+    /// Bumped by every erasure: a read recorded across one is not
+    /// remembered, as its row may be gone.
+    erasures: AtomicU64,
+}
+
+impl ReadsSeen {
+    fn contains(&self, day: i64, key: &Read) -> bool {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 == day && g.1.contains(key)
+    }
+
+    fn insert(&self, day: i64, key: Read) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 != day || g.1.len() >= MAX_SEEN {
+            *g = (day, HashSet::new());
+        }
+        g.1.insert(key);
+    }
+
+    /// Forgets every remembered read (after an erasure).
+    pub fn clear(&self) {
+        self.erasures.fetch_add(1, Ordering::SeqCst);
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.1.clear();
+    }
+}
+
+fn entry(a: AccessRead) -> AccessEntry {
+    AccessEntry {
+        reader: a.reader,
+        endpoint: a.endpoint,
+        day: text::date(a.day),
+    }
+}
+
+impl Service {
+    /// Whether reads by a client with this CN are recorded.
+    pub fn records_reads_of(&self, cn: &str) -> bool {
+        self.transparency.records(cn)
+    }
+
+    /// Records that `reader` read `user`'s data through `endpoint` at `now`.
+    pub async fn record_read(
+        &self,
+        user: &str,
+        reader: &str,
+        endpoint: &'static str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let day = now.div_euclid(DAY) * DAY;
+        let key = (user.to_owned(), reader.to_owned(), endpoint);
+        if self.reads_seen.contains(day, &key) {
+            return Ok(());
+        }
+        let erasures = self.reads_seen.erasures.load(Ordering::SeqCst);
+        self.store
+            .record_access(AccessRead {
+                username: key.0.clone(),
+                reader: key.1.clone(),
+                endpoint: endpoint.to_owned(),
+                day,
+            })
+            .await?;
+        if self.reads_seen.erasures.load(Ordering::SeqCst) == erasures {
+            self.reads_seen.insert(day, key);
+        }
+        Ok(())
+    }
+
+    pub async fn get_user_access(
+        &self,
+        req: GetUserAccessRequest,
+        now: i64,
+    ) -> Result<GetUserAccessResponse, ApiError> {
+        check_username(&req.username)?;
+        check_days("max_days", req.max_days)?;
+        let since = if req.max_days == 0 {
+            i64::MIN
+        } else {
+            (now - req.max_days * DAY).div_euclid(DAY) * DAY
+        };
+        let rows = self.store.user_access(req.username, since).await?;
+        Ok(GetUserAccessResponse {
+            result: rows.into_iter().map(entry).collect(),
+        })
+    }
+
+    /// The summary's fact on the latest recorded read, if any.
+    pub(super) async fn access_fact(&self, user: &str) -> Result<Option<SummaryFact>, ApiError> {
+        let rows = self.store.user_access(user.to_owned(), i64::MIN).await?;
+        Ok(rows.into_iter().next().map(|a| SummaryFact {
+            kind: "access".into(),
+            timestamp: Some(Timestamp::from_unix(a.day)),
+            text: text::access_sentence(&a.reader, a.day),
+            count: None,
+            details: None,
+        }))
+    }
+
+    /// Everything stored about the user, device IDs and computers opened.
+    pub async fn export_user(
+        &self,
+        req: ExportUserRequest,
+    ) -> Result<ExportUserResponse, ApiError> {
+        check_username(&req.username)?;
+        let user = req.username;
+        let store = &self.store;
+        let privacy = &self.privacy;
+        let logs = store
+            .user_logs(user.clone(), i64::MIN, i64::MAX)
+            .await?
+            .into_iter()
+            .map(|r| LogEntry {
+                timestamp: Timestamp::from_unix(r.ts),
+                device_info: r.device.map(|d| privacy.restore_device(&user, d)),
+                username: r.username,
+                log_type: r.log_type,
+                message: r.message,
+                service: r.service,
+                login_method: r.login_method,
+                login_authenticator_id: r.login_authenticator_id,
+            })
+            .collect();
+        let devices = self.get_user_devices(GetUserDevicesRequest {
+            username: user.clone(),
+        });
+        let devices = devices.await?.devices;
+        let last_logins = store
+            .last_logins(user.clone(), None)
+            .await?
+            .into_iter()
+            .map(|(service, ts)| LastLoginEntry {
+                timestamp: Timestamp::from_unix(ts),
+                username: user.clone(),
+                service,
+            })
+            .collect();
+        let alerts = store
+            .user_alerts(user.clone(), i64::MIN, i64::MAX)
+            .await?
+            .into_iter()
+            .map(|(a, d)| super::alerts::alert_info(a, d))
+            .collect();
+        let time_spent = store
+            .time_spent(user.clone(), i64::MIN, i64::MAX)
+            .await?
+            .into_iter()
+            .filter(|t| t.username == user)
+            .map(|t| TimeSpentEntry {
+                computer: privacy
+                    .key
+                    .open_id(&user, &t.sealed_device)
+                    .unwrap_or_default(),
+                day: Timestamp::from_unix(t.day),
+                seconds: t.seconds,
+                first_start: Timestamp::from_unix(t.first_start),
+                last_end: Timestamp::from_unix(t.last_end),
+            })
+            .collect();
+        let access = store
+            .user_access(user.clone(), i64::MIN)
+            .await?
+            .into_iter()
+            .map(entry)
+            .collect();
+        Ok(ExportUserResponse {
+            username: user,
+            logs,
+            devices,
+            last_logins,
+            alerts,
+            time_spent,
+            access,
+        })
+    }
+}
