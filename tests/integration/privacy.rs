@@ -508,3 +508,89 @@ async fn db_prune_deletes_expired_rows_offline() {
     );
     assert_eq!(db_counts(&dir.path().join("usermeta.db")), [1, 1, 1, 0]);
 }
+
+/// `db prune` with `privacy.decay` floors the stored times older than each
+/// step to its granularity: the database file's own rows hold none finer,
+/// every entry is still there, the report says how many rows were coarsened,
+/// and a second run coarsens nothing.
+#[tokio::test]
+async fn db_prune_coarsens_old_history_in_the_file() {
+    const DAY: i64 = 86_400;
+    let dir = tempfile::tempdir().unwrap();
+    let ts = TestServer::start_sqlite_in(dir, "retention:\n  user_logs: 3650d\n").await;
+    let mut c = ts.client("admin").await;
+    for (user, device, age) in [
+        ("u", "d1", DAY + 12 * 3600),
+        ("u", "d2", 200 * DAY + 5 * 3600),
+        ("u", "d3", 400 * DAY + 7 * 3600),
+        ("u", "d3", 400 * DAY + 2 * 3600),
+        ("w", "d4", 190 * DAY + 3 * 3600),
+    ] {
+        c.ok("/api/add_log", login(user, device, age)).await;
+    }
+    drop(c);
+    let dir = ts.stop().await;
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        config_yaml(
+            dir.path(),
+            "retention:\n  user_logs: 3650d\nprivacy:\n  decay:\n    - { after: 180d, granularity: 1d }\n    - { after: 365d, granularity: 30d }\n",
+        ),
+    )
+    .unwrap();
+    let prune = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_user-meta-server"))
+            .args(["db", "prune", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = prune();
+    assert!(text.contains("coarsened "), "{text}");
+    assert!(!text.contains("coarsened 0 log entries"), "{text}");
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let coarse_enough = |t: i64| {
+        let age = now - t;
+        (age <= 180 * DAY || t % DAY == 0) && (age <= 365 * DAY || t % (30 * DAY) == 0)
+    };
+    let db = rusqlite::Connection::open_with_flags(
+        dir.path().join("usermeta.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let times = |sql: &str| -> Vec<i64> {
+        let mut stmt = db.prepare(sql).unwrap();
+        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let logs = times("SELECT ts FROM user_logs");
+    assert_eq!(logs.len(), 5, "no entry is merged or lost");
+    let seen = times("SELECT first_seen FROM devices UNION ALL SELECT last_seen FROM devices");
+    assert_eq!(seen.len(), 8);
+    for t in logs.iter().chain(&seen) {
+        assert!(
+            coarse_enough(*t),
+            "{t} is finer than its step ({} days old)",
+            (now - t) / DAY
+        );
+    }
+    // The recent entry is left as it was: within its hour.
+    assert!(logs.iter().any(|t| (0..2 * DAY).contains(&(now - t))));
+    drop(db);
+    let again = prune();
+    assert!(
+        again.contains("coarsened 0 log entries, 0 devices, 0 time-spent rows"),
+        "{again}"
+    );
+}
