@@ -13,16 +13,24 @@ fn example_config_parses_cleanly() {
     assert_eq!(c.privacy.timestamp_granularity.as_secs(), 3600);
 }
 
-#[test]
-fn the_example_agents_block_parses_once_uncommented() {
+/// The example file with the commented-out block that starts at `marker`
+/// (and ends at the next blank line) uncommented, and the file before it.
+fn uncommented(marker: &str) -> (String, String) {
     let text = std::fs::read_to_string(repo().join("user-meta-server.example.yml")).unwrap();
-    let (head, block) = text.split_once("# agents:").unwrap();
-    let block = format!("# agents:{block}")
+    let (head, rest) = text.split_once(marker).unwrap();
+    let block = format!("{marker}{rest}")
         .lines()
+        .take_while(|l| !l.trim().is_empty())
         .map(|l| l.strip_prefix("# ").unwrap_or(l).to_owned())
         .collect::<Vec<_>>()
         .join("\n");
-    let c = Config::from_yaml(&format!("{head}{block}\n")).unwrap();
+    (head.to_owned(), format!("{head}{block}\n"))
+}
+
+#[test]
+fn the_example_agents_block_parses_once_uncommented() {
+    let (head, yaml) = uncommented("# agents:");
+    let c = Config::from_yaml(&yaml).unwrap();
     assert_eq!(c.agents.addr.unwrap().port(), 5506);
     assert_eq!(c.agents.rate_limit, 60);
     assert_eq!(c.agents.dedup_window.as_secs(), 7 * 86_400);
@@ -35,6 +43,41 @@ fn the_example_agents_block_parses_once_uncommented() {
     for key in ["agents.addr", "agents.rate_limit", "agents.per_user_time"] {
         assert!(err.contains(key), "{key} not named in: {err}");
     }
+}
+
+#[test]
+fn the_example_policy_block_parses_once_uncommented() {
+    let (head, yaml) = uncommented("# policy:");
+    let c = Config::from_yaml(&yaml).unwrap();
+    let p = &c.policy;
+    assert_eq!(p.addr.unwrap().port(), 5507);
+    assert!(p.tls.is_some() && p.token.is_some() && !p.dry_run);
+    assert_eq!(
+        (
+            p.delay_after,
+            p.refuse_after,
+            p.spray_logins,
+            p.spray_net_logins
+        ),
+        (3, 10, 10, 30)
+    );
+    assert_eq!(
+        (
+            p.window.as_secs(),
+            p.cooldown.as_secs(),
+            p.max_delay.as_secs()
+        ),
+        (900, 900, 15)
+    );
+    // And its mistakes are named by key.
+    let bad = format!("{head}policy:\n  addr: nowhere\n  delay_after: 5\n  refuse_after: 2\n  guess_action: ban\n");
+    let err = Config::from_yaml(&bad).unwrap_err().to_string();
+    for key in ["policy.addr", "policy.refuse_after", "policy.guess_action"] {
+        assert!(err.contains(key), "{key} not named in: {err}");
+    }
+    let no_token = format!("{head}policy:\n  addr: :5507\n");
+    let err = Config::from_yaml(&no_token).unwrap_err().to_string();
+    assert!(err.contains("policy.token_file"), "{err}");
 }
 
 #[test]
