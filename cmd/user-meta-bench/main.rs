@@ -158,6 +158,10 @@ struct RunArgs {
     rate: f64,
     #[command(flatten)]
     population: PopulationArgs,
+    /// YAML appended to the spawned server's configuration (for A/B runs of
+    /// a setting, e.g. `transparency:\n  record: accounts-panel`).
+    #[arg(long, value_name = "YAML")]
+    server_yaml: Option<String>,
     /// Log entries seeded into the spawned server's database before the run.
     #[arg(long, default_value_t = 1_000_000)]
     seed_entries: u64,
@@ -510,7 +514,7 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
                 } else {
                     None
                 };
-            let yaml = spawn::config_yaml(&spawn::ServerFiles {
+            let mut yaml = spawn::config_yaml(&spawn::ServerFiles {
                 db: &db_cfg,
                 device_key: &key_path,
                 certs: &certs,
@@ -518,6 +522,10 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
                 synchronous: &args.synchronous,
                 agents: agents_addr,
             });
+            if let Some(extra) = &args.server_yaml {
+                yaml.push_str(extra);
+                yaml.push('\n');
+            }
             std::fs::write(&config, yaml)
                 .with_context(|| format!("writing {}", config.display()))?;
             if let Some(addr) = agents_addr {
