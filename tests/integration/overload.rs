@@ -518,8 +518,11 @@ async fn metrics_are_prometheus_text_behind_the_acl() {
             for pair in labels.split(',') {
                 let (k, _) = pair.split_once('=').unwrap();
                 assert!(
-                    ["endpoint", "status", "le", "reason", "kind", "sink", "outcome", "version"]
-                        .contains(&k),
+                    [
+                        "endpoint", "status", "le", "reason", "kind", "sink", "outcome", "version",
+                        "decision", "enforced",
+                    ]
+                    .contains(&k),
                     "{line}: label {k}"
                 );
             }
