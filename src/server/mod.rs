@@ -311,6 +311,20 @@ impl Server {
             state.service.retention.interval,
             crate::clock::now_unix,
         ));
+        // Recorded reads are written every second (access transparency).
+        let reads = tokio::spawn({
+            let state = state.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = state.service.flush_reads().await {
+                        tracing::warn!(error = %e, "recorded reads could not be written; will retry");
+                    }
+                }
+            }
+        });
         let connections = Arc::new(Semaphore::new(state.http.max_connections));
         // A flood of refused connections is one log line per interval, not one each.
         let mut limit_logged: Option<std::time::Instant> = None;
@@ -365,6 +379,10 @@ impl Server {
             let _ = side.await;
         }
         retention.abort();
+        reads.abort();
+        if let Err(e) = state.service.flush_reads().await {
+            tracing::warn!(error = %e, "recorded reads could not be written at stop");
+        }
         let _ = stop_dispatcher.send(true);
         if tokio::time::timeout(DISPATCHER_GRACE, &mut dispatcher)
             .await

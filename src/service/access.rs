@@ -3,11 +3,15 @@
 //! by `get_user_access` and mentioned in the summary, and `export_user`,
 //! everything stored about one user in one document.
 //!
-//! A read is recorded after its answer is built and before it is sent; when
-//! the record cannot be written the request fails (503), so that no answered
-//! read escapes the record. Only the CN, the endpoint and the day (UTC) are
-//! stored. Repeats within a day are one row; a server remembers the reads it
-//! recorded today, so that a repeat costs no write.
+//! A read is recorded after its answer is built and before it is sent: it
+//! joins the reads waiting to be written, which a background task writes in
+//! one transaction every second (and `get_user_access`, `export_user` and
+//! `forget_user` first), so that a read waits for no write. When the
+//! waiting reads reach [`MAX_PENDING`] (storage has been failing), a read
+//! that would add one fails (503): no answered read escapes the record but
+//! those of the last second before a crash. Only the CN, the endpoint and
+//! the day (UTC) are stored. Repeats within a day are one row; a server
+//! remembers the reads it recorded today, so that a repeat costs nothing.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +30,18 @@ const MAX_SEEN: usize = 100_000;
 
 /// A read as remembered: (user, reader, endpoint).
 type Read = (String, String, &'static str);
+
+/// Reads waiting to be written at most; beyond, a new read fails.
+pub const MAX_PENDING: usize = 100_000;
+
+/// Reads answered and not yet written, as (user, reader, endpoint, day).
+#[derive(Default)]
+pub struct PendingReads {
+    reads: Mutex<HashSet<(Read, i64)>>,
+    /// Serialises writers, so that a flush that must see every earlier read
+    /// written waits for one under way.
+    flushing: tokio::sync::Mutex<()>,
+}
 
 /// The reads this server recorded today.
 #[derive(Default)]
@@ -72,7 +88,8 @@ impl Service {
         self.transparency.records(cn)
     }
 
-    /// Records that `reader` read `user`'s data through `endpoint` at `now`.
+    /// Records that `reader` read `user`'s data through `endpoint` at `now`:
+    /// it is written within a second (see the module's documentation).
     pub async fn record_read(
         &self,
         user: &str,
@@ -85,17 +102,55 @@ impl Service {
         if self.reads_seen.contains(day, &key) {
             return Ok(());
         }
-        let erasures = self.reads_seen.erasures.load(Ordering::SeqCst);
-        self.store
-            .record_access(AccessRead {
-                username: key.0.clone(),
-                reader: key.1.clone(),
-                endpoint: endpoint.to_owned(),
-                day,
+        {
+            let mut pending = self
+                .pending_reads
+                .reads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if pending.len() >= MAX_PENDING {
+                return Err(StoreError::Busy);
+            }
+            pending.insert((key.clone(), day));
+        }
+        self.reads_seen.insert(day, key);
+        Ok(())
+    }
+
+    /// Writes the reads waiting, in one transaction; on failure they wait
+    /// for the next flush.
+    pub async fn flush_reads(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.pending_reads.flushing.lock().await;
+        let taken: Vec<(Read, i64)> = {
+            let mut pending = self
+                .pending_reads
+                .reads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            pending.drain().collect()
+        };
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let reads = taken
+            .iter()
+            .map(|((user, reader, endpoint), day)| AccessRead {
+                username: user.clone(),
+                reader: reader.clone(),
+                endpoint: (*endpoint).to_owned(),
+                day: *day,
             })
-            .await?;
-        if self.reads_seen.erasures.load(Ordering::SeqCst) == erasures {
-            self.reads_seen.insert(day, key);
+            .collect();
+        if let Err(e) = self.store.record_access(reads).await {
+            let mut pending = self
+                .pending_reads
+                .reads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            pending.extend(taken);
+            // A read that could not be written is not remembered either.
+            self.reads_seen.clear();
+            return Err(e);
         }
         Ok(())
     }
@@ -107,6 +162,7 @@ impl Service {
     ) -> Result<GetUserAccessResponse, ApiError> {
         check_username(&req.username)?;
         check_days("max_days", req.max_days)?;
+        self.flush_reads().await?;
         let since = if req.max_days == 0 {
             i64::MIN
         } else {
@@ -120,6 +176,7 @@ impl Service {
 
     /// The summary's fact on the latest recorded read, if any.
     pub(super) async fn access_fact(&self, user: &str) -> Result<Option<SummaryFact>, ApiError> {
+        self.flush_reads().await?;
         let rows = self.store.user_access(user.to_owned(), i64::MIN).await?;
         Ok(rows.into_iter().next().map(|a| SummaryFact {
             kind: "access".into(),
@@ -136,6 +193,7 @@ impl Service {
         req: ExportUserRequest,
     ) -> Result<ExportUserResponse, ApiError> {
         check_username(&req.username)?;
+        self.flush_reads().await?;
         let user = req.username;
         let store = &self.store;
         let privacy = &self.privacy;

@@ -136,6 +136,8 @@ pub struct Service {
     /// Whose reads of a user's data are recorded, and the reads recorded today.
     pub transparency: crate::config::TransparencyConfig,
     pub reads_seen: Arc<access::ReadsSeen>,
+    /// Reads answered and not yet written (access transparency).
+    pub pending_reads: Arc<access::PendingReads>,
 }
 
 impl Service {
@@ -162,6 +164,7 @@ impl Service {
             )),
             transparency: Default::default(),
             reads_seen: Default::default(),
+            pending_reads: Default::default(),
         }
     }
 
@@ -498,6 +501,8 @@ impl Service {
     ) -> Result<ForgetUserResponse, ApiError> {
         check_username(&req.username)?;
         let user = req.username;
+        // The reads answered so far are written first, then erased.
+        self.flush_reads().await?;
         let access_reads = self.store.forget_access(user.clone()).await?;
         self.reads_seen.clear();
         let d = self.store.forget_user(user).await?;

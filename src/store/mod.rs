@@ -362,10 +362,11 @@ impl Store {
         backend!(self, s => s.aggregate_within(queries, from, to, user_prefix).await)
     }
 
-    /// Records a read of a user's data (access transparency); a repeat of a
-    /// stored read (same user, day, reader and endpoint) changes nothing.
-    pub async fn record_access(&self, read: AccessRead) -> Result<(), StoreError> {
-        backend!(self, s => s.record_access(read).await)
+    /// Records reads of users' data (access transparency), in one
+    /// transaction; a repeat of a stored read (same user, day, reader and
+    /// endpoint) changes nothing.
+    pub async fn record_access(&self, reads: Vec<AccessRead>) -> Result<(), StoreError> {
+        backend!(self, s => s.record_access(reads).await)
     }
 
     /// The recorded reads of the user's data on days at or after `since_day`,

@@ -321,6 +321,10 @@ async fn db_export_and_import_carry_the_record() {
         .await;
     adm.ok("/api/export_user", json!({"username": "alice"}))
         .await;
+    // Reads are written within a second; asking for the record writes
+    // those waiting at once.
+    adm.ok("/api/get_user_access", json!({"username": "alice"}))
+        .await;
     let r = server_db(&ts, &["export", "-"]).await;
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("2 recorded reads"), "{}", r.stderr);

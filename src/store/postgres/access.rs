@@ -37,9 +37,11 @@ pub(super) async fn insert(tx: &Tx<'_>, a: &AccessRead) -> Result<u64, tokio_pos
 }
 
 impl PgStore {
-    pub async fn record_access(&self, a: AccessRead) -> Result<(), StoreError> {
+    pub async fn record_access(&self, reads: Vec<AccessRead>) -> Result<(), StoreError> {
         in_transaction!(self, |tx| {
-            insert(&tx, &a).await?;
+            for a in &reads {
+                insert(&tx, a).await?;
+            }
             Ok(())
         })
     }

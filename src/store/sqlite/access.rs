@@ -53,8 +53,14 @@ pub(super) fn export(
 }
 
 impl SqliteStore {
-    pub async fn record_access(&self, a: AccessRead) -> Result<(), StoreError> {
-        self.write(move |c| Ok(insert(c, &a).map(|_| ())?)).await
+    pub async fn record_access(&self, reads: Vec<AccessRead>) -> Result<(), StoreError> {
+        self.write(move |c| {
+            for a in &reads {
+                insert(c, a)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub async fn user_access(
