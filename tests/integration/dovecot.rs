@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::common::{client_at, in_ci, on_postgres};
+use crate::common::{client_at, eventually_some, in_ci, on_postgres};
 
 /// The users of every instance, as `(name, password)`.
 pub(crate) const USERS: [(&str, &str); 3] = [
@@ -591,6 +591,36 @@ async fn dovecot_asks_reports_waits_and_shows_the_refusal() {
     assert_eq!(requests[1].2["policy_reject"], true);
 }
 
+/// The `login_failure` entries of a `get_user_logs` answer.
+fn failures_in(v: &serde_json::Value) -> usize {
+    v["result"].as_array().map_or(0, |r| {
+        r.iter()
+            .filter(|e| e["log_type"] == "login_failure")
+            .count()
+    })
+}
+
+/// `user`'s log once `done` holds of it (Dovecot reports after it has
+/// answered the client).
+async fn logs_once(
+    addr: SocketAddr,
+    user: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let done = &done;
+    eventually_some(&format!("{user}'s log entries"), || async move {
+        let mut c = client_at(addr, "admin").await;
+        let v = c
+            .ok(
+                "/api/get_user_logs",
+                serde_json::json!({"username": user, "max_days": 1}),
+            )
+            .await;
+        done(&v).then_some(v)
+    })
+    .await
+}
+
 /// Counts of the policy listener's decisions that slowed or refused.
 async fn slowed_or_refused(addr: SocketAddr) -> i64 {
     let mut c = client_at(addr, "admin").await;
@@ -626,12 +656,11 @@ async fn a_real_dovecot_is_throttled_and_its_logins_stored_without_addresses() {
         .imap_login(gb, "alice", "secret1", Some(THUNDERBIRD))
         .await;
     assert!(login.ok, "{login:?}");
-    let v = admin
-        .ok(
-            "/api/get_user_logs",
-            serde_json::json!({"username": "alice", "max_days": 1}),
-        )
-        .await;
+    // Dovecot answers the client before it reports: wait for the entry.
+    let v = logs_once(ts.addr, "alice", |v| {
+        v["result"].as_array().is_some_and(|r| !r.is_empty())
+    })
+    .await;
     let entry = &v["result"][0];
     assert_eq!(
         (
@@ -702,19 +731,8 @@ async fn a_real_dovecot_is_throttled_and_its_logins_stored_without_addresses() {
     assert!(l.ok, "{l:?}");
 
     // Every attempt was stored, as a login or a failure.
-    let v = admin
-        .ok(
-            "/api/get_user_logs",
-            serde_json::json!({"username": "bob", "max_days": 1}),
-        )
-        .await;
-    let failures = v["result"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["log_type"] == "login_failure")
-        .count();
-    assert_eq!(failures, 5, "{v}");
+    let v = logs_once(ts.addr, "bob", |v| failures_in(v) == 5).await;
+    assert_eq!(failures_in(&v), 5, "{v}");
 
     // No address, password hash or token in the database or the metrics.
     let r = admin
