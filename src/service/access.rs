@@ -14,7 +14,7 @@
 //! remembers the reads it recorded today, so that a repeat costs nothing.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
 use super::{check_days, check_username, ApiError, Service};
@@ -24,53 +24,73 @@ use crate::store::StoreError;
 use crate::wire::*;
 
 const DAY: i64 = 86_400;
-/// Reads remembered at most before the memory is emptied (a write each
-/// then, until the reads repeat).
-const MAX_SEEN: usize = 100_000;
-
-/// A read as remembered: (user, reader, endpoint).
-type Read = (String, String, &'static str);
+/// Reads remembered at most (about 16 bytes each) before the memory is
+/// emptied: a write each then, until the reads repeat.
+const MAX_SEEN: usize = 500_000;
 
 /// Reads waiting to be written at most; beyond, a new read fails.
 pub const MAX_PENDING: usize = 100_000;
 
-/// Reads answered and not yet written, as (user, reader, endpoint, day).
+/// The reads answered and not yet written, and those this server recorded
+/// today, as one state under one lock.
 #[derive(Default)]
-pub struct PendingReads {
-    reads: Mutex<HashSet<(Read, i64)>>,
+pub struct Reads {
+    state: Mutex<ReadState>,
+    /// Keys of the remembered reads: a read is remembered as a keyed 64-bit
+    /// sum of (user, reader, endpoint), nothing in clear. Two reads sharing
+    /// a sum (a chance of about one in 2^64 / MAX_SEEN) would leave the
+    /// second of a day unrecorded.
+    keys: RandomState,
     /// Serialises writers, so that a flush that must see every earlier read
     /// written waits for one under way.
     flushing: tokio::sync::Mutex<()>,
 }
 
-/// The reads this server recorded today.
 #[derive(Default)]
-pub struct ReadsSeen {
-    inner: Mutex<(i64, HashSet<Read>)>,
-    /// Bumped by every erasure: a read recorded across one is not
-    /// remembered, as its row may be gone.
-    erasures: AtomicU64,
+struct ReadState {
+    /// The day (UTC) of the remembered reads.
+    day: i64,
+    seen: HashSet<u64, PreHashed>,
+    waiting: Vec<AccessRead>,
 }
 
-impl ReadsSeen {
-    fn contains(&self, day: i64, key: &Read) -> bool {
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.0 == day && g.1.contains(key)
+impl Reads {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReadState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn insert(&self, day: i64, key: Read) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if g.0 != day || g.1.len() >= MAX_SEEN {
-            *g = (day, HashSet::new());
+    /// Forgets every remembered read (after an erasure, or a failed write):
+    /// the next read of each is written again.
+    pub fn forget_seen(&self) {
+        let mut s = self.lock();
+        s.seen = HashSet::default();
+    }
+}
+
+/// Identity hashing for keys that are already keyed sums.
+#[derive(Default, Clone, Copy)]
+struct PreHashed;
+
+struct PreHashedHasher(u64);
+
+impl BuildHasher for PreHashed {
+    type Hasher = PreHashedHasher;
+    fn build_hasher(&self) -> PreHashedHasher {
+        PreHashedHasher(0)
+    }
+}
+
+impl std::hash::Hasher for PreHashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
-        g.1.insert(key);
     }
-
-    /// Forgets every remembered read (after an erasure).
-    pub fn clear(&self) {
-        self.erasures.fetch_add(1, Ordering::SeqCst);
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.1.clear();
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
     }
 }
 
@@ -98,58 +118,54 @@ impl Service {
         now: i64,
     ) -> Result<(), StoreError> {
         let day = now.div_euclid(DAY) * DAY;
-        let key = (user.to_owned(), reader.to_owned(), endpoint);
-        if self.reads_seen.contains(day, &key) {
+        let reads = &self.reads;
+        let key = reads.keys.hash_one((user, reader, endpoint));
+        let mut s = reads.lock();
+        if s.day != day || s.seen.len() >= MAX_SEEN {
+            s.day = day;
+            s.seen = HashSet::default();
+        }
+        if s.seen.contains(&key) {
             return Ok(());
         }
-        {
-            let mut pending = self
-                .pending_reads
-                .reads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if pending.len() >= MAX_PENDING {
-                return Err(StoreError::Busy);
-            }
-            pending.insert((key.clone(), day));
+        if s.waiting.len() >= MAX_PENDING {
+            return Err(StoreError::Busy);
         }
-        self.reads_seen.insert(day, key);
+        s.waiting.push(AccessRead {
+            username: user.to_owned(),
+            reader: reader.to_owned(),
+            endpoint: endpoint.to_owned(),
+            day,
+        });
+        s.seen.insert(key);
         Ok(())
     }
 
     /// Writes the reads waiting, in one transaction; on failure they wait
     /// for the next flush.
     pub async fn flush_reads(&self) -> Result<(), StoreError> {
-        let _one_at_a_time = self.pending_reads.flushing.lock().await;
-        let taken: Vec<(Read, i64)> = {
-            let mut pending = self
-                .pending_reads
-                .reads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            pending.drain().collect()
-        };
+        let _one_at_a_time = self.reads.flushing.lock().await;
+        let mut taken = std::mem::take(&mut self.reads.lock().waiting);
         if taken.is_empty() {
             return Ok(());
         }
-        let reads = taken
-            .iter()
-            .map(|((user, reader, endpoint), day)| AccessRead {
-                username: user.clone(),
-                reader: reader.clone(),
-                endpoint: (*endpoint).to_owned(),
-                day: *day,
-            })
-            .collect();
-        if let Err(e) = self.store.record_access(reads).await {
-            let mut pending = self
-                .pending_reads
-                .reads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            pending.extend(taken);
+        // In key order, so that each page of the record's index is changed
+        // once per write.
+        taken.sort_unstable_by(|a, b| {
+            (&a.username, a.day, &a.reader, &a.endpoint).cmp(&(
+                &b.username,
+                b.day,
+                &b.reader,
+                &b.endpoint,
+            ))
+        });
+        let taken = std::sync::Arc::new(taken);
+        if let Err(e) = self.store.record_access(taken.clone()).await {
+            let taken = std::sync::Arc::try_unwrap(taken).unwrap_or_else(|t| (*t).clone());
+            let mut s = self.reads.lock();
+            s.waiting.extend(taken);
             // A read that could not be written is not remembered either.
-            self.reads_seen.clear();
+            s.seen = HashSet::default();
             return Err(e);
         }
         Ok(())

@@ -135,9 +135,8 @@ pub struct Service {
     pub throttle: Arc<monitor::throttle::Throttle>,
     /// Whose reads of a user's data are recorded, and the reads recorded today.
     pub transparency: crate::config::TransparencyConfig,
-    pub reads_seen: Arc<access::ReadsSeen>,
-    /// Reads answered and not yet written (access transparency).
-    pub pending_reads: Arc<access::PendingReads>,
+    /// Reads answered and not yet written, and those recorded today.
+    pub reads: Arc<access::Reads>,
 }
 
 impl Service {
@@ -163,8 +162,7 @@ impl Service {
                 crate::clock::now_unix(),
             )),
             transparency: Default::default(),
-            reads_seen: Default::default(),
-            pending_reads: Default::default(),
+            reads: Default::default(),
         }
     }
 
@@ -504,7 +502,7 @@ impl Service {
         // The reads answered so far are written first, then erased.
         self.flush_reads().await?;
         let access_reads = self.store.forget_access(user.clone()).await?;
-        self.reads_seen.clear();
+        self.reads.forget_seen();
         let d = self.store.forget_user(user).await?;
         Ok(ForgetUserResponse {
             deleted: DeletedCounts {

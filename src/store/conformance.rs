@@ -1696,7 +1696,10 @@ pub async fn access_reads_are_recorded_once_and_kept_like_data(
         read("a", "support", "get_user_devices", T0),
         read("b", "support", "get_user_logs", T0),
     ] {
-        store.record_access(vec![r]).await.unwrap();
+        store
+            .record_access(std::sync::Arc::new(vec![r]))
+            .await
+            .unwrap();
     }
     let a = store.user_access("a".into(), i64::MIN).await.unwrap();
     assert_eq!(

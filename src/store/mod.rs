@@ -29,6 +29,7 @@ pub mod sqlite;
 pub mod types;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::DbConfig;
 use crate::model::{
@@ -365,7 +366,7 @@ impl Store {
     /// Records reads of users' data (access transparency), in one
     /// transaction; a repeat of a stored read (same user, day, reader and
     /// endpoint) changes nothing.
-    pub async fn record_access(&self, reads: Vec<AccessRead>) -> Result<(), StoreError> {
+    pub async fn record_access(&self, reads: Arc<Vec<AccessRead>>) -> Result<(), StoreError> {
         backend!(self, s => s.record_access(reads).await)
     }
 

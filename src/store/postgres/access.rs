@@ -1,9 +1,11 @@
 //! Access transparency on PostgreSQL: the record of reads of each user's
 //! data (user, reader CN, endpoint, day), one row per distinct quadruple.
 
+use std::sync::Arc;
+
 use tokio_postgres::Row;
 
-use super::api::{exec, Tx, TxError};
+use super::api::{exec, TxError};
 use super::{pg_error, retryable, PgStore, RETRIES};
 use crate::model::AccessRead;
 use crate::store::types::StoreError;
@@ -15,8 +17,10 @@ const PRUNE_BATCH: i64 = 500;
 pub(super) const EXPORT: &str = "SELECT username, day, reader, endpoint FROM access_reads
      ORDER BY username COLLATE \"C\", day, reader COLLATE \"C\", endpoint COLLATE \"C\"";
 
-const INSERT: &str = "INSERT INTO access_reads (username, day, reader, endpoint)
-     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+/// A second's reads in one statement.
+const INSERT_MANY: &str = "INSERT INTO access_reads (username, day, reader, endpoint)
+     SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[])
+     ON CONFLICT DO NOTHING";
 
 /// An imported read; a duplicate is an error.
 pub(super) const IMPORT: &str = "INSERT INTO access_reads (username, day, reader, endpoint)
@@ -31,17 +35,14 @@ pub(super) fn row(r: &Row) -> AccessRead {
     }
 }
 
-/// Stores a read; a repeat of a stored one changes nothing.
-pub(super) async fn insert(tx: &Tx<'_>, a: &AccessRead) -> Result<u64, tokio_postgres::Error> {
-    exec(tx, INSERT, &[&a.username, &a.day, &a.reader, &a.endpoint]).await
-}
-
 impl PgStore {
-    pub async fn record_access(&self, reads: Vec<AccessRead>) -> Result<(), StoreError> {
+    pub async fn record_access(&self, reads: Arc<Vec<AccessRead>>) -> Result<(), StoreError> {
+        let users: Vec<&str> = reads.iter().map(|a| a.username.as_str()).collect();
+        let days: Vec<i64> = reads.iter().map(|a| a.day).collect();
+        let readers: Vec<&str> = reads.iter().map(|a| a.reader.as_str()).collect();
+        let endpoints: Vec<&str> = reads.iter().map(|a| a.endpoint.as_str()).collect();
         in_transaction!(self, |tx| {
-            for a in &reads {
-                insert(&tx, a).await?;
-            }
+            exec(&tx, INSERT_MANY, &[&users, &days, &readers, &endpoints]).await?;
             Ok(())
         })
     }

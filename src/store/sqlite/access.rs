@@ -1,6 +1,8 @@
 //! Access transparency on SQLite: the record of reads of each user's data
 //! (user, reader CN, endpoint, day), one row per distinct quadruple.
 
+use std::sync::Arc;
+
 use rusqlite::{params, Connection};
 
 use super::{ops, SqliteStore};
@@ -53,9 +55,9 @@ pub(super) fn export(
 }
 
 impl SqliteStore {
-    pub async fn record_access(&self, reads: Vec<AccessRead>) -> Result<(), StoreError> {
+    pub async fn record_access(&self, reads: Arc<Vec<AccessRead>>) -> Result<(), StoreError> {
         self.write(move |c| {
-            for a in &reads {
+            for a in reads.iter() {
                 insert(c, a)?;
             }
             Ok(())
