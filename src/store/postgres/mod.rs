@@ -823,6 +823,80 @@ mod tests {
         }
     }
 
+    /// The trigger notifies the keys of the pairs inserted, 200 to a
+    /// notification, and nothing for an entry of a device already stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inserts_are_notified_by_their_keys_alone() {
+        let Some(cluster) = cluster() else { return };
+        cluster.create_database("index_notify").unwrap();
+        let cfg = config(cluster.uri("index_notify"));
+        let store = PgStore::open(&cfg, false).await.unwrap();
+        let (client, mut conn) = tokio_postgres::connect(&cfg.uri, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let (tell, mut heard) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                    let _ = tell.send((n.channel().to_owned(), n.payload().to_owned()));
+                }
+            }
+        });
+        client
+            .batch_execute(&format!(
+                "LISTEN {}; LISTEN {}",
+                known::ADDED,
+                known::REMOVED
+            ))
+            .await
+            .unwrap();
+        let now = crate::clock::now_unix();
+        let key = |user: &str, dev: &str| format!("{:032x}", known::pair_key(user, dev.as_bytes()));
+        store
+            .record_log(login_from("u", "d1", now), None)
+            .await
+            .unwrap();
+        store
+            .record_log(login_from("u", "d1", now), None)
+            .await
+            .unwrap();
+        store
+            .record_log(login_from("u", "d2", now), None)
+            .await
+            .unwrap();
+        for dev in ["d1", "d2"] {
+            let (channel, payload) = tokio::time::timeout(Duration::from_secs(20), heard.recv())
+                .await
+                .expect("never notified")
+                .unwrap();
+            assert_eq!((channel.as_str(), payload), (known::ADDED, key("u", dev)));
+        }
+        // 450 pairs in one statement: three notifications.
+        let records: Vec<_> = (0..450)
+            .map(|i| crate::model::Record::Log(login_from(&format!("b{i}"), "d", now)))
+            .collect();
+        let loading = cfg.clone();
+        tokio::task::spawn_blocking(move || bulk::bulk_load(&loading, &mut records.into_iter()))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut keys = Vec::new();
+        for _ in 0..3 {
+            let (channel, payload) = tokio::time::timeout(Duration::from_secs(20), heard.recv())
+                .await
+                .expect("never notified")
+                .unwrap();
+            assert_eq!(channel, known::ADDED);
+            assert!(payload.len() < 8000);
+            keys.extend(payload.split(',').map(str::to_owned));
+        }
+        let mut expected: Vec<String> = (0..450).map(|i| key(&format!("b{i}"), "d")).collect();
+        keys.sort();
+        expected.sort();
+        assert_eq!(keys, expected);
+        store.close();
+    }
+
     /// The keys PostgreSQL computes are the index's, whatever the name.
     #[tokio::test]
     async fn the_database_computes_the_index_keys() {
