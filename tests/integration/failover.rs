@@ -131,14 +131,18 @@ async fn seen(addr: SocketAddr, user: &str, device: &str) -> Option<bool> {
     (r.status == 200).then(|| v["seen"] == true)
 }
 
-/// A device stored and asked about through every replica (so that each
-/// index holds it), then erased through one: every replica answers
-/// "unknown" for it.
+/// A device stored through one replica, known to every replica once the
+/// insert's notification has reached it (so that each index holds it),
+/// then erased through one: every replica answers "unknown" for it.
 async fn erased_everywhere(addrs: &[SocketAddr], user: &str) {
     let mut c = client_at(addrs[0], "admin").await;
     c.ok("/api/add_log", login(user, "gone-device", 60)).await;
+    assert_eq!(seen(addrs[0], user, "gone-device").await, Some(true));
     for a in addrs {
-        assert_eq!(seen(*a, user, "gone-device").await, Some(true));
+        eventually("the stored device known on every replica", || async move {
+            seen(*a, user, "gone-device").await == Some(true)
+        })
+        .await;
     }
     c.ok("/api/forget_user", json!({"username": user})).await;
     for a in addrs {

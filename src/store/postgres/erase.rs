@@ -19,54 +19,55 @@ static VACUUM_PENDING: AtomicBool = AtomicBool::new(false);
 
 impl PgStore {
     pub async fn forget_user(&self, user: String) -> Result<Deleted, StoreError> {
-        let (d, devices): (Deleted, Vec<Vec<u8>>) = in_transaction!(self, |tx| {
-            let Some(row) = tx
-                .query_opt("SELECT id FROM users WHERE name = $1 FOR UPDATE", &[&user])
-                .await?
-            else {
-                return Ok((Deleted::default(), Vec::new()));
-            };
-            let uid: i64 = row.get(0);
-            tx.execute(
-                "DELETE FROM alert_deliveries WHERE alert_id IN
+        let (d, devices, xact): (Deleted, Vec<Vec<u8>>, Option<i64>) =
+            in_transaction!(self, |tx| {
+                let Some(row) = tx
+                    .query_opt("SELECT id FROM users WHERE name = $1 FOR UPDATE", &[&user])
+                    .await?
+                else {
+                    return Ok((Deleted::default(), Vec::new(), None));
+                };
+                let uid: i64 = row.get(0);
+                tx.execute(
+                    "DELETE FROM alert_deliveries WHERE alert_id IN
                      (SELECT id FROM alerts WHERE user_id = $1)",
-                &[&uid],
-            )
-            .await?;
-            tx.execute("DELETE FROM user_countries WHERE user_id = $1", &[&uid])
-                .await?;
-            tx.execute("DELETE FROM agent_sessions WHERE user_id = $1", &[&uid])
-                .await?;
-            tx.execute("DELETE FROM time_spent WHERE user_id = $1", &[&uid])
-                .await?;
-            let devices: Vec<Vec<u8>> = tx
-                .query(
-                    "DELETE FROM devices WHERE user_id = $1 RETURNING device_id",
                     &[&uid],
                 )
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            let d = Deleted {
-                user_logs: tx
-                    .execute("DELETE FROM user_logs WHERE user_id = $1", &[&uid])
-                    .await?,
-                devices: devices.len() as u64,
-                last_logins: tx
-                    .execute("DELETE FROM last_login WHERE user_id = $1", &[&uid])
-                    .await?,
-                alerts: tx
-                    .execute("DELETE FROM alerts WHERE user_id = $1", &[&uid])
-                    .await?,
-                users: tx
-                    .execute("DELETE FROM users WHERE id = $1", &[&uid])
-                    .await?,
-            };
-            Ok((d, devices))
-        })?;
+                .await?;
+                tx.execute("DELETE FROM user_countries WHERE user_id = $1", &[&uid])
+                    .await?;
+                tx.execute("DELETE FROM agent_sessions WHERE user_id = $1", &[&uid])
+                    .await?;
+                tx.execute("DELETE FROM time_spent WHERE user_id = $1", &[&uid])
+                    .await?;
+                // With the transaction's ID, which its notification names.
+                let rows = tx
+                .query(
+                    "DELETE FROM devices WHERE user_id = $1 RETURNING device_id, txid_current()",
+                    &[&uid],
+                )
+                .await?;
+                let xact = rows.first().map(|r| r.get(1));
+                let devices: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+                let d = Deleted {
+                    user_logs: tx
+                        .execute("DELETE FROM user_logs WHERE user_id = $1", &[&uid])
+                        .await?,
+                    devices: devices.len() as u64,
+                    last_logins: tx
+                        .execute("DELETE FROM last_login WHERE user_id = $1", &[&uid])
+                        .await?,
+                    alerts: tx
+                        .execute("DELETE FROM alerts WHERE user_id = $1", &[&uid])
+                        .await?,
+                    users: tx
+                        .execute("DELETE FROM users WHERE id = $1", &[&uid])
+                        .await?,
+                };
+                Ok((d, devices, xact))
+            })?;
         if let Some(known) = &self.known {
-            known.forget(devices.iter().map(|dev| known.key(&user, dev)));
+            known.forget(xact, devices.iter().map(|dev| known.key(&user, dev)));
         }
         if d.total() > 0 {
             self.vacuum_soon();
@@ -149,7 +150,7 @@ async fn prune_locked(
     let mut total = Deleted::default();
     loop {
         let tx = client.transaction().await.map_err(pg_error)?;
-        let step: Result<(Deleted, bool, Vec<u128>), tokio_postgres::Error> = async {
+        let step: Result<(Deleted, bool, Option<i64>, Vec<u128>), tokio_postgres::Error> = async {
             let user_logs = tx
                 .execute(
                     "DELETE FROM user_logs WHERE (user_id, ts, seq) IN
@@ -163,11 +164,12 @@ async fn prune_locked(
                     "WITH d AS (DELETE FROM devices WHERE (user_id, device_id) IN
                          (SELECT user_id, device_id FROM devices WHERE last_seen < $1 LIMIT $2)
                          RETURNING user_id, device_id)
-                     SELECT u.name, d.device_id FROM d JOIN users u ON u.id = d.user_id",
+                     SELECT u.name, d.device_id, txid_current() FROM d JOIN users u ON u.id = d.user_id",
                     &[&devices_before, &PRUNE_BATCH],
                 )
                 .await?;
             let devices = rows.len() as u64;
+            let xact = rows.first().map(|r| r.get(2));
             let removed: Vec<u128> = known.map_or_else(Vec::new, |k| {
                 rows.iter().map(|r| k.key(r.get(0), r.get(1))).collect()
             });
@@ -221,14 +223,14 @@ async fn prune_locked(
                 users,
             };
             // A full batch of countries alone asks for another step.
-            Ok((deleted, countries == PRUNE_BATCH as u64, removed))
+            Ok((deleted, countries == PRUNE_BATCH as u64, xact, removed))
         }
         .await;
         let (step, more_countries) = match step {
-            Ok((deleted, more_countries, removed)) => {
+            Ok((deleted, more_countries, xact, removed)) => {
                 tx.commit().await.map_err(pg_error)?;
                 if let Some(known) = known {
-                    known.forget(removed);
+                    known.forget(xact, removed);
                 }
                 (deleted, more_countries)
             }

@@ -17,10 +17,11 @@
 //!   lease when its replica died.
 //! - Retention runs on one replica at a time (`pg_try_advisory_lock`), and
 //!   migrations once (`pg_advisory_lock` on a connection of their own).
-//! - `check_device` of a known device may be answered by the replica's
-//!   device index, which only ever answers "known", forgets its own
-//!   removals at their commit and hears of every replica's by LISTEN/NOTIFY
-//!   (see `known`); anything else asks the database.
+//! - `check_device` may be answered by the replica's device index, "known"
+//!   or "unknown": it learns its own writes and forgets its own removals at
+//!   their commit, and hears of every replica's inserts and removals by
+//!   LISTEN/NOTIFY (see `known`); while it cannot answer, the database is
+//!   asked.
 
 /// How a device entry merges into the user's device row: non-empty
 /// attributes replace, the first and last sighting widen, logins add up.
@@ -501,10 +502,20 @@ mod tests {
         }
     }
 
-    /// Whether `store`'s device index holds the pair.
+    /// Whether `store`'s device index answers "known" for the pair.
     fn holds(store: &PgStore, user: &str, dev: &[u8]) -> bool {
+        answer(store, user, dev) == known::Answer::Known
+    }
+
+    /// What `store`'s device index answers for the pair.
+    fn answer(store: &PgStore, user: &str, dev: &[u8]) -> known::Answer {
         let known = store.known.as_ref().unwrap();
-        known.holds(known.key(user, dev))
+        known.lookup(known.key(user, dev))
+    }
+
+    /// How many lookups `store`'s device index sent to the database.
+    fn asked(store: &PgStore) -> u64 {
+        store.known.as_ref().unwrap().asked()
     }
 
     /// A login of `user` at `ts` from the device `dev`.
@@ -575,9 +586,9 @@ mod tests {
         store.close();
     }
 
-    /// One replica's device index never answers "unknown" for a device
-    /// another replica stored, and stops answering "known" for one another
-    /// replica erased or aged out, or when it stops hearing of removals.
+    /// One replica's device index hears of the devices another replica
+    /// stored, and stops answering "known" for one another replica erased
+    /// or aged out, or when it stops hearing of changes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_device_index_stays_coherent_across_replicas() {
         let Some(cluster) = cluster() else { return };
@@ -595,10 +606,13 @@ mod tests {
         a.record_log(entry("old", "d0", now - 400 * 86_400), None)
             .await
             .unwrap();
-        // Stored by a, unknown to b's index: b asks the database, and keeps it.
+        // Stored by a: b hears of both.
+        eventually("b hears of a's devices", async || {
+            b.device_index_stats().unwrap().devices == Some(2)
+        })
+        .await;
         assert!(b.device_known("u".into(), b"d1".to_vec()).await.unwrap());
         assert!(b.device_known("old".into(), b"d0".to_vec()).await.unwrap());
-        assert_eq!(b.device_index_stats().unwrap().devices, Some(2));
         assert!(holds(&b, "u", b"d1"));
 
         // Erased by a: b stops answering "known" once the commit's
@@ -628,7 +642,7 @@ mod tests {
         // b's listening connection cut: its index answers nothing until it
         // listens again and has read the table.
         a.record_log(entry("w", "d2", now), None).await.unwrap();
-        assert!(b.device_known("w".into(), b"d2".to_vec()).await.unwrap());
+        eventually("b hears of w's device", async || holds(&b, "w", b"d2")).await;
         let rebuilds = b.device_index_stats().unwrap().rebuilds;
         let (client, conn) = tokio_postgres::connect(&cfg.uri, tokio_postgres::NoTls)
             .await
@@ -637,7 +651,8 @@ mod tests {
         client
             .execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+                 WHERE datname = current_database()
+                   AND (query LIKE 'LISTEN%' OR query LIKE 'SELECT NOT (pg_is_in_recovery()%')",
                 &[],
             )
             .await
@@ -650,6 +665,264 @@ mod tests {
         assert!(holds(&b, "w", b"d2"));
         a.close();
         b.close();
+    }
+
+    /// Two replicas with the index: each answers "unknown" for a device
+    /// nobody stored without a query, hears of the devices the other
+    /// stores (and answers "known" for them without a query), and of their
+    /// removal and their return.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_answer_unknown_devices_without_a_query() {
+        let Some(cluster) = cluster() else { return };
+        cluster.create_database("index_unknown").unwrap();
+        let cfg = config(cluster.uri("index_unknown"));
+        let a = PgStore::open(&cfg, true).await.unwrap();
+        let b = PgStore::open(&cfg, true).await.unwrap();
+        for store in [&a, &b] {
+            eventually("the index read", async || {
+                store.device_index_stats().unwrap().devices.is_some()
+            })
+            .await;
+        }
+        let now = crate::clock::now_unix();
+        // A name that is not ASCII: the trigger's keys are the index's.
+        let user = "zoë";
+        let asked_before = asked(&b);
+        assert!(!b.device_known(user.into(), b"d1".to_vec()).await.unwrap());
+        assert_eq!(
+            asked(&b),
+            asked_before,
+            "an unknown device asked of the database"
+        );
+
+        // (a) Stored through a: known to b without a query.
+        a.record_log(login_from(user, "d1", now), None)
+            .await
+            .unwrap();
+        assert!(a.device_known(user.into(), b"d1".to_vec()).await.unwrap());
+        eventually("b hears of a's device", async || holds(&b, user, b"d1")).await;
+        assert!(b.device_known(user.into(), b"d1".to_vec()).await.unwrap());
+        assert!(!b
+            .device_known(user.into(), b"never".to_vec())
+            .await
+            .unwrap());
+        assert!(!b
+            .device_known("nobody".into(), b"d1".to_vec())
+            .await
+            .unwrap());
+        assert_eq!(asked(&b), asked_before);
+
+        // (b) Stored through b, removed through a: unknown on both.
+        b.record_log(login_from("v", "d2", now), None)
+            .await
+            .unwrap();
+        eventually("a hears of b's device", async || holds(&a, "v", b"d2")).await;
+        a.forget_user("v".into()).await.unwrap();
+        assert_ne!(answer(&a, "v", b"d2"), known::Answer::Known);
+        assert!(!a.device_known("v".into(), b"d2".to_vec()).await.unwrap());
+        eventually("b forgets the device", async || {
+            answer(&b, "v", b"d2") == known::Answer::Unknown
+        })
+        .await;
+        assert!(!b.device_known("v".into(), b"d2".to_vec()).await.unwrap());
+        // Once a has read the table again, it answers from memory too.
+        eventually("a reads the table again", async || {
+            answer(&a, "v", b"d2") == known::Answer::Unknown
+        })
+        .await;
+
+        // (c) Stored again, through either: known again on both.
+        a.record_log(login_from("v", "d2", now), None)
+            .await
+            .unwrap();
+        assert!(a.device_known("v".into(), b"d2".to_vec()).await.unwrap());
+        eventually("b hears of the device again", async || {
+            holds(&b, "v", b"d2")
+        })
+        .await;
+        b.forget_user("v".into()).await.unwrap();
+        b.record_log(login_from("v", "d2", now), None)
+            .await
+            .unwrap();
+        assert!(b.device_known("v".into(), b"d2".to_vec()).await.unwrap());
+        eventually("a knows the device stored again", async || {
+            a.device_known("v".into(), b"d2".to_vec()).await.unwrap()
+        })
+        .await;
+        for store in [&a, &b] {
+            eventually("each index holds the device", async || {
+                holds(store, "v", b"d2")
+            })
+            .await;
+        }
+        assert!(holds(&a, user, b"d1") && holds(&b, user, b"d1"));
+        a.close();
+        b.close();
+    }
+
+    /// More than a thousand devices in one transaction (a bulk load, an
+    /// import) make every replica read the table again, and then it knows
+    /// them all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_hear_of_bulk_inserts() {
+        let Some(cluster) = cluster() else { return };
+        const N: usize = 1_500;
+        let now = crate::clock::now_unix();
+        for (db, import) in [("index_bulk_load", false), ("index_import", true)] {
+            cluster.create_database(db).unwrap();
+            let cfg = config(cluster.uri(db));
+            let b = PgStore::open(&cfg, true).await.unwrap();
+            eventually("the index read", async || {
+                b.device_index_stats().unwrap().devices == Some(0)
+            })
+            .await;
+            let rebuilds = b.device_index_stats().unwrap().rebuilds;
+            let records: Vec<crate::model::Record> = (0..N)
+                .map(|i| {
+                    let log = login_from(&format!("u{}", i % 700), &format!("d{i}"), now);
+                    if import {
+                        crate::model::Record::Device {
+                            username: log.username,
+                            row: crate::model::DeviceRow {
+                                device: log.device.unwrap(),
+                                first_seen: now,
+                                last_seen: now,
+                                num_logins: 1,
+                            },
+                        }
+                    } else {
+                        crate::model::Record::Log(log)
+                    }
+                })
+                .collect();
+            let loading = cfg.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut records = records.into_iter();
+                if import {
+                    bulk::import(&loading, &mut || records.next().map(Ok)).map(|_| ())
+                } else {
+                    bulk::bulk_load(&loading, &mut records).map(|_| ())
+                }
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            eventually("b reads the table again", async || {
+                b.device_index_stats().unwrap().devices == Some(N)
+            })
+            .await;
+            assert!(b.device_index_stats().unwrap().rebuilds > rebuilds);
+            let asked_before = asked(&b);
+            for i in 0..N {
+                let user = format!("u{}", i % 700);
+                let dev = format!("d{i}").into_bytes();
+                assert!(b.device_known(user, dev).await.unwrap(), "{db}: d{i}");
+            }
+            assert_eq!(asked(&b), asked_before);
+            b.close();
+        }
+    }
+
+    /// The trigger notifies the keys of the pairs inserted, 200 to a
+    /// notification, and nothing for an entry of a device already stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inserts_are_notified_by_their_keys_alone() {
+        let Some(cluster) = cluster() else { return };
+        cluster.create_database("index_notify").unwrap();
+        let cfg = config(cluster.uri("index_notify"));
+        let store = PgStore::open(&cfg, false).await.unwrap();
+        let (client, mut conn) = tokio_postgres::connect(&cfg.uri, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let (tell, mut heard) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                    let _ = tell.send((n.channel().to_owned(), n.payload().to_owned()));
+                }
+            }
+        });
+        client
+            .batch_execute(&format!(
+                "LISTEN {}; LISTEN {}",
+                known::ADDED,
+                known::REMOVED
+            ))
+            .await
+            .unwrap();
+        let now = crate::clock::now_unix();
+        let key = |user: &str, dev: &str| format!("{:032x}", known::pair_key(user, dev.as_bytes()));
+        store
+            .record_log(login_from("u", "d1", now), None)
+            .await
+            .unwrap();
+        store
+            .record_log(login_from("u", "d1", now), None)
+            .await
+            .unwrap();
+        store
+            .record_log(login_from("u", "d2", now), None)
+            .await
+            .unwrap();
+        for dev in ["d1", "d2"] {
+            let (channel, payload) = tokio::time::timeout(Duration::from_secs(20), heard.recv())
+                .await
+                .expect("never notified")
+                .unwrap();
+            assert_eq!((channel.as_str(), payload), (known::ADDED, key("u", dev)));
+        }
+        // 450 pairs in one statement: three notifications.
+        let records: Vec<_> = (0..450)
+            .map(|i| crate::model::Record::Log(login_from(&format!("b{i}"), "d", now)))
+            .collect();
+        let loading = cfg.clone();
+        tokio::task::spawn_blocking(move || bulk::bulk_load(&loading, &mut records.into_iter()))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut keys = Vec::new();
+        for _ in 0..3 {
+            let (channel, payload) = tokio::time::timeout(Duration::from_secs(20), heard.recv())
+                .await
+                .expect("never notified")
+                .unwrap();
+            assert_eq!(channel, known::ADDED);
+            assert!(payload.len() < 8000);
+            keys.extend(payload.split(',').map(str::to_owned));
+        }
+        let mut expected: Vec<String> = (0..450).map(|i| key(&format!("b{i}"), "d")).collect();
+        keys.sort();
+        expected.sort();
+        assert_eq!(keys, expected);
+        store.close();
+    }
+
+    /// The keys PostgreSQL computes are the index's, whatever the name.
+    #[tokio::test]
+    async fn the_database_computes_the_index_keys() {
+        let Some(cluster) = cluster() else { return };
+        cluster.create_database("index_keys").unwrap();
+        let (client, conn) =
+            tokio_postgres::connect(&cluster.uri("index_keys"), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        for (name, dev) in [("u", &b"d"[..]), ("zoë 日本", b"\x00\xff\x10"), ("", b"")] {
+            let row = client
+                .query_one(
+                    "SELECT encode(substr(sha256(int4send(octet_length(convert_to($1, 'UTF8')))
+                         || convert_to($1, 'UTF8') || $2), 1, 16), 'hex')",
+                    &[&name, &dev],
+                )
+                .await
+                .unwrap();
+            let hex: String = row.get(0);
+            assert_eq!(
+                hex,
+                format!("{:032x}", known::pair_key(name, dev)),
+                "{name:?}"
+            );
+        }
     }
 
     /// With `db.read_uri`, the reads that may lag go to the standby (an

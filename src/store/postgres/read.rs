@@ -4,6 +4,7 @@
 
 use tokio_postgres::{IsolationLevel, Row};
 
+use super::known::Answer;
 use super::outbox::user_alerts;
 use super::{pg_error, PgStore};
 use crate::model::{DeviceRecord, DeviceRow, LogDevice, LogRecord, LogRow, UserOverview};
@@ -136,8 +137,10 @@ impl PgStore {
             .as_ref()
             .map(|k| (k, k.key(&user, &sealed_id), k.generation()));
         if let Some((k, key, _)) = known {
-            if k.holds(key) {
-                return Ok(true);
+            match k.lookup(key) {
+                Answer::Known => return Ok(true),
+                Answer::Unknown => return Ok(false),
+                Answer::Ask => k.asking(),
             }
         }
         let rows = self

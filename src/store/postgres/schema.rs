@@ -156,6 +156,65 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX access_reads_by_day ON access_reads (day);
     ",
+    // 5: every replica's device index hears of the pairs inserted, at the
+    // commit that inserts them: their keys (see `known::pair_key`), 200 to a
+    // notification (32 hex digits and a comma each, under the 8000 bytes of
+    // a payload). Past 1000 pairs in one transaction (an import, a bulk
+    // load), one notification of a removal instead: every replica reads the
+    // table again. A statement that inserts nothing (an upsert that only
+    // updates) costs the EXISTS alone. A removal's notification now names
+    // its transaction, so that the replica that made it knows whether it
+    // was heard already.
+    "
+    CREATE OR REPLACE FUNCTION usermetadb_devices_removed() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP <> 'DELETE' THEN
+            PERFORM pg_notify('usermetadb_devices_removed', txid_current()::text);
+        ELSIF EXISTS (SELECT 1 FROM gone) THEN
+            PERFORM pg_notify('usermetadb_devices_removed', txid_current()::text);
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    CREATE FUNCTION usermetadb_devices_added() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        n     bigint;
+        total bigint;
+        keys  text[];
+    BEGIN
+        IF NOT EXISTS (SELECT 1 FROM added) THEN
+            RETURN NULL;
+        END IF;
+        SELECT count(*) INTO n FROM added;
+        total := n + coalesce(
+            nullif(current_setting('usermetadb.devices_added', true), '')::bigint, 0);
+        PERFORM set_config('usermetadb.devices_added', total::text, true);
+        IF total > 1000 THEN
+            PERFORM pg_notify('usermetadb_devices_removed', txid_current()::text);
+            RETURN NULL;
+        END IF;
+        SELECT array_agg(encode(substr(sha256(
+                   int4send(octet_length(convert_to(u.name, 'UTF8')))
+                   || convert_to(u.name, 'UTF8') || a.device_id), 1, 16), 'hex'))
+            INTO keys
+            FROM added a JOIN users u ON u.id = a.user_id;
+        IF coalesce(array_length(keys, 1), 0) < n THEN
+            -- A pair without its user: let every replica read the table.
+            PERFORM pg_notify('usermetadb_devices_removed', txid_current()::text);
+            RETURN NULL;
+        END IF;
+        FOR i IN 0 .. (n - 1) / 200 LOOP
+            PERFORM pg_notify('usermetadb_devices_added',
+                              array_to_string(keys[i * 200 + 1 : i * 200 + 200], ','));
+        END LOOP;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER devices_added AFTER INSERT ON devices
+        REFERENCING NEW TABLE AS added
+        FOR EACH STATEMENT EXECUTE FUNCTION usermetadb_devices_added();
+    ",
 ];
 
 /// The schema version this build writes.

@@ -222,16 +222,24 @@ impl PgStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Stores a log entry in a transaction of its own.
+    /// Stores a log entry in a transaction of its own; the device index
+    /// learns its device once it is committed.
     pub(super) async fn record_one(
         &self,
         rec: LogRecord,
         detect: Option<Detections>,
     ) -> Result<usize, StoreError> {
-        in_transaction!(self, |tx| {
+        let generation = self.known.as_ref().map(|k| k.generation());
+        let stored = in_transaction!(self, |tx| {
             let uid = lock_user(&tx, &rec.username).await?;
             record_for(&tx, uid, &rec, detect.as_ref()).await
-        })
+        });
+        if let (Ok(_), Some(known), Some(g)) = (&stored, &self.known, generation) {
+            if !rec.sealed_id().is_empty() {
+                known.learn(g, [known.key(&rec.username, rec.sealed_id())]);
+            }
+        }
+        stored
     }
 
     pub async fn set_last_login(
