@@ -92,6 +92,9 @@ pub struct Target {
     /// The replicas' processes, for their CPU time (summed) and the first's
     /// memory.
     pub server_pids: Vec<u32>,
+    /// The database's own process tree (PostgreSQL's postmaster), for its
+    /// CPU time.
+    pub db_pid: Option<u32>,
 }
 
 impl Target {
@@ -128,6 +131,8 @@ pub struct Outcome {
     /// Open loop only: from the actual send, without the wait for a connection.
     pub service_time: Option<Histogram<u64>>,
     pub server_cpu_seconds: Option<f64>,
+    /// PostgreSQL's CPU seconds in the window (its whole process tree).
+    pub db_cpu_seconds: Option<f64>,
     pub client_cpu_seconds: f64,
     /// CPU time the hypervisor took away during the window (all CPUs).
     pub steal_seconds: Option<f64>,
@@ -243,10 +248,12 @@ pub async fn run(sc: &Scenario, target: &Target) -> Result<Outcome> {
 
     tokio::time::sleep_until(window.measure_from).await;
     let server_cpu0 = target.cpu_seconds();
+    let db_cpu0 = target.db_pid.map(procfs::tree_cpu_seconds);
     let client_cpu0 = procfs::cpu_seconds(None)?;
     let steal0 = procfs::steal_seconds().ok();
     tokio::time::sleep_until(window.end).await;
     let server_cpu1 = target.cpu_seconds();
+    let db_cpu1 = target.db_pid.map(procfs::tree_cpu_seconds);
     let client_cpu1 = procfs::cpu_seconds(None)?;
     let steal1 = procfs::steal_seconds().ok();
 
@@ -291,7 +298,12 @@ pub async fn run(sc: &Scenario, target: &Target) -> Result<Outcome> {
         (Some(a), Some(b)) => Some(b? - a?),
         _ => None,
     };
+    let db_cpu_seconds = match (db_cpu0, db_cpu1) {
+        (Some(a), Some(b)) => Some(b? - a?),
+        _ => None,
+    };
     Ok(Outcome {
+        db_cpu_seconds,
         ok: all.ok,
         non_2xx: all.non_2xx,
         errors: all.errors,

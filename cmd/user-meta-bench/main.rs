@@ -455,6 +455,7 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
                 addrs: vec![addr],
                 server_name: args.server_name.clone(),
                 server_pids: args.server_pid.into_iter().collect(),
+                db_pid: None,
             };
             (target, args.db.as_deref().map(seed::sqlite_config))
         }
@@ -557,6 +558,7 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
                 addrs,
                 server_name: args.server_name.clone(),
                 server_pids: servers.iter().map(|s| s.pid).collect(),
+                db_pid: cluster.as_ref().map(|pg| pg.postmaster_pid()).transpose()?,
             };
             workdir = Some(dir);
             (target, Some(db_cfg))
@@ -629,7 +631,8 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
         "validate": args.validate,
         "backend": if args.postgres { "postgresql" } else { "sqlite" },
         "replicas": args.replicas,
-        "postgres_single_row_inserts_per_second": insert_ceiling,
+        "postgres_single_row_inserts_per_second": insert_ceiling.as_ref().map(|c| c.tps),
+        "postgres_cpu_us_per_insert": insert_ceiling.as_ref().map(|c| c.cpu_us),
     });
     let mut report = Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -653,9 +656,10 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
     };
     report.evaluate_targets();
     print!("{}", report.table());
-    if let Some(tps) = insert_ceiling {
+    if let Some(InsertCeiling { tps, cpu_us }) = insert_ceiling {
         println!(
-            "PostgreSQL's own single-row INSERT rate (pgbench, {} connections): {tps:.0}/s",
+            "PostgreSQL's own single-row INSERT rate (pgbench, {} connections): {tps:.0}/s, \
+             PostgreSQL CPU {cpu_us:.0} µs per INSERT",
             args.connections
         );
         if let Some(a) = report.scenarios.iter().find(|r| r.name == "add_log") {
@@ -664,6 +668,15 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
                 a.requests_per_second,
                 100.0 * a.requests_per_second / tps
             );
+        }
+        for r in &report.scenarios {
+            if let Some(db) = r.db_cpu_us_per_request {
+                println!(
+                    "PostgreSQL CPU per answer of {}: {db:.0} µs ({:.2}x pgbench's per INSERT)",
+                    r.name,
+                    db / cpu_us
+                );
+            }
         }
     }
     if let Some(path) = &args.json {
@@ -936,7 +949,7 @@ fn pgbench_insert_rate(
     pg: &usermetadb::store::postgres::scratch::Scratch,
     dir: &std::path::Path,
     args: &RunArgs,
-) -> Result<f64> {
+) -> Result<InsertCeiling> {
     pg.sql_in(
         "bench",
         "CREATE TABLE IF NOT EXISTS pgbench_log (id BIGSERIAL PRIMARY KEY, \
@@ -952,6 +965,8 @@ fn pgbench_insert_rate(
          VALUES (:u, 1800000000, 'login', '\\x0102030405060708', 'IT');\n",
     )?;
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let postmaster = pg.postmaster_pid()?;
+    let cpu0 = procfs::tree_cpu_seconds(postmaster)?;
     let out = pg
         .tool(
             "pgbench",
@@ -971,6 +986,7 @@ fn pgbench_insert_rate(
             ],
         )
         .context("running pgbench")?;
+    let cpu = procfs::tree_cpu_seconds(postmaster)? - cpu0;
     let text = String::from_utf8_lossy(&out);
     let tps = text
         .lines()
@@ -980,6 +996,20 @@ fn pgbench_insert_rate(
         .with_context(|| format!("pgbench said:\n{text}"))?;
     pg.sql_in("bench", "DROP TABLE pgbench_log")
         .context("dropping pgbench's table")?;
-    eprintln!("  pgbench: {tps:.0} single-row INSERTs/s");
-    Ok(tps)
+    let inserts = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split(['/', ' ']).next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .with_context(|| format!("pgbench said:\n{text}"))?;
+    let cpu_us = cpu * 1e6 / inserts.max(1.0);
+    eprintln!("  pgbench: {tps:.0} single-row INSERTs/s, PostgreSQL CPU {cpu_us:.0} µs per INSERT");
+    Ok(InsertCeiling { tps, cpu_us })
+}
+
+/// PostgreSQL's own rate of durable single-row INSERTs, and its CPU per
+/// INSERT (the cluster's process tree, from /proc).
+struct InsertCeiling {
+    tps: f64,
+    cpu_us: f64,
 }

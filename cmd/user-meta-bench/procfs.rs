@@ -14,6 +14,48 @@ pub fn cpu_seconds(pid: Option<u32>) -> Result<f64> {
         .ok_or_else(|| anyhow!("{path}: unexpected format"))
 }
 
+/// CPU seconds of a process and of its children, living and reaped: for
+/// PostgreSQL's postmaster, the whole cluster (every backend, those that
+/// have exited too, and the background processes).
+pub fn tree_cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let fields = stat_fields(&text).ok_or_else(|| anyhow!("{path}: unexpected format"))?;
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    // utime, stime, cutime, cstime.
+    let mut ticks = [11, 12, 13, 14]
+        .iter()
+        .map(|&i| field(i))
+        .sum::<Option<u64>>()
+        .ok_or_else(|| anyhow!("{path}: unexpected format"))?;
+    for entry in std::fs::read_dir("/proc").context("listing /proc")? {
+        let name = entry?.file_name();
+        let Some(child) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A child may exit while it is read: its time then moves to the
+        // parent's reaped time, read above or in the next sample.
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let Some(f) = stat_fields(&text) else {
+            continue;
+        };
+        if f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            ticks += parse_stat_ticks(&text).unwrap_or(0);
+        }
+    }
+    Ok(ticks as f64 / clock_ticks_per_second())
+}
+
+/// The fields of a /proc/PID/stat line after the command name: the state
+/// is 0, the parent 1, utime 11.
+fn stat_fields(text: &str) -> Option<Vec<&str>> {
+    // The command name (field 2) may hold spaces and parentheses: count
+    // fields from the last ')'.
+    Some(text[text.rfind(')')? + 1..].split_whitespace().collect())
+}
+
 /// utime + stime (fields 14 and 15) from a /proc/PID/stat line.
 fn parse_stat_ticks(text: &str) -> Option<u64> {
     // The command name (field 2) may hold spaces and parentheses: count

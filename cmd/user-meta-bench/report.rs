@@ -69,6 +69,8 @@ pub struct ScenarioReport {
     pub service_time_ms: Option<Latency>,
     pub server_cpu_seconds: Option<f64>,
     pub server_cpu_us_per_request: Option<f64>,
+    /// PostgreSQL's CPU per answer (its whole process tree), when measured.
+    pub db_cpu_us_per_request: Option<f64>,
     /// Server CPU seconds per wall second: 2.0 is both cores.
     pub server_cores_busy: Option<f64>,
     pub client_cpu_us_per_request: f64,
@@ -110,6 +112,7 @@ impl ScenarioReport {
             service_time_ms: o.service_time.as_ref().map(Latency::from_histogram),
             server_cpu_seconds: o.server_cpu_seconds,
             server_cpu_us_per_request: o.server_cpu_seconds.map(|c| c * 1e6 / served),
+            db_cpu_us_per_request: o.db_cpu_seconds.map(|c| c * 1e6 / served),
             server_cores_busy: o.server_cpu_seconds.map(|c| c / secs),
             client_cpu_us_per_request: o.client_cpu_seconds * 1e6 / served,
             client_cores_busy: o.client_cpu_seconds / secs,

@@ -101,9 +101,16 @@ impl Dispatcher {
                     joined = set.join_next() => joined,
                 };
                 let Some(joined) = joined else { break };
-                let Ok((d, result)) = joined else { continue };
-                claimed.remove(&(d.alert.id, d.sink.clone()));
-                self.record(d, result).await;
+                // Every outcome already in is recorded with this one, in one
+                // transaction.
+                let mut outcomes: Vec<_> = std::iter::once(joined)
+                    .chain(std::iter::from_fn(|| set.try_join_next()))
+                    .filter_map(Result::ok)
+                    .collect();
+                for (d, _) in &outcomes {
+                    claimed.remove(&(d.alert.id, d.sink.clone()));
+                }
+                self.record(&mut outcomes).await;
             }
             if *stop.borrow() {
                 set.abort_all();
@@ -113,33 +120,45 @@ impl Dispatcher {
         tracing::debug!("alert dispatcher stopped");
     }
 
-    /// Stores the outcome of one delivery.
-    async fn record(&self, d: Due, result: Result<(), DeliveryError>) {
+    /// Stores the outcomes of deliveries: the successes in one write.
+    async fn record(&self, outcomes: &mut Vec<(Due, Result<(), DeliveryError>)>) {
         let now = (self.clock)();
-        let (id, sink) = (d.alert.id, d.sink.clone());
-        record_metric(&sink, &result);
-        let write = match result {
-            Ok(()) => {
-                tracing::debug!(alert_id = id, sink = %sink, "alert delivered");
-                self.store
-                    .mark_delivered(id, sink, quantize(now, self.granularity))
-                    .await
-            }
-            Err(e) => {
-                let next = match &e {
-                    DeliveryError::Transient(_) => Some(
-                        now + backoff(d.attempts, self.cfg.retry_initial, self.cfg.retry_max)
-                            .as_secs()
-                            .max(1) as i64,
-                    ),
-                    DeliveryError::Permanent(_) => None,
-                };
-                // The error may quote a recipient address: debug only.
-                tracing::warn!(sink = %sink, attempt = d.attempts + 1, will_retry = next.is_some(), "alert delivery failed");
-                tracing::debug!(alert_id = id, error = %e, "alert delivery error");
-                self.store.mark_failed(id, sink, e.to_string(), next).await
-            }
-        };
+        let mut delivered = Vec::new();
+        for (d, result) in outcomes.drain(..) {
+            let (id, sink) = (d.alert.id, d.sink.clone());
+            record_metric(&sink, &result);
+            let e = match result {
+                Ok(()) => {
+                    tracing::debug!(alert_id = id, sink = %sink, "alert delivered");
+                    delivered.push((id, sink));
+                    continue;
+                }
+                Err(e) => e,
+            };
+            let next = match &e {
+                DeliveryError::Transient(_) => Some(
+                    now + backoff(d.attempts, self.cfg.retry_initial, self.cfg.retry_max)
+                        .as_secs()
+                        .max(1) as i64,
+                ),
+                DeliveryError::Permanent(_) => None,
+            };
+            // The error may quote a recipient address: debug only.
+            tracing::warn!(sink = %sink, attempt = d.attempts + 1, will_retry = next.is_some(), "alert delivery failed");
+            tracing::debug!(alert_id = id, error = %e, "alert delivery error");
+            let write = self.store.mark_failed(id, sink, e.to_string(), next).await;
+            self.write_failed(write).await;
+        }
+        if !delivered.is_empty() {
+            let write = self
+                .store
+                .mark_delivered(delivered, quantize(now, self.granularity))
+                .await;
+            self.write_failed(write).await;
+        }
+    }
+
+    async fn write_failed(&self, write: Result<(), crate::store::StoreError>) {
         if let Err(e) = write {
             tracing::warn!(error = %e, "cannot record an alert delivery; it will be retried");
             tokio::time::sleep(Duration::from_secs(1)).await;

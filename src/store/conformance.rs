@@ -499,7 +499,7 @@ pub async fn the_outbox_delivers_at_least_once(store: &Store, _db: &DbConfig, _a
     );
     let id = first[0].alert.id;
     store
-        .mark_delivered(id, "log".into(), now - now % HOUR)
+        .mark_delivered(vec![(id, "log".into())], now - now % HOUR)
         .await
         .unwrap();
     // A claim given back is due at once, with its attempts unchanged; a
@@ -1771,6 +1771,30 @@ pub async fn access_reads_are_recorded_once_and_kept_like_data(
         1
     );
     assert_eq!(store.forget_access("a".into()).await.unwrap(), 0);
+
+    // Retention over more reads than one transaction looks at: users and
+    // days interleaved in key order.
+    let many: Vec<AccessRead> = (0..2_500)
+        .flat_map(|i| {
+            let user = format!("m{i:04}");
+            [
+                read(&user, "support", "get_user_logs", T0 - 3 * DAY),
+                read(&user, "support", "get_user_logs", T0),
+            ]
+        })
+        .collect();
+    store
+        .record_access(std::sync::Arc::new(many))
+        .await
+        .unwrap();
+    assert_eq!(store.prune_access(T0 - DAY).await.unwrap(), 2_500);
+    for user in ["m0000", "m1999", "m2000", "m2499"] {
+        assert_eq!(
+            store.user_access(user.into(), i64::MIN).await.unwrap(),
+            [read(user, "support", "get_user_logs", T0)]
+        );
+    }
+    assert_eq!(store.prune_access(T0 - DAY).await.unwrap(), 0);
 }
 
 /// Runs every case of the suite as a test of its own, each on a fresh

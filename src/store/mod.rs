@@ -319,14 +319,14 @@ impl Store {
         backend!(self, s => s.next_due().await)
     }
 
-    /// Records a delivery; `delivered_at` is floored by the caller.
+    /// Records deliveries, (alert ID, sink) each, in one transaction;
+    /// `delivered_at` is floored by the caller.
     pub async fn mark_delivered(
         &self,
-        alert_id: i64,
-        sink: String,
+        done: Vec<(i64, String)>,
         delivered_at: i64,
     ) -> Result<(), StoreError> {
-        backend!(self, s => s.mark_delivered(alert_id, sink, delivered_at).await)
+        backend!(self, s => s.mark_delivered(done, delivered_at).await)
     }
 
     /// Records a failed attempt: due again at `next` or, when `None`, failed

@@ -130,15 +130,17 @@ impl PgStore {
 
     pub async fn mark_delivered(
         &self,
-        alert_id: i64,
-        sink: String,
+        done: Vec<(i64, String)>,
         delivered_at: i64,
     ) -> Result<(), StoreError> {
+        let ids: Vec<i64> = done.iter().map(|d| d.0).collect();
+        let sinks: Vec<&str> = done.iter().map(|d| d.1.as_str()).collect();
         self.execute(
-            "UPDATE alert_deliveries SET state = 'delivered', attempts = attempts + 1,
+            "UPDATE alert_deliveries d SET state = 'delivered', attempts = attempts + 1,
                  delivered_at = $3, next_attempt = 0, last_error = NULL
-             WHERE alert_id = $1 AND sink = $2",
-            &[&alert_id, &sink, &delivered_at],
+             FROM unnest($1::bigint[], $2::text[]) AS q(id, sink)
+             WHERE d.alert_id = q.id AND d.sink = q.sink",
+            &[&ids, &sinks, &delivered_at],
         )
         .await
         .map(|_| ())

@@ -244,6 +244,15 @@ impl Scratch {
         self.root.join("data")
     }
 
+    /// The postmaster's process ID (the first line of `postmaster.pid`).
+    pub fn postmaster_pid(&self) -> io::Result<u32> {
+        let text = std::fs::read_to_string(self.data().join("postmaster.pid"))?;
+        text.lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| other("postmaster.pid: no process ID"))
+    }
+
     /// The folder of the server's unix socket.
     pub fn socket_dir(&self) -> &Path {
         &self.root

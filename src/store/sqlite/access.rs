@@ -9,8 +9,8 @@ use super::{ops, SqliteStore};
 use crate::model::{AccessRead, Record};
 use crate::store::types::{BulkError, StoreError};
 
-/// Rows deleted per retention transaction.
-const PRUNE_BATCH: i64 = 500;
+/// Rows looked at per retention transaction.
+const PRUNE_PAGE: i64 = 2_000;
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccessRead> {
     Ok(AccessRead {
@@ -104,22 +104,52 @@ impl SqliteStore {
         Ok(n)
     }
 
+    /// Deletes the reads of days before `before_day`: the table is walked
+    /// in key order, a page of keys a transaction, so that no write waits
+    /// long behind it.
     pub async fn prune_access(&self, before_day: i64) -> Result<u64, StoreError> {
         let mut total = 0;
+        let mut after: Option<AccessRead> = None;
         loop {
-            let n = self
+            let (n, last) = self
                 .write(move |c| {
-                    Ok(c.prepare_cached(
-                        "DELETE FROM access_reads WHERE (username, day, reader, endpoint) IN
-                             (SELECT username, day, reader, endpoint FROM access_reads
-                              WHERE day < ?1 ORDER BY day LIMIT ?2)",
-                    )?
-                    .execute(params![before_day, PRUNE_BATCH])? as u64)
+                    let keys: Vec<AccessRead> = match &after {
+                        None => c
+                            .prepare_cached(
+                                "SELECT username, day, reader, endpoint FROM access_reads
+                                 ORDER BY username, day, reader, endpoint LIMIT ?1",
+                            )?
+                            .query_map([PRUNE_PAGE], row)?
+                            .collect::<Result<_, _>>()?,
+                        Some(a) => c
+                            .prepare_cached(
+                                "SELECT username, day, reader, endpoint FROM access_reads
+                                 WHERE (username, day, reader, endpoint) > (?1, ?2, ?3, ?4)
+                                 ORDER BY username, day, reader, endpoint LIMIT ?5",
+                            )?
+                            .query_map(
+                                params![a.username, a.day, a.reader, a.endpoint, PRUNE_PAGE],
+                                row,
+                            )?
+                            .collect::<Result<_, _>>()?,
+                    };
+                    let mut delete = c.prepare_cached(
+                        "DELETE FROM access_reads
+                         WHERE username = ?1 AND day = ?2 AND reader = ?3 AND endpoint = ?4",
+                    )?;
+                    let mut n = 0;
+                    for a in keys.iter().filter(|a| a.day < before_day) {
+                        n += delete.execute(params![a.username, a.day, a.reader, a.endpoint])?
+                            as u64;
+                    }
+                    let last = (keys.len() == PRUNE_PAGE as usize).then(|| keys.last().cloned());
+                    Ok((n, last.flatten()))
                 })
                 .await?;
             total += n;
-            if n < PRUNE_BATCH as u64 {
-                return Ok(total);
+            match last {
+                Some(a) => after = Some(a),
+                None => return Ok(total),
             }
         }
     }

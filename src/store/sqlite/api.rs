@@ -268,13 +268,19 @@ impl SqliteStore {
 
     pub async fn mark_delivered(
         &self,
-        alert_id: i64,
-        sink: String,
+        done: Vec<(i64, String)>,
         delivered_at: i64,
     ) -> Result<(), StoreError> {
-        self.unlease(alert_id, &sink);
-        self.write(move |c| alerts::mark_delivered(c, alert_id, &sink, delivered_at))
-            .await
+        for (alert_id, sink) in &done {
+            self.unlease(*alert_id, sink);
+        }
+        self.write(move |c| {
+            for (alert_id, sink) in &done {
+                alerts::mark_delivered(c, *alert_id, sink, delivered_at)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub async fn mark_failed(
