@@ -208,6 +208,13 @@ struct RunArgs {
     /// are spread over them.
     #[arg(long, default_value_t = 1, requires = "postgres")]
     replicas: usize,
+    /// With --postgres: load pg_stat_statements into the cluster and print,
+    /// after the run, where PostgreSQL spent its time per add_log entry.
+    #[arg(long, requires = "postgres")]
+    pg_statements: bool,
+    /// With --postgres: a setting of the cluster, NAME=VALUE (repeatable).
+    #[arg(long = "pg-setting", requires = "postgres")]
+    pg_settings: Vec<String>,
     /// Pause between scenarios, letting the server settle.
     #[arg(long, default_value = "1s", value_parser = duration)]
     pause: Duration,
@@ -467,8 +474,18 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
             let dir = spawn::WorkDir::create(args.workdir.as_deref(), args.keep)?;
             let key_path = dir.path.join("device.key");
             let db_cfg = if args.postgres {
-                let pg = usermetadb::store::postgres::scratch::Scratch::start(false)
-                    .context("starting a PostgreSQL cluster")?;
+                let mut settings = args.pg_settings.clone();
+                if args.pg_statements
+                    && !settings
+                        .iter()
+                        .any(|s| s.starts_with("shared_preload_libraries="))
+                {
+                    settings.push("shared_preload_libraries=pg_stat_statements".to_owned());
+                }
+                let pg = usermetadb::store::postgres::scratch::Scratch::start_with_settings(
+                    false, settings,
+                )
+                .context("starting a PostgreSQL cluster")?;
                 pg.create_database("bench")
                     .context("creating the database")?;
                 let cfg = postgres_config(pg.uri("bench"), 32);
@@ -507,6 +524,14 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
             if let Some(pg) = &cluster {
                 eprintln!("measuring the cluster's own single-row INSERT rate (pgbench)...");
                 insert_ceiling = Some(pgbench_insert_rate(pg, &dir.path, &args)?);
+                if args.pg_statements {
+                    pg.sql_in(
+                        "bench",
+                        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; \
+                         SELECT pg_stat_statements_reset()",
+                    )
+                    .context("resetting pg_stat_statements")?;
+                }
             }
             let config = dir.path.join("server.yml");
             let agents_addr =
@@ -608,6 +633,10 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
         None => None,
     };
     drop(servers);
+    let statements = match (args.pg_statements, &cluster) {
+        (true, Some(pg)) => Some(statements_table(pg, &reports)?),
+        _ => None,
+    };
     drop(cluster);
     drop(workdir);
 
@@ -668,6 +697,9 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
                 a.requests_per_second,
                 100.0 * a.requests_per_second / tps
             );
+        }
+        if let Some(table) = &statements {
+            print!("{table}");
         }
         for r in &report.scenarios {
             if let Some(db) = r.db_cpu_us_per_request {
@@ -966,6 +998,7 @@ fn pgbench_insert_rate(
     )?;
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     let postmaster = pg.postmaster_pid()?;
+    let background = procfs::children(postmaster)?.len();
     let cpu0 = procfs::tree_cpu_seconds(postmaster)?;
     let out = pg
         .tool(
@@ -986,6 +1019,12 @@ fn pgbench_insert_rate(
             ],
         )
         .context("running pgbench")?;
+    // pgbench's backends are ending: their time reaches the postmaster's
+    // once it has reaped them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while procfs::children(postmaster)?.len() > background && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let cpu = procfs::tree_cpu_seconds(postmaster)? - cpu0;
     let text = String::from_utf8_lossy(&out);
     let tps = text
@@ -1005,6 +1044,56 @@ fn pgbench_insert_rate(
     let cpu_us = cpu * 1e6 / inserts.max(1.0);
     eprintln!("  pgbench: {tps:.0} single-row INSERTs/s, PostgreSQL CPU {cpu_us:.0} µs per INSERT");
     Ok(InsertCeiling { tps, cpu_us })
+}
+
+/// Where PostgreSQL spent its time in the servers' statements (everything
+/// after pgbench), per add_log entry answered (warm-up included): the
+/// statements taking the most time first.
+fn statements_table(
+    pg: &usermetadb::store::postgres::scratch::Scratch,
+    reports: &[ScenarioReport],
+) -> Result<String> {
+    use std::fmt::Write;
+    let entries = reports
+        .iter()
+        .filter(|r| r.name.starts_with("add_log"))
+        .map(|r| r.total_ok)
+        .sum::<u64>()
+        .max(1);
+    let text = pg
+        .sql_in(
+            "bench",
+            "SELECT round(total_exec_time::numeric, 1), calls, rows, \
+                    regexp_replace(left(query, 90), '\\s+', ' ', 'g') \
+             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15",
+        )
+        .context("reading pg_stat_statements")?;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "PostgreSQL's statements by time, per add_log entry ({entries} entries):"
+    )?;
+    writeln!(
+        out,
+        "{:>10} {:>9} {:>10}  statement",
+        "µs/entry", "calls", "rows"
+    )?;
+    for line in text.lines() {
+        let f: Vec<&str> = line.splitn(4, '|').collect();
+        let [ms, calls, rows, query] = f[..] else {
+            continue;
+        };
+        let ms: f64 = ms.trim().parse().unwrap_or(0.0);
+        writeln!(
+            out,
+            "{:>10.1} {:>9} {:>10}  {}",
+            ms * 1000.0 / entries as f64,
+            calls.trim(),
+            rows.trim(),
+            query.trim()
+        )?;
+    }
+    Ok(out)
 }
 
 /// PostgreSQL's own rate of durable single-row INSERTs, and its CPU per

@@ -28,24 +28,31 @@ pub fn tree_cpu_seconds(pid: u32) -> Result<f64> {
         .map(|&i| field(i))
         .sum::<Option<u64>>()
         .ok_or_else(|| anyhow!("{path}: unexpected format"))?;
+    // A child that exits while this runs is missed, or counted twice: read
+    // while none is exiting (see `children`).
+    for text in children(pid)? {
+        ticks += parse_stat_ticks(&text).unwrap_or(0);
+    }
+    Ok(ticks as f64 / clock_ticks_per_second())
+}
+
+/// The /proc/PID/stat lines of the living children of `pid`.
+pub fn children(pid: u32) -> Result<Vec<String>> {
+    let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").context("listing /proc")? {
         let name = entry?.file_name();
         let Some(child) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        // A child may exit while it is read: its time then moves to the
-        // parent's reaped time, read above or in the next sample.
         let Ok(text) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
             continue;
         };
-        let Some(f) = stat_fields(&text) else {
-            continue;
-        };
-        if f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
-            ticks += parse_stat_ticks(&text).unwrap_or(0);
+        let parent = stat_fields(&text).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()));
+        if parent == Some(pid) {
+            found.push(text);
         }
     }
-    Ok(ticks as f64 / clock_ticks_per_second())
+    Ok(found)
 }
 
 /// The fields of a /proc/PID/stat line after the command name: the state

@@ -118,16 +118,6 @@ impl PgStore {
         client.query(&stmt, params).await.map_err(pg_error)
     }
 
-    pub(super) async fn execute(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(sql).await.map_err(pg_error)?;
-        client.execute(&stmt, params).await.map_err(pg_error)
-    }
-
     pub fn device_index_stats(&self) -> Option<DeviceIndexStats> {
         self.known.as_ref().map(|k| k.stats())
     }

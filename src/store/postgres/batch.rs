@@ -29,9 +29,16 @@ use crate::wire::LOG_TYPE_LOGIN_FAILURE;
 /// Entries stored by one transaction at most.
 const MAX_BATCH: usize = 256;
 
-/// Transactions of entries in flight at once, per replica: one filling
-/// while the other commits.
+/// Transactions of entries in flight at once, per replica: one running its
+/// statements while the other commits. A worker takes its entries only
+/// once the other has sent its last statements with COMMIT (the turn), so
+/// that the entries arriving meanwhile make one transaction rather than
+/// many small ones.
 const WORKERS: usize = 2;
+
+/// The right to take entries and run a transaction's statements, handed on
+/// when the COMMIT is sent.
+type Turn = Option<tokio::sync::OwnedMutexGuard<()>>;
 
 pub(super) struct Job {
     pub rec: LogRecord,
@@ -47,12 +54,18 @@ pub(super) type Queue = mpsc::UnboundedSender<Job>;
 pub(super) fn start(store: &PgStore) -> Queue {
     let (tx, rx) = mpsc::unbounded_channel();
     let rx = Arc::new(Mutex::new(rx));
+    let turn = Arc::new(Mutex::new(()));
     for _ in 0..WORKERS {
         let rx = Arc::clone(&rx);
+        let turn = Arc::clone(&turn);
         let store = store.clone();
         tokio::spawn(async move {
-            while let Some(batch) = next_batch(&rx).await {
-                store.run_batch(batch).await;
+            loop {
+                let mine = Some(Arc::clone(&turn).lock_owned().await);
+                let Some(batch) = next_batch(&rx).await else {
+                    return;
+                };
+                store.run_batch(batch, mine).await;
             }
         });
     }
@@ -109,10 +122,10 @@ pub(super) fn rounds<'a>(users: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>
 }
 
 impl PgStore {
-    async fn run_batch(&self, jobs: Vec<Job>) {
+    async fn run_batch(&self, jobs: Vec<Job>, mut turn: Turn) {
         let mut attempt = 0;
         let outcome = loop {
-            match self.store_batch(&jobs).await {
+            match self.store_batch(&jobs, &mut turn).await {
                 Err(TxError::Pg(e)) if retryable(&e) && attempt < RETRIES => {
                     attempt += 1;
                     tracing::debug!(attempt, entries = jobs.len(), "batch retried: {e}");
@@ -120,6 +133,7 @@ impl PgStore {
                 other => break other,
             }
         };
+        drop(turn);
         match outcome {
             Ok(alerts) => {
                 for (job, n) in jobs.into_iter().zip(alerts) {
@@ -153,11 +167,11 @@ impl PgStore {
     /// Stores every entry of `jobs` in one transaction; the alerts raised
     /// by each. On any error the transaction is rolled back before the
     /// connection goes back to the pool.
-    async fn store_batch(&self, jobs: &[Job]) -> Result<Vec<usize>, TxError> {
+    async fn store_batch(&self, jobs: &[Job], turn: &mut Turn) -> Result<Vec<usize>, TxError> {
         let client = self.client().await?;
         let st = Statements::prepare(&client).await?;
         let generation = self.known.as_ref().map(|k| k.generation());
-        let outcome = store_batch(&client, &st, jobs).await;
+        let outcome = store_batch(&client, &st, jobs, turn).await;
         if let (Ok(_), Some(known), Some(g)) = (&outcome, &self.known, generation) {
             let pairs = jobs
                 .iter()
@@ -278,6 +292,7 @@ async fn store_batch(
     client: &Client,
     st: &Statements,
     jobs: &[Job],
+    turn: &mut Turn,
 ) -> Result<Vec<usize>, TxError> {
     let rounds = rounds(jobs.iter().map(|j| j.rec.username.as_str()));
     let mut names: Vec<&str> = jobs.iter().map(|j| j.rec.username.as_str()).collect();
@@ -366,6 +381,9 @@ async fn store_batch(
             let (_, h) = tokio::try_join!(writes, history(client, st, jobs, next))?;
             histories = h;
         } else {
+            // The last statements go with COMMIT: the next transaction may
+            // take its entries.
+            drop(turn.take());
             tokio::try_join!(writes, pg(client.batch_execute("COMMIT")))?;
         }
     }

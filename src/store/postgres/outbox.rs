@@ -54,6 +54,27 @@ pub(super) async fn insert_alert(
 }
 
 impl PgStore {
+    /// Runs a statement of the dispatcher's on the outbox with plans that
+    /// use its indexes. The outbox is a queue: rows come and go faster than
+    /// statistics follow, and a plan made while it was small (a sequential
+    /// scan, cached with the prepared statement) stays while it grows.
+    async fn on_the_queue(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let (stmt, _) = tokio::try_join!(
+            tx.prepare_cached(sql),
+            tx.batch_execute("SET LOCAL enable_seqscan = off")
+        )
+        .map_err(pg_error)?;
+        let rows = tx.query(&stmt, params).await.map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(rows)
+    }
+
     pub async fn user_alerts(
         &self,
         user: String,
@@ -75,7 +96,7 @@ impl PgStore {
     ) -> Result<Vec<Due>, StoreError> {
         let until = now.saturating_add(lease);
         let rows = self
-            .query(
+            .on_the_queue(
                 "WITH c AS (
                      SELECT alert_id, sink, next_attempt FROM alert_deliveries
                      WHERE state = 'pending' AND next_attempt <= $1
@@ -109,7 +130,7 @@ impl PgStore {
     }
 
     pub async fn release(&self, alert_id: i64, sink: String, due: i64) -> Result<(), StoreError> {
-        self.execute(
+        self.on_the_queue(
             "UPDATE alert_deliveries SET next_attempt = $3
              WHERE alert_id = $1 AND sink = $2 AND state = 'pending'",
             &[&alert_id, &sink, &due],
@@ -120,7 +141,7 @@ impl PgStore {
 
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         let rows = self
-            .query(
+            .on_the_queue(
                 "SELECT min(next_attempt) FROM alert_deliveries WHERE state = 'pending'",
                 &[],
             )
@@ -128,22 +149,26 @@ impl PgStore {
         Ok(rows.first().and_then(|r| r.get(0)))
     }
 
+    /// One statement a sink, finding its rows by the primary key.
     pub async fn mark_delivered(
         &self,
         done: Vec<(i64, String)>,
         delivered_at: i64,
     ) -> Result<(), StoreError> {
-        let ids: Vec<i64> = done.iter().map(|d| d.0).collect();
-        let sinks: Vec<&str> = done.iter().map(|d| d.1.as_str()).collect();
-        self.execute(
-            "UPDATE alert_deliveries d SET state = 'delivered', attempts = attempts + 1,
-                 delivered_at = $3, next_attempt = 0, last_error = NULL
-             FROM unnest($1::bigint[], $2::text[]) AS q(id, sink)
-             WHERE d.alert_id = q.id AND d.sink = q.sink",
-            &[&ids, &sinks, &delivered_at],
-        )
-        .await
-        .map(|_| ())
+        let mut by_sink: HashMap<&str, Vec<i64>> = HashMap::new();
+        for (id, sink) in &done {
+            by_sink.entry(sink).or_default().push(*id);
+        }
+        for (sink, ids) in by_sink {
+            self.on_the_queue(
+                "UPDATE alert_deliveries SET state = 'delivered', attempts = attempts + 1,
+                     delivered_at = $3, next_attempt = 0, last_error = NULL
+                 WHERE alert_id = ANY($1) AND sink = $2",
+                &[&ids, &sink, &delivered_at],
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     pub async fn mark_failed(
@@ -154,7 +179,7 @@ impl PgStore {
         next: Option<i64>,
     ) -> Result<(), StoreError> {
         let state = if next.is_some() { "pending" } else { "failed" };
-        self.execute(
+        self.on_the_queue(
             "UPDATE alert_deliveries SET state = $3, attempts = attempts + 1,
                  next_attempt = coalesce($4::BIGINT, 0), last_error = $5
              WHERE alert_id = $1 AND sink = $2",

@@ -94,16 +94,26 @@ impl Scratch {
     /// Creates and starts a cluster; with `tcp`, it also listens on
     /// 127.0.0.1.
     pub fn start(tcp: bool) -> io::Result<Scratch> {
-        Self::start_with(tcp, None)
+        Self::start_with(tcp, None, Vec::new())
+    }
+
+    /// Like [`Scratch::start`], with server settings (`name=value`) given
+    /// at start, such as `shared_preload_libraries`.
+    pub fn start_with_settings(tcp: bool, settings: Vec<String>) -> io::Result<Scratch> {
+        Self::start_with(tcp, None, settings)
     }
 
     /// Like [`Scratch::start`], listening on 127.0.0.1 too and offering TLS
     /// there with the certificate chain and key given (PEM files).
     pub fn start_tls(cert: &Path, key: &Path) -> io::Result<Scratch> {
-        Self::start_with(true, Some((cert.to_owned(), key.to_owned())))
+        Self::start_with(true, Some((cert.to_owned(), key.to_owned())), Vec::new())
     }
 
-    fn start_with(tcp: bool, tls: Option<(PathBuf, PathBuf)>) -> io::Result<Scratch> {
+    fn start_with(
+        tcp: bool,
+        tls: Option<(PathBuf, PathBuf)>,
+        settings: Vec<String>,
+    ) -> io::Result<Scratch> {
         let bindir = bindir()?;
         let owner = if rustix::process::geteuid().is_root() {
             Some(postgres_user()?)
@@ -141,7 +151,7 @@ impl Scratch {
             tcp,
             tls,
             owner,
-            settings: Vec::new(),
+            settings,
         };
         scratch.run(
             "initdb",
