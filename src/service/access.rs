@@ -20,6 +20,7 @@ use std::sync::Mutex;
 use super::{check_days, check_username, ApiError, Service};
 use crate::model::AccessRead;
 use crate::monitor::text;
+use crate::store::pairs::PreHashed;
 use crate::store::StoreError;
 use crate::wire::*;
 
@@ -64,33 +65,6 @@ impl Reads {
     pub fn forget_seen(&self) {
         let mut s = self.lock();
         s.seen = HashSet::default();
-    }
-}
-
-/// Identity hashing for keys that are already keyed sums.
-#[derive(Default, Clone, Copy)]
-struct PreHashed;
-
-struct PreHashedHasher(u64);
-
-impl BuildHasher for PreHashed {
-    type Hasher = PreHashedHasher;
-    fn build_hasher(&self) -> PreHashedHasher {
-        PreHashedHasher(0)
-    }
-}
-
-impl std::hash::Hasher for PreHashedHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
     }
 }
 

@@ -23,7 +23,7 @@
 pub mod agents;
 #[cfg(test)]
 pub mod conformance;
-mod pairs;
+pub(crate) mod pairs;
 pub mod postgres;
 pub mod sqlite;
 pub mod types;

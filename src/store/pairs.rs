@@ -22,7 +22,8 @@ impl PairKeys {
     }
 }
 
-/// Identity hashing for keys that are already keyed hash sums.
+/// Identity hashing for keys that are already keyed hash sums (64 or 128
+/// bits; of 128, the low 64).
 #[derive(Default, Clone, Copy)]
 pub(crate) struct PreHashed;
 
@@ -43,6 +44,9 @@ impl Hasher for PreHashedHasher {
         for b in bytes {
             self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
     }
     fn write_u128(&mut self, v: u128) {
         self.0 = v as u64;
