@@ -15,7 +15,9 @@
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OwnedMutexGuard;
 
 use super::{check_days, check_username, ApiError, Service};
 use crate::model::AccessRead;
@@ -44,7 +46,7 @@ pub struct Reads {
     keys: RandomState,
     /// Serialises writers, so that a flush that must see every earlier read
     /// written waits for one under way.
-    flushing: tokio::sync::Mutex<()>,
+    flushing: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Default)]
@@ -58,13 +60,6 @@ struct ReadState {
 impl Reads {
     fn lock(&self) -> std::sync::MutexGuard<'_, ReadState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Forgets every remembered read (after an erasure, or a failed write):
-    /// the next read of each is written again.
-    pub fn forget_seen(&self) {
-        let mut s = self.lock();
-        s.seen = HashSet::default();
     }
 }
 
@@ -118,7 +113,14 @@ impl Service {
     /// Writes the reads waiting, in one transaction; on failure they wait
     /// for the next flush.
     pub async fn flush_reads(&self) -> Result<(), StoreError> {
-        let _one_at_a_time = self.reads.flushing.lock().await;
+        let turn = Arc::clone(&self.reads.flushing).lock_owned().await;
+        self.write_waiting(Some(turn)).await
+    }
+
+    /// Writes the reads waiting, in a task of its own that holds `turn`: a
+    /// caller that goes away (a client gone, a stop) does not take the
+    /// reads with it, and the next flush waits for this one.
+    async fn write_waiting(&self, turn: Option<OwnedMutexGuard<()>>) -> Result<(), StoreError> {
         let mut taken = std::mem::take(&mut self.reads.lock().waiting);
         if taken.is_empty() {
             return Ok(());
@@ -133,16 +135,46 @@ impl Service {
                 &b.endpoint,
             ))
         });
-        let taken = std::sync::Arc::new(taken);
-        if let Err(e) = self.store.record_access(taken.clone()).await {
-            let taken = std::sync::Arc::try_unwrap(taken).unwrap_or_else(|t| (*t).clone());
+        let (reads, store) = (Arc::clone(&self.reads), self.store.clone());
+        let write = tokio::spawn(async move {
+            let _turn = turn;
+            let taken = Arc::new(taken);
+            let written = store.record_access(Arc::clone(&taken)).await;
+            if written.is_err() {
+                let taken = Arc::try_unwrap(taken).unwrap_or_else(|t| (*t).clone());
+                let mut s = reads.lock();
+                s.waiting.extend(taken);
+                // A read that could not be written is not remembered either.
+                s.seen = HashSet::default();
+            }
+            written
+        });
+        write
+            .await
+            .map_err(|e| StoreError::Other(format!("writing recorded reads: {e}")))?
+    }
+
+    /// Erases the user's record of reads: the reads waiting are written
+    /// first and no other write of them runs until the erasure is done;
+    /// reads of the user recorded meanwhile are dropped with the rest, and
+    /// the remembered reads forgotten (their rows may be gone). Then
+    /// `erase` runs, still before any further write of reads.
+    pub(super) async fn forget_reads<T>(
+        &self,
+        user: &str,
+        erase: impl AsyncFnOnce() -> Result<T, StoreError>,
+    ) -> Result<(u64, T), StoreError> {
+        let turn = Arc::clone(&self.reads.flushing).lock_owned().await;
+        self.write_waiting(None).await?;
+        let forgotten = self.store.forget_access(user.to_owned()).await?;
+        {
             let mut s = self.reads.lock();
-            s.waiting.extend(taken);
-            // A read that could not be written is not remembered either.
+            s.waiting.retain(|r| r.username != user);
             s.seen = HashSet::default();
-            return Err(e);
         }
-        Ok(())
+        let erased = erase().await?;
+        drop(turn);
+        Ok((forgotten, erased))
     }
 
     pub async fn get_user_access(

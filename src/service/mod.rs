@@ -499,11 +499,11 @@ impl Service {
     ) -> Result<ForgetUserResponse, ApiError> {
         check_username(&req.username)?;
         let user = req.username;
-        // The reads answered so far are written first, then erased.
-        self.flush_reads().await?;
-        let access_reads = self.store.forget_access(user.clone()).await?;
-        self.reads.forget_seen();
-        let d = self.store.forget_user(user).await?;
+        // The reads answered so far are written first, then erased with
+        // the user's other rows.
+        let (access_reads, d) = self
+            .forget_reads(&user, async || self.store.forget_user(user.clone()).await)
+            .await?;
         Ok(ForgetUserResponse {
             deleted: DeletedCounts {
                 user_logs: d.user_logs,

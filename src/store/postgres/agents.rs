@@ -95,7 +95,8 @@ impl PgStore {
         detect: Detections,
     ) -> Result<AgentOutcome, StoreError> {
         let tag = &ev.dedup[..];
-        in_transaction!(self, |tx| {
+        let generation = self.known.as_ref().map(|k| k.generation());
+        let stored = in_transaction!(self, |tx| {
             let fresh = exec(
                 &tx,
                 "INSERT INTO agent_dedup (tag, expires) VALUES ($1, $2)
@@ -157,7 +158,17 @@ impl PgStore {
                 }
             }
             Ok(AgentOutcome::Stored { alerts })
-        })
+        });
+        // As for add_log: the device index learns the device once it is
+        // committed, so this replica's next check_device knows it.
+        if let (Ok(AgentOutcome::Stored { .. }), Some(known), Some(g)) =
+            (&stored, &self.known, generation)
+        {
+            if !ev.rec.sealed_id().is_empty() {
+                known.learn(g, [known.key(&ev.rec.username, ev.rec.sealed_id())]);
+            }
+        }
+        stored
     }
 
     pub async fn expire_agent_state(&self, now: i64) -> Result<u64, StoreError> {

@@ -149,7 +149,8 @@ impl PgStore {
         Ok(rows.first().and_then(|r| r.get(0)))
     }
 
-    /// One statement a sink, finding its rows by the primary key.
+    /// One transaction, a statement a sink, each finding its rows by the
+    /// primary key.
     pub async fn mark_delivered(
         &self,
         done: Vec<(i64, String)>,
@@ -159,16 +160,23 @@ impl PgStore {
         for (id, sink) in &done {
             by_sink.entry(sink).or_default().push(*id);
         }
-        for (sink, ids) in by_sink {
-            self.on_the_queue(
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let (stmt, _) = tokio::try_join!(
+            tx.prepare_cached(
                 "UPDATE alert_deliveries SET state = 'delivered', attempts = attempts + 1,
                      delivered_at = $3, next_attempt = 0, last_error = NULL
                  WHERE alert_id = ANY($1) AND sink = $2",
-                &[&ids, &sink, &delivered_at],
-            )
-            .await?;
+            ),
+            tx.batch_execute("SET LOCAL enable_seqscan = off")
+        )
+        .map_err(pg_error)?;
+        for (sink, ids) in by_sink {
+            tx.execute(&stmt, &[&ids, &sink, &delivered_at])
+                .await
+                .map_err(pg_error)?;
         }
-        Ok(())
+        tx.commit().await.map_err(pg_error)
     }
 
     pub async fn mark_failed(
