@@ -113,6 +113,15 @@ impl Dispatcher {
                 self.record(&mut outcomes).await;
             }
             if *stop.borrow() {
+                // Deliveries done before the stop are recorded, not sent
+                // again; the others' claims are given back.
+                let mut done: Vec<_> = std::iter::from_fn(|| set.try_join_next())
+                    .filter_map(Result::ok)
+                    .collect();
+                for (d, _) in &done {
+                    claimed.remove(&(d.alert.id, d.sink.clone()));
+                }
+                self.record(&mut done).await;
                 set.abort_all();
                 self.release(claimed).await;
             }
