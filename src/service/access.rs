@@ -223,31 +223,17 @@ impl Service {
             .user_logs(user.clone(), i64::MIN, i64::MAX)
             .await?
             .into_iter()
-            .map(|r| LogEntry {
-                timestamp: Timestamp::from_unix(r.ts),
-                device_info: r.device.map(|d| privacy.restore_device(&user, d)),
-                username: r.username,
-                log_type: r.log_type,
-                message: r.message,
-                service: r.service,
-                login_method: r.login_method,
-                login_authenticator_id: r.login_authenticator_id,
-            })
+            .map(|r| self.log_entry(r))
             .collect();
         let devices = self.get_user_devices(GetUserDevicesRequest {
             username: user.clone(),
         });
         let devices = devices.await?.devices;
-        let last_logins = store
-            .last_logins(user.clone(), None)
-            .await?
-            .into_iter()
-            .map(|(service, ts)| LastLoginEntry {
-                timestamp: Timestamp::from_unix(ts),
-                username: user.clone(),
-                service,
-            })
-            .collect();
+        let last_logins = self.get_last_login(GetLastLoginRequest {
+            username: user.clone(),
+            service: String::new(),
+        });
+        let last_logins = last_logins.await?.results;
         let alerts = store
             .user_alerts(user.clone(), i64::MIN, i64::MAX)
             .await?

@@ -286,22 +286,24 @@ impl Service {
         };
         let rows = self.store.recent_logs(filter).await?;
         Ok(GetEventsResponse {
-            result: rows
-                .into_iter()
-                .map(|r| LogEntry {
-                    timestamp: Timestamp::from_unix(r.ts),
-                    device_info: r
-                        .device
-                        .map(|d| self.privacy.restore_device(&r.username, d)),
-                    username: r.username,
-                    log_type: r.log_type,
-                    message: r.message,
-                    service: r.service,
-                    login_method: r.login_method,
-                    login_authenticator_id: r.login_authenticator_id,
-                })
-                .collect(),
+            result: rows.into_iter().map(|r| self.log_entry(r)).collect(),
         })
+    }
+
+    /// A stored entry as the API shows it, its device opened for its user.
+    fn log_entry(&self, r: crate::model::LogRecord) -> LogEntry {
+        LogEntry {
+            timestamp: Timestamp::from_unix(r.ts),
+            device_info: r
+                .device
+                .map(|d| self.privacy.restore_device(&r.username, d)),
+            username: r.username,
+            log_type: r.log_type,
+            message: r.message,
+            service: r.service,
+            login_method: r.login_method,
+            login_authenticator_id: r.login_authenticator_id,
+        }
     }
 
     /// The user's log, as the JSON body of the answer.

@@ -6,7 +6,6 @@
 //! cannot collide with an entry already at its new time; entries keep their
 //! order. Entries that become identical are kept, not merged, as on SQLite.
 
-use super::erase::RETENTION_LOCK;
 use super::{pg_error, PgStore};
 use crate::store::types::{Coarsened, DecayCut, StoreError};
 
@@ -20,24 +19,8 @@ impl PgStore {
         if cuts.is_empty() {
             return Ok(Coarsened::default());
         }
-        let client = self.client().await?;
-        let locked: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&RETENTION_LOCK])
+        self.under_retention_lock("decay", async |client| decay_locked(client, &cuts).await)
             .await
-            .map_err(pg_error)?
-            .get(0);
-        if !locked {
-            tracing::debug!("decay: another replica holds the retention lock");
-            return Ok(Coarsened::default());
-        }
-        let result = decay_locked(&client, &cuts).await;
-        let unlocked = client
-            .execute("SELECT pg_advisory_unlock($1)", &[&RETENTION_LOCK])
-            .await;
-        if unlocked.is_err() {
-            let _ = deadpool_postgres::Object::take(client);
-        }
-        result
     }
 }
 

@@ -110,6 +110,21 @@ impl PgStore {
         logs_before: i64,
         devices_before: i64,
     ) -> Result<Deleted, StoreError> {
+        let known = self.known.as_deref();
+        self.under_retention_lock("retention", async |client| {
+            prune_locked(client, logs_before, devices_before, known).await
+        })
+        .await
+    }
+
+    /// Runs `work` holding the retention lock, a session lock that one
+    /// replica at a time holds; when another holds it, does nothing and
+    /// answers the default (nothing done).
+    pub(super) async fn under_retention_lock<T: Default>(
+        &self,
+        what: &str,
+        work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut client = self.client().await?;
         let locked: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&RETENTION_LOCK])
@@ -117,16 +132,10 @@ impl PgStore {
             .map_err(pg_error)?
             .get(0);
         if !locked {
-            tracing::debug!("retention: another replica is pruning");
-            return Ok(Deleted::default());
+            tracing::debug!("{what}: another replica holds the retention lock");
+            return Ok(T::default());
         }
-        let result = prune_locked(
-            &mut client,
-            logs_before,
-            devices_before,
-            self.known.as_deref(),
-        )
-        .await;
+        let result = work(&mut client).await;
         let unlocked = client
             .execute("SELECT pg_advisory_unlock($1)", &[&RETENTION_LOCK])
             .await;

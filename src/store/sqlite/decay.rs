@@ -25,7 +25,7 @@ fn floor(t: i64, g: i64) -> i64 {
 /// the granularity, oldest first.
 fn log_keys(
     c: &Connection,
-    from: i64,
+    from: &i64,
     cut: DecayCut,
     batch: i64,
 ) -> Result<Vec<(i64, i64, i64)>, StoreError> {
@@ -41,7 +41,8 @@ fn log_keys(
     Ok(rows)
 }
 
-fn floor_logs(c: &Connection, keys: &[(i64, i64, i64)], g: i64) -> Result<u64, StoreError> {
+fn floor_logs(c: &Connection, keys: &[(i64, i64, i64)], cut: DecayCut) -> Result<u64, StoreError> {
+    let g = cut.granularity;
     let mut stmt = c.prepare_cached(
         "UPDATE user_logs SET ts = ?4,
              seq = (SELECT ifnull(max(seq), 0) + 1 FROM user_logs WHERE ts = ?4)
@@ -96,7 +97,7 @@ fn floor_devices(c: &Connection, keys: &[DeviceKey], cut: DecayCut) -> Result<u6
 
 fn time_spent_keys(
     c: &Connection,
-    from: i64,
+    from: &i64,
     cut: DecayCut,
     batch: i64,
 ) -> Result<Vec<DeviceKeyDay>, StoreError> {
@@ -116,7 +117,12 @@ type DeviceKeyDay = (i64, Vec<u8>, i64);
 
 /// Moves each row to its floored day, adding it to a row already there: time
 /// spent is a sum, so merging loses nothing but the finer day.
-fn floor_time_spent(c: &Connection, keys: &[DeviceKeyDay], g: i64) -> Result<u64, StoreError> {
+fn floor_time_spent(
+    c: &Connection,
+    keys: &[DeviceKeyDay],
+    cut: DecayCut,
+) -> Result<u64, StoreError> {
+    let g = cut.granularity;
     let mut take = c.prepare_cached(
         "DELETE FROM time_spent WHERE user_id = ?1 AND device_id = ?2 AND day = ?3
          RETURNING seconds, first_start, last_end",
@@ -153,7 +159,43 @@ fn floor_time_spent(c: &Connection, keys: &[DeviceKeyDay], g: i64) -> Result<u64
     Ok(n)
 }
 
+/// Reads a page of keys to floor after a cursor.
+type KeysAfter<C, K> = fn(&Connection, &C, DecayCut, i64) -> Result<Vec<K>, StoreError>;
+
 impl SqliteStore {
+    /// One table's pass of a cut: pages of keys read after `cursor`, each
+    /// floored in a write of its own, until a page is not full.
+    async fn in_pages<K, C>(
+        &self,
+        cut: DecayCut,
+        mut cursor: C,
+        keys: KeysAfter<C, K>,
+        next: fn(&K) -> C,
+        floor: fn(&Connection, &[K], DecayCut) -> Result<u64, StoreError>,
+    ) -> Result<u64, StoreError>
+    where
+        K: Send + 'static,
+        C: Clone + Send + 'static,
+    {
+        let mut total = 0;
+        loop {
+            let after = cursor.clone();
+            let page = self
+                .read(move |c| keys(c, &after, cut, DECAY_BATCH))
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(total);
+            };
+            cursor = next(last);
+            let full = page.len() as i64 == DECAY_BATCH;
+            total += self.write(move |c| floor(c, &page, cut)).await?;
+            if !full {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Floors every stored time before each cut to its granularity. `cuts`
     /// come finest first (newest `before` first), each granularity a
     /// multiple of the one before; they are applied coarsest first, and a
@@ -162,54 +204,17 @@ impl SqliteStore {
         let mut total = Coarsened::default();
         let mut covered = i64::MIN;
         for &cut in cuts.iter().rev() {
-            // Logs, oldest first from where the coarser cut stopped.
-            let mut from = covered;
-            loop {
-                let keys = self
-                    .read(move |c| log_keys(c, from, cut, DECAY_BATCH))
-                    .await?;
-                let Some(last) = keys.last() else { break };
-                from = last.1;
-                let full = keys.len() as i64 == DECAY_BATCH;
-                total.user_logs += self
-                    .write(move |c| floor_logs(c, &keys, cut.granularity))
-                    .await?;
-                if !full {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
-            let mut after: Option<DeviceKey> = None;
-            loop {
-                let a = after.clone();
-                let keys = self
-                    .read(move |c| device_keys(c, &a, cut, DECAY_BATCH))
-                    .await?;
-                let Some(last) = keys.last() else { break };
-                after = Some(last.clone());
-                let full = keys.len() as i64 == DECAY_BATCH;
-                total.devices += self.write(move |c| floor_devices(c, &keys, cut)).await?;
-                if !full {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
-            let mut from = covered;
-            loop {
-                let keys = self
-                    .read(move |c| time_spent_keys(c, from, cut, DECAY_BATCH))
-                    .await?;
-                let Some(last) = keys.last() else { break };
-                from = last.2;
-                let full = keys.len() as i64 == DECAY_BATCH;
-                total.time_spent += self
-                    .write(move |c| floor_time_spent(c, &keys, cut.granularity))
-                    .await?;
-                if !full {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
+            // Logs and time spent, oldest first from where the coarser cut
+            // stopped; devices, by key.
+            total.user_logs += self
+                .in_pages(cut, covered, log_keys, |k| k.1, floor_logs)
+                .await?;
+            total.devices += self
+                .in_pages(cut, None, device_keys, |k| Some(k.clone()), floor_devices)
+                .await?;
+            total.time_spent += self
+                .in_pages(cut, covered, time_spent_keys, |k| k.2, floor_time_spent)
+                .await?;
             covered = covered.max(cut.before);
         }
         Ok(total)
