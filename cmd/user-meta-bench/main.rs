@@ -213,6 +213,8 @@ struct RunArgs {
     #[arg(long, requires = "postgres")]
     pg_statements: bool,
     /// With --postgres: a setting of the cluster, NAME=VALUE (repeatable).
+    /// The cluster starts with `shared_buffers=1GB`, room for the seeded
+    /// database as on a production server; this can override it.
     #[arg(long = "pg-setting", requires = "postgres")]
     pg_settings: Vec<String>,
     /// Pause between scenarios, letting the server settle.
@@ -474,13 +476,15 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
             let dir = spawn::WorkDir::create(args.workdir.as_deref(), args.keep)?;
             let key_path = dir.path.join("device.key");
             let db_cfg = if args.postgres {
-                let mut settings = args.pg_settings.clone();
+                let mut settings = vec![format!("shared_buffers={BENCH_SHARED_BUFFERS}")];
+                settings.extend(args.pg_settings.iter().cloned());
                 if args.pg_statements
                     && !settings
                         .iter()
                         .any(|s| s.starts_with("shared_preload_libraries="))
                 {
                     settings.push("shared_preload_libraries=pg_stat_statements".to_owned());
+                    settings.push("pg_stat_statements.track_planning=on".to_owned());
                 }
                 let pg = usermetadb::store::postgres::scratch::Scratch::start_with_settings(
                     false, settings,
@@ -637,6 +641,21 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
         (true, Some(pg)) => Some(statements_table(pg, &reports)?),
         _ => None,
     };
+    // pgbench again, after the scenarios: the ceiling is the mean of the
+    // two, so that a machine that slowed down or sped up during the run
+    // shows as a gap between them rather than in the ratio alone.
+    let mut insert_after = None;
+    if let (Some(pg), Some(dir)) = (&cluster, &workdir) {
+        eprintln!("measuring the cluster's own single-row INSERT rate again (pgbench)...");
+        insert_after = Some(pgbench_insert_rate(pg, &dir.path, &args)?);
+    }
+    let insert_before = insert_ceiling.take();
+    if let (Some(a), Some(b)) = (&insert_before, &insert_after) {
+        insert_ceiling = Some(InsertCeiling {
+            tps: (a.tps + b.tps) / 2.0,
+            cpu_us: (a.cpu_us + b.cpu_us) / 2.0,
+        });
+    }
     drop(cluster);
     drop(workdir);
 
@@ -662,6 +681,8 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
         "replicas": args.replicas,
         "postgres_single_row_inserts_per_second": insert_ceiling.as_ref().map(|c| c.tps),
         "postgres_cpu_us_per_insert": insert_ceiling.as_ref().map(|c| c.cpu_us),
+        "postgres_single_row_inserts_per_second_before": insert_before.as_ref().map(|c| c.tps),
+        "postgres_single_row_inserts_per_second_after": insert_after.as_ref().map(|c| c.tps),
     });
     let mut report = Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -687,10 +708,24 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
     print!("{}", report.table());
     if let Some(InsertCeiling { tps, cpu_us }) = insert_ceiling {
         println!(
-            "PostgreSQL's own single-row INSERT rate (pgbench, {} connections): {tps:.0}/s, \
-             PostgreSQL CPU {cpu_us:.0} µs per INSERT",
+            "PostgreSQL's own single-row INSERT rate (pgbench, {} connections, mean of before \
+             and after the scenarios): {tps:.0}/s, PostgreSQL CPU {cpu_us:.0} µs per INSERT",
             args.connections
         );
+        if let (Some(a), Some(b)) = (&insert_before, &insert_after) {
+            println!(
+                "  before: {:.0}/s, {:.0} µs; after: {:.0}/s, {:.0} µs{}",
+                a.tps,
+                a.cpu_us,
+                b.tps,
+                b.cpu_us,
+                if (a.tps - b.tps).abs() > 0.25 * tps {
+                    " (the machine's speed moved during the run: repeat it)"
+                } else {
+                    ""
+                }
+            );
+        }
         if let Some(a) = report.scenarios.iter().find(|r| r.name == "add_log") {
             println!(
                 "add_log: {:.0} req/s, {:.1}% of it",
@@ -1063,9 +1098,9 @@ fn statements_table(
     let text = pg
         .sql_in(
             "bench",
-            "SELECT round(total_exec_time::numeric, 1), calls, rows, \
-                    regexp_replace(left(query, 90), '\\s+', ' ', 'g') \
-             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15",
+            "SELECT round(total_exec_time::numeric, 1), round(total_plan_time::numeric, 1), \
+                    calls, rows, regexp_replace(left(query, 90), '\\s+', ' ', 'g') \
+             FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 15",
         )
         .context("reading pg_stat_statements")?;
     let mut out = String::new();
@@ -1075,19 +1110,20 @@ fn statements_table(
     )?;
     writeln!(
         out,
-        "{:>10} {:>9} {:>10}  statement",
-        "µs/entry", "calls", "rows"
+        "{:>10} {:>10} {:>9} {:>10}  statement",
+        "µs/entry", "planning", "calls", "rows"
     )?;
+    let per_entry = |ms: &str| ms.trim().parse::<f64>().unwrap_or(0.0) * 1000.0 / entries as f64;
     for line in text.lines() {
-        let f: Vec<&str> = line.splitn(4, '|').collect();
-        let [ms, calls, rows, query] = f[..] else {
+        let f: Vec<&str> = line.splitn(5, '|').collect();
+        let [exec, plan, calls, rows, query] = f[..] else {
             continue;
         };
-        let ms: f64 = ms.trim().parse().unwrap_or(0.0);
         writeln!(
             out,
-            "{:>10.1} {:>9} {:>10}  {}",
-            ms * 1000.0 / entries as f64,
+            "{:>10.1} {:>10.1} {:>9} {:>10}  {}",
+            per_entry(exec),
+            per_entry(plan),
             calls.trim(),
             rows.trim(),
             query.trim()
@@ -1095,6 +1131,9 @@ fn statements_table(
     }
     Ok(out)
 }
+
+/// `shared_buffers` of the bench's cluster.
+const BENCH_SHARED_BUFFERS: &str = "1GB";
 
 /// PostgreSQL's own rate of durable single-row INSERTs, and its CPU per
 /// INSERT (the cluster's process tree, from /proc).

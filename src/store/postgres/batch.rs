@@ -298,7 +298,14 @@ async fn store_batch(
     let mut names: Vec<&str> = jobs.iter().map(|j| j.rec.username.as_str()).collect();
     names.sort_unstable();
     names.dedup();
-    let begin = pg(client.batch_execute("BEGIN"));
+    // The batch's statements run on their generic plans. The planner's
+    // choice between a generic plan and one made for each call's arrays
+    // depends on the sizes of the batches a connection has seen: with small
+    // ones (three replicas splitting the entries) it made a new plan at
+    // every call, and the planning of the history's five lookups cost more
+    // than running them. The generic plans are those it keeps with larger
+    // batches.
+    let begin = pg(client.batch_execute("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan"));
     let first = history(client, st, jobs, &rounds[0]);
     let (_, locked, mut histories) = tokio::try_join!(begin, lock(client, st, &names), first)?;
     let mut uids: HashMap<&str, i64> = HashMap::with_capacity(names.len());
