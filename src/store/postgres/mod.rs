@@ -1072,6 +1072,47 @@ mod tests {
         store.close();
     }
 
+    /// A batch's statements run on their generic plans, whatever the sizes
+    /// of the batches: none is planned again for each call (which, for the
+    /// history's lookups, cost more than running them).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_are_not_planned_at_each_call() {
+        let Some(cluster) = cluster() else { return };
+        cluster.create_database("generic_plans").unwrap();
+        let mut cfg = config(cluster.uri("generic_plans"));
+        cfg.pool_size = 1;
+        let store = PgStore::open(&cfg, false).await.unwrap();
+        let now = crate::clock::now_unix();
+        let detect = || crate::store::types::Detections {
+            rules: Box::new(|_: &crate::model::History, _: &crate::model::Event| Vec::new()),
+            sinks: std::sync::Arc::new(Vec::new()),
+            burst_window: 600,
+        };
+        // One entry at a time: batches of one, the smallest.
+        for i in 0..12 {
+            let rec = login_from(&format!("u{}", i % 3), "d", now + i);
+            store.record_log(rec, Some(detect())).await.unwrap();
+        }
+        // The pool's one connection ran them all.
+        let client = store.client().await.unwrap();
+        let rows = client
+            .query(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements
+                 WHERE statement LIKE '%FROM unnest(%' AND statement LIKE '%user_logs%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(!rows.is_empty(), "the batch's statements are prepared");
+        for r in rows {
+            let (generic, custom): (i64, i64) = (r.get(0), r.get(1));
+            assert_eq!(custom, 0, "planned at each call");
+            assert!(generic > 0);
+        }
+        drop(client);
+        store.close();
+    }
+
     #[tokio::test]
     async fn replicas_starting_at_once_migrate_once() {
         let Some(cluster) = cluster() else { return };
