@@ -63,6 +63,15 @@ impl LogRecord {
     }
 }
 
+/// A country the user's entries came from, and the first and last days
+/// they did (each kept to the day, then coarsened with age).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountrySeen {
+    pub zone: String,
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
 /// A row of the user's device list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRow {

@@ -88,6 +88,7 @@ pub async fn run(store: Store, retention: RetentionConfig, interval: Duration, c
                         user_logs = c.user_logs,
                         devices = c.devices,
                         time_spent = c.time_spent,
+                        user_countries = c.user_countries,
                         "retention: coarsened old rows"
                     );
                 }

@@ -696,12 +696,24 @@ pub struct TimeSpentEntry {
     pub last_end: Timestamp,
 }
 
+/// A country the user's entries came from (`export_user`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountryEntry {
+    pub country: String,
+    /// The first and the last day seen (UTC), coarsened with age.
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ExportUserResponse {
     pub username: String,
     /// Every log entry, newest first.
     pub logs: Vec<LogEntry>,
     pub devices: Vec<MetaDeviceInfo>,
+    /// The countries seen, first seen first.
+    #[serde(default)]
+    pub countries: Vec<CountryEntry>,
     pub last_logins: Vec<LastLoginEntry>,
     /// Every alert, newest first, with its deliveries.
     pub alerts: Vec<AlertInfo>,

@@ -229,6 +229,16 @@ impl Service {
             username: user.clone(),
         });
         let devices = devices.await?.devices;
+        let countries = store
+            .user_countries(user.clone())
+            .await?
+            .into_iter()
+            .map(|c| CountryEntry {
+                country: c.zone,
+                first_seen: Timestamp::from_unix(c.first_seen),
+                last_seen: Timestamp::from_unix(c.last_seen),
+            })
+            .collect();
         let last_logins = self.get_last_login(GetLastLoginRequest {
             username: user.clone(),
             service: String::new(),
@@ -266,6 +276,7 @@ impl Service {
             username: user,
             logs,
             devices,
+            countries,
             last_logins,
             alerts,
             time_spent,

@@ -1661,6 +1661,19 @@ pub async fn decay_floors_old_times_and_keeps_every_entry(
         "a recent time is left as it was"
     );
     assert_eq!(d1.num_logins, 2);
+    // The countries seen: kept to the day, then floored like the devices.
+    assert!(c.user_countries >= 2, "{c:?}");
+    let day_of = |t: i64| t - t % DAY;
+    let countries = store.user_countries("w".into()).await.unwrap();
+    assert_eq!(countries.len(), 1, "{countries:?}");
+    assert_eq!(countries[0].zone, "IT");
+    assert_eq!(countries[0].first_seen, floor(now - 400 * DAY + 5 * HOUR));
+    assert_eq!(countries[0].last_seen, day_of(now - 2 * HOUR));
+    let countries = store.user_countries("u".into()).await.unwrap();
+    assert_eq!(countries[0].first_seen, floor(now - 450 * DAY + 7));
+    for c in &countries {
+        assert!(coarse_enough(c.first_seen) && coarse_enough(c.last_seen));
+    }
     let spent = store.time_spent(String::new(), 0, now).await.unwrap();
     assert_eq!(spent.len(), 1, "{spent:?}");
     assert_eq!((spent[0].day, spent[0].seconds), (period, 3600));

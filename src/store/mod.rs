@@ -33,8 +33,8 @@ use std::sync::Arc;
 
 use crate::config::DbConfig;
 use crate::model::{
-    AccessRead, Aggregate, Aggregated, Counts, Deleted, Delivery, DeviceIndexStats, DeviceRow, Due,
-    LogRecord, LogRow, Record, StorageSize, StoredAlert, UserOverview,
+    AccessRead, Aggregate, Aggregated, CountrySeen, Counts, Deleted, Delivery, DeviceIndexStats,
+    DeviceRow, Due, LogRecord, LogRow, Record, StorageSize, StoredAlert, UserOverview,
 };
 
 pub use agents::{AgentEvent, AgentKey, AgentOutcome, SessionStep, TimeSpentRow};
@@ -247,6 +247,11 @@ impl Store {
     /// The user's devices, most recently seen first.
     pub async fn user_devices(&self, user: String) -> Result<Vec<DeviceRow>, StoreError> {
         backend!(self, s => s.user_devices(user).await)
+    }
+
+    /// The countries the user's entries came from, first seen first.
+    pub async fn user_countries(&self, user: String) -> Result<Vec<CountrySeen>, StoreError> {
+        backend!(self, s => s.user_countries(user).await)
     }
 
     /// Whether the user has this (sealed) device.

@@ -107,17 +107,19 @@ pub struct Coarsened {
     pub devices: u64,
     /// Time-spent rows floored to a coarser day (merged rows count once each).
     pub time_spent: u64,
+    pub user_countries: u64,
 }
 
 impl Coarsened {
     pub fn total(&self) -> u64 {
-        self.user_logs + self.devices + self.time_spent
+        self.user_logs + self.devices + self.time_spent + self.user_countries
     }
 
     pub fn add(&mut self, other: Coarsened) {
         self.user_logs += other.user_logs;
         self.devices += other.devices;
         self.time_spent += other.time_spent;
+        self.user_countries += other.user_countries;
     }
 }
 

@@ -7,7 +7,9 @@ use tokio_postgres::{IsolationLevel, Row};
 use super::known::Answer;
 use super::outbox::user_alerts;
 use super::{pg_error, PgStore};
-use crate::model::{DeviceRecord, DeviceRow, LogDevice, LogRecord, LogRow, UserOverview};
+use crate::model::{
+    CountrySeen, DeviceRecord, DeviceRow, LogDevice, LogRecord, LogRow, UserOverview,
+};
 use crate::store::types::{EventFilter, StoreError};
 use crate::wire::{LOG_TYPE_LOGIN, LOG_TYPE_LOGIN_FAILURE};
 
@@ -128,6 +130,26 @@ impl PgStore {
             )
             .await?;
         Ok(rows.iter().map(|r| device_row(r, 0)).collect())
+    }
+
+    pub async fn user_countries(&self, user: String) -> Result<Vec<CountrySeen>, StoreError> {
+        let rows = self
+            .read_query(
+                "SELECT c.zone, c.first_seen, c.last_seen
+                 FROM users u JOIN user_countries c ON c.user_id = u.id
+                 WHERE u.name = $1
+                 ORDER BY c.first_seen, c.zone COLLATE \"C\"",
+                &[&user],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| CountrySeen {
+                zone: r.get(0),
+                first_seen: r.get(1),
+                last_seen: r.get(2),
+            })
+            .collect())
     }
 
     pub async fn device_known(&self, user: String, sealed_id: Vec<u8>) -> Result<bool, StoreError> {

@@ -3,8 +3,8 @@
 
 use super::{alerts, lock, ops, reports, SqliteStore};
 use crate::model::{
-    Aggregate, Aggregated, Deleted, Delivery, DeviceIndexStats, DeviceRow, Due, LogRecord, LogRow,
-    StoredAlert, UserOverview,
+    Aggregate, Aggregated, CountrySeen, Deleted, Delivery, DeviceIndexStats, DeviceRow, Due,
+    LogRecord, LogRow, StoredAlert, UserOverview,
 };
 use crate::store::types::{Detections, StoreError};
 use crate::wire::{LOG_TYPE_LOGIN, LOG_TYPE_LOGIN_FAILURE};
@@ -160,6 +160,10 @@ impl SqliteStore {
 
     pub async fn user_devices(&self, user: String) -> Result<Vec<DeviceRow>, StoreError> {
         self.read(move |c| ops::user_devices(c, &user)).await
+    }
+
+    pub async fn user_countries(&self, user: String) -> Result<Vec<CountrySeen>, StoreError> {
+        self.read(move |c| ops::user_countries(c, &user)).await
     }
 
     pub async fn device_known(&self, user: String, sealed_id: Vec<u8>) -> Result<bool, StoreError> {

@@ -56,6 +56,59 @@ fn floor_logs(c: &Connection, keys: &[(i64, i64, i64)], cut: DecayCut) -> Result
 }
 
 type DeviceKey = (i64, Vec<u8>);
+type CountryKey = (i64, String);
+
+/// Keys `(user_id, key)` of a table of first and last seen times (devices,
+/// countries) after `after`, with a time before the cut not yet floored.
+fn seen_keys<K>(
+    c: &Connection,
+    table: &str,
+    key: &str,
+    after: &Option<(i64, K)>,
+    cut: DecayCut,
+    batch: i64,
+) -> Result<Vec<(i64, K)>, StoreError>
+where
+    K: rusqlite::ToSql + rusqlite::types::FromSql + Default + Clone,
+{
+    let (uid, k) = after.clone().unwrap_or((i64::MIN, K::default()));
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT user_id, {key} FROM {table}
+         WHERE (user_id, {key}) > (?1, ?2)
+           AND ((first_seen < ?3 AND first_seen % ?4 <> 0)
+                OR (last_seen < ?3 AND last_seen % ?4 <> 0))
+         ORDER BY user_id, {key} LIMIT ?5"
+    ))?;
+    let rows = stmt
+        .query_map(params![uid, k, cut.before, cut.granularity, batch], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Floors the first and last seen times before the cut of `keys`.
+fn floor_seen<K: rusqlite::ToSql>(
+    c: &Connection,
+    table: &str,
+    key: &str,
+    keys: &[(i64, K)],
+    cut: DecayCut,
+) -> Result<u64, StoreError> {
+    let mut stmt = c.prepare_cached(&format!(
+        "UPDATE {table} SET
+             first_seen = CASE WHEN first_seen < ?3 THEN first_seen - first_seen % ?4
+                          ELSE first_seen END,
+             last_seen = CASE WHEN last_seen < ?3 THEN last_seen - last_seen % ?4
+                         ELSE last_seen END
+         WHERE user_id = ?1 AND {key} = ?2"
+    ))?;
+    let mut n = 0;
+    for (uid, k) in keys {
+        n += stmt.execute(params![uid, k, cut.before, cut.granularity])? as u64;
+    }
+    Ok(n)
+}
 
 fn device_keys(
     c: &Connection,
@@ -63,36 +116,24 @@ fn device_keys(
     cut: DecayCut,
     batch: i64,
 ) -> Result<Vec<DeviceKey>, StoreError> {
-    let (uid, id) = after.clone().unwrap_or((i64::MIN, Vec::new()));
-    let mut stmt = c.prepare_cached(
-        "SELECT user_id, device_id FROM devices
-         WHERE (user_id, device_id) > (?1, ?2)
-           AND ((first_seen < ?3 AND first_seen % ?4 <> 0)
-                OR (last_seen < ?3 AND last_seen % ?4 <> 0))
-         ORDER BY user_id, device_id LIMIT ?5",
-    )?;
-    let rows = stmt
-        .query_map(params![uid, id, cut.before, cut.granularity, batch], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    seen_keys(c, "devices", "device_id", after, cut, batch)
 }
 
 fn floor_devices(c: &Connection, keys: &[DeviceKey], cut: DecayCut) -> Result<u64, StoreError> {
-    let mut stmt = c.prepare_cached(
-        "UPDATE devices SET
-             first_seen = CASE WHEN first_seen < ?3 THEN first_seen - first_seen % ?4
-                          ELSE first_seen END,
-             last_seen = CASE WHEN last_seen < ?3 THEN last_seen - last_seen % ?4
-                         ELSE last_seen END
-         WHERE user_id = ?1 AND device_id = ?2",
-    )?;
-    let mut n = 0;
-    for (uid, id) in keys {
-        n += stmt.execute(params![uid, id, cut.before, cut.granularity])? as u64;
-    }
-    Ok(n)
+    floor_seen(c, "devices", "device_id", keys, cut)
+}
+
+fn country_keys(
+    c: &Connection,
+    after: &Option<CountryKey>,
+    cut: DecayCut,
+    batch: i64,
+) -> Result<Vec<CountryKey>, StoreError> {
+    seen_keys(c, "user_countries", "zone", after, cut, batch)
+}
+
+fn floor_countries(c: &Connection, keys: &[CountryKey], cut: DecayCut) -> Result<u64, StoreError> {
+    floor_seen(c, "user_countries", "zone", keys, cut)
 }
 
 fn time_spent_keys(
@@ -205,7 +246,7 @@ impl SqliteStore {
         let mut covered = i64::MIN;
         for &cut in cuts.iter().rev() {
             // Logs and time spent, oldest first from where the coarser cut
-            // stopped; devices, by key.
+            // stopped; devices and countries, by key.
             total.user_logs += self
                 .in_pages(cut, covered, log_keys, |k| k.1, floor_logs)
                 .await?;
@@ -214,6 +255,15 @@ impl SqliteStore {
                 .await?;
             total.time_spent += self
                 .in_pages(cut, covered, time_spent_keys, |k| k.2, floor_time_spent)
+                .await?;
+            total.user_countries += self
+                .in_pages(
+                    cut,
+                    None,
+                    country_keys,
+                    |k| Some(k.clone()),
+                    floor_countries,
+                )
                 .await?;
             covered = covered.max(cut.before);
         }

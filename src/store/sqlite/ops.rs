@@ -6,7 +6,7 @@ use rusqlite::types::{FromSqlError, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::StoreError;
-use crate::model::{Deleted, DeviceRecord, DeviceRow, LogDevice, LogRecord, LogRow};
+use crate::model::{CountrySeen, Deleted, DeviceRecord, DeviceRow, LogDevice, LogRecord, LogRow};
 
 fn opt(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
@@ -235,6 +235,23 @@ pub fn user_devices(conn: &Connection, name: &str) -> Result<Vec<DeviceRow>, Sto
          ORDER BY d.last_seen DESC, d.first_seen DESC"
     ))?;
     let rows = stmt.query_map([name], |r| device_row(r, 0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn user_countries(conn: &Connection, name: &str) -> Result<Vec<CountrySeen>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT c.zone, c.first_seen, c.last_seen
+         FROM users u JOIN user_countries c ON c.user_id = u.id
+         WHERE u.name = ?1
+         ORDER BY c.first_seen, c.zone",
+    )?;
+    let rows = stmt.query_map([name], |r| {
+        Ok(CountrySeen {
+            zone: r.get(0)?,
+            first_seen: r.get(1)?,
+            last_seen: r.get(2)?,
+        })
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
