@@ -484,6 +484,8 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
                         .any(|s| s.starts_with("shared_preload_libraries="))
                 {
                     settings.push("shared_preload_libraries=pg_stat_statements".to_owned());
+                }
+                if args.pg_statements {
                     settings.push("pg_stat_statements.track_planning=on".to_owned());
                 }
                 let pg = usermetadb::store::postgres::scratch::Scratch::start_with_settings(
@@ -647,15 +649,23 @@ fn run_command(mut args: RunArgs) -> Result<bool> {
     let mut insert_after = None;
     if let (Some(pg), Some(dir)) = (&cluster, &workdir) {
         eprintln!("measuring the cluster's own single-row INSERT rate again (pgbench)...");
-        insert_after = Some(pgbench_insert_rate(pg, &dir.path, &args)?);
+        match pgbench_insert_rate(pg, &dir.path, &args) {
+            Ok(c) => insert_after = Some(c),
+            Err(e) => eprintln!("warning: pgbench after the scenarios: {e:#}"),
+        }
     }
     let insert_before = insert_ceiling.take();
-    if let (Some(a), Some(b)) = (&insert_before, &insert_after) {
-        insert_ceiling = Some(InsertCeiling {
+    insert_ceiling = match (&insert_before, &insert_after) {
+        (Some(a), Some(b)) => Some(InsertCeiling {
             tps: (a.tps + b.tps) / 2.0,
             cpu_us: (a.cpu_us + b.cpu_us) / 2.0,
-        });
-    }
+        }),
+        (Some(a), None) => Some(InsertCeiling {
+            tps: a.tps,
+            cpu_us: a.cpu_us,
+        }),
+        _ => None,
+    };
     drop(cluster);
     drop(workdir);
 

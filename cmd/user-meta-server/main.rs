@@ -312,8 +312,8 @@ fn db_prune(config: &Config) -> anyhow::Result<()> {
             d.user_logs, d.devices, d.users
         );
         println!(
-            "coarsened {} log entries, {} devices, {} time-spent rows",
-            c.user_logs, c.devices, c.time_spent
+            "coarsened {} log entries, {} devices, {} time-spent rows, {} countries seen",
+            c.user_logs, c.devices, c.time_spent, c.user_countries
         );
         Ok::<(), anyhow::Error>(())
     });

@@ -1686,6 +1686,51 @@ pub async fn decay_floors_old_times_and_keeps_every_entry(
     );
 }
 
+/// Decay walks the countries seen page by page (more than one batch of
+/// rows) and floors every one; a second run changes nothing.
+pub async fn decay_floors_every_country_across_pages(
+    store: &Store,
+    db: &DbConfig,
+    _another: &DbConfig,
+) {
+    use store::types::DecayCut;
+    const USERS: usize = 2_300;
+    let now = T0 + 400 * DAY;
+    let old = now - 200 * DAY + 5 * HOUR;
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut records = (0..USERS).flat_map(|i| {
+            let user = format!("c{i:05}");
+            [
+                Record::Log(entry(&user, old, "login", Some(device("d", "IT")))),
+                Record::Log(entry(&user, old + DAY, "login", Some(device("d", "FR")))),
+            ]
+        });
+        store::bulk_load(&db, &mut records).unwrap();
+    })
+    .await
+    .unwrap();
+    let cuts = vec![DecayCut {
+        before: now - 30 * DAY,
+        granularity: 30 * DAY,
+    }];
+    let c = store.decay(cuts.clone()).await.unwrap();
+    assert_eq!(c.user_countries, 2 * USERS as u64, "{c:?}");
+    for i in (0..USERS).step_by(97).chain([USERS - 1]) {
+        let seen = store.user_countries(format!("c{i:05}")).await.unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        for s in &seen {
+            assert_eq!(s.first_seen % (30 * DAY), 0, "{s:?}");
+            assert_eq!(s.last_seen % (30 * DAY), 0, "{s:?}");
+        }
+    }
+    assert_eq!(
+        store.decay(cuts).await.unwrap().user_countries,
+        0,
+        "a second run changes nothing"
+    );
+}
+
 /// Reads of a user's data are recorded once per user, day, reader and
 /// endpoint, answered newest day first, erased with the user, aged out by
 /// day, and carried by export and import.
@@ -1836,6 +1881,7 @@ macro_rules! storage_conformance {
             agent_events_are_stored_once_and_sessions_add_up,
             browsing_across_users,
             decay_floors_old_times_and_keeps_every_entry,
+            decay_floors_every_country_across_pages,
             access_reads_are_recorded_once_and_kept_like_data
         );
     };

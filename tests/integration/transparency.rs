@@ -244,8 +244,10 @@ async fn export_user_holds_every_kind_of_row_and_the_cli_writes_it() {
     let countries = doc["countries"].as_array().unwrap();
     assert_eq!(countries.len(), 1, "{doc}");
     assert_eq!(countries[0]["country"], "IT");
-    let day = countries[0]["first_seen"].as_str().unwrap();
-    assert!(day.ends_with("T00:00:00Z"), "{day}");
+    for seen in ["first_seen", "last_seen"] {
+        let day = countries[0][seen].as_str().unwrap();
+        assert!(day.ends_with("T00:00:00Z"), "{seen}: {day}");
+    }
     assert_eq!(doc["last_logins"][0]["service"], "mail");
     let alerts = doc["alerts"].as_array().unwrap();
     assert_eq!(alerts.len(), 1, "{doc}");

@@ -318,10 +318,12 @@ pub fn import(
                            coalesce(max(id), 0) + 1, false) FROM agent_keys",
         )
         .await?;
-        // The countries seen, derived from the log as the server keeps them.
+        // The countries seen, derived from the log as the server keeps them
+        // (to the day).
         tx.batch_execute(
             "INSERT INTO user_countries (user_id, zone, first_seen, last_seen)
-                 SELECT user_id, zone, min(ts), max(ts) FROM user_logs
+                 SELECT user_id, zone, min(ts) - min(ts) % 86400, max(ts) - max(ts) % 86400
+                 FROM user_logs
                  WHERE zone IS NOT NULL AND zone <> '' GROUP BY user_id, zone
              ON CONFLICT DO NOTHING",
         )

@@ -86,10 +86,10 @@ async fn decay_locked(
             let row = client
                 .query_one(
                     "WITH k AS (SELECT user_id, zone FROM user_countries
-                                WHERE (user_id, zone COLLATE \"C\") > ($4, $5)
+                                WHERE (user_id, zone) > ($4, $5)
                                   AND ((first_seen < $1 AND first_seen % $2 <> 0)
                                        OR (last_seen < $1 AND last_seen % $2 <> 0))
-                                ORDER BY user_id, zone COLLATE \"C\" LIMIT $3),
+                                ORDER BY user_id, zone LIMIT $3),
                           u AS (UPDATE user_countries c SET
                                     first_seen = CASE WHEN c.first_seen < $1
                                         THEN c.first_seen - c.first_seen % $2 ELSE c.first_seen END,
@@ -97,20 +97,21 @@ async fn decay_locked(
                                         THEN c.last_seen - c.last_seen % $2 ELSE c.last_seen END
                                 FROM k WHERE (c.user_id, c.zone) = (k.user_id, k.zone)
                                 RETURNING 1)
-                     SELECT (SELECT count(*) FROM u),
-                            (SELECT user_id FROM k ORDER BY user_id DESC, zone COLLATE \"C\" DESC LIMIT 1),
-                            (SELECT zone FROM k ORDER BY user_id DESC, zone COLLATE \"C\" DESC LIMIT 1)",
+                     SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM k),
+                            (SELECT user_id FROM k ORDER BY user_id DESC, zone DESC LIMIT 1),
+                            (SELECT zone FROM k ORDER BY user_id DESC, zone DESC LIMIT 1)",
                     &[&before, &g, &DECAY_BATCH, &after.0, &after.1],
                 )
                 .await
                 .map_err(pg_error)?;
-            let n: i64 = row.get(0);
+            let (n, page): (i64, i64) = (row.get(0), row.get(1));
             total.user_countries += n as u64;
+            // Paged on the keys read: a row erased meanwhile is not an end.
             match (
-                row.get::<_, Option<i64>>(1),
-                row.get::<_, Option<String>>(2),
+                row.get::<_, Option<i64>>(2),
+                row.get::<_, Option<String>>(3),
             ) {
-                (Some(uid), Some(zone)) if n == DECAY_BATCH => after = (uid, zone),
+                (Some(uid), Some(zone)) if page == DECAY_BATCH => after = (uid, zone),
                 _ => break,
             }
             tokio::task::yield_now().await;

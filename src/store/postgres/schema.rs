@@ -215,6 +215,13 @@ pub const MIGRATIONS: &[&str] = &[
         REFERENCING NEW TABLE AS added
         FOR EACH STATEMENT EXECUTE FUNCTION usermetadb_devices_added();
     ",
+    // 6: the countries seen are kept to the day; those derived from the log
+    // by imports before this version kept the entries' own times.
+    "
+    UPDATE user_countries SET first_seen = first_seen - first_seen % 86400,
+                              last_seen = last_seen - last_seen % 86400
+    WHERE first_seen % 86400 <> 0 OR last_seen % 86400 <> 0;
+    ",
 ];
 
 /// The schema version this build writes.

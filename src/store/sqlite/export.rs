@@ -273,7 +273,8 @@ pub fn import(
 fn rebuild_derived(conn: &Connection) -> Result<(), BulkError> {
     conn.execute_batch(
         "INSERT OR IGNORE INTO user_countries (user_id, zone, first_seen, last_seen)
-             SELECT user_id, zone, min(ts), max(ts) FROM user_logs
+             SELECT user_id, zone, min(ts) - min(ts) % 86400, max(ts) - max(ts) % 86400
+             FROM user_logs
              WHERE zone IS NOT NULL AND zone <> '' GROUP BY user_id, zone",
     )?;
     Ok(())

@@ -180,6 +180,14 @@ pub const MIGRATIONS: &[&str] = &[
     "
     DROP INDEX access_reads_by_day;
     ",
+    // 8: the countries seen are kept to the day; those derived from the log
+    // by migration 2 (and by imports before this version) kept the entries'
+    // own times.
+    "
+    UPDATE user_countries SET first_seen = first_seen - first_seen % 86400,
+                              last_seen = last_seen - last_seen % 86400
+    WHERE first_seen % 86400 <> 0 OR last_seen % 86400 <> 0;
+    ",
 ];
 
 /// The schema version this build writes.
@@ -242,7 +250,7 @@ mod tests {
         assert_eq!(v, MIGRATIONS.len() as i64);
         assert_eq!(
             current_version(),
-            7,
+            8,
             "a migration was added: update this count"
         );
         // Running again is a no-op.
@@ -250,14 +258,15 @@ mod tests {
     }
 
     #[test]
-    fn migration_2_backfills_countries_from_existing_logs() {
+    fn migration_2_backfills_countries_and_8_keeps_them_to_the_day() {
         let mut c = Connection::open_in_memory().unwrap();
         let tx = c.transaction().unwrap();
         tx.execute_batch(MIGRATIONS[0]).unwrap();
         tx.execute_batch(
             "INSERT INTO users (id, name) VALUES (1, 'u');
              INSERT INTO user_logs (user_id, ts, log_type, zone) VALUES
-                 (1, 10, 'login', 'IT'), (1, 20, 'login', 'IT'), (1, 30, 'login', 'DE'), (1, 40, 'logout', NULL);
+                 (1, 86400 + 10, 'login', 'IT'), (1, 2 * 86400 + 20, 'login', 'IT'),
+                 (1, 86400 + 30, 'login', 'DE'), (1, 40, 'logout', NULL);
              PRAGMA user_version = 1;",
         )
         .unwrap();
@@ -270,7 +279,10 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(rows, vec![("DE".into(), 30, 30), ("IT".into(), 10, 20)]);
+        assert_eq!(
+            rows,
+            vec![("DE".into(), 86400, 86400), ("IT".into(), 86400, 2 * 86400)]
+        );
     }
 
     #[test]
