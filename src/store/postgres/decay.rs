@@ -57,65 +57,9 @@ async fn decay_locked(
             }
             tokio::task::yield_now().await;
         }
-        loop {
-            let n = client
-                .execute(
-                    "UPDATE devices SET
-                         first_seen = CASE WHEN first_seen < $1 THEN first_seen - first_seen % $2
-                                      ELSE first_seen END,
-                         last_seen = CASE WHEN last_seen < $1 THEN last_seen - last_seen % $2
-                                     ELSE last_seen END
-                     WHERE (user_id, device_id) IN
-                         (SELECT user_id, device_id FROM devices
-                          WHERE (first_seen < $1 AND first_seen % $2 <> 0)
-                             OR (last_seen < $1 AND last_seen % $2 <> 0)
-                          LIMIT $3)",
-                    &[&before, &g, &DECAY_BATCH],
-                )
-                .await
-                .map_err(pg_error)?;
-            total.devices += n;
-            if n < DECAY_BATCH as u64 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        // Countries, by key: first and last days seen.
-        let mut after: (i64, String) = (i64::MIN, String::new());
-        loop {
-            let row = client
-                .query_one(
-                    "WITH k AS (SELECT user_id, zone FROM user_countries
-                                WHERE (user_id, zone) > ($4, $5)
-                                  AND ((first_seen < $1 AND first_seen % $2 <> 0)
-                                       OR (last_seen < $1 AND last_seen % $2 <> 0))
-                                ORDER BY user_id, zone LIMIT $3),
-                          u AS (UPDATE user_countries c SET
-                                    first_seen = CASE WHEN c.first_seen < $1
-                                        THEN c.first_seen - c.first_seen % $2 ELSE c.first_seen END,
-                                    last_seen = CASE WHEN c.last_seen < $1
-                                        THEN c.last_seen - c.last_seen % $2 ELSE c.last_seen END
-                                FROM k WHERE (c.user_id, c.zone) = (k.user_id, k.zone)
-                                RETURNING 1)
-                     SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM k),
-                            (SELECT user_id FROM k ORDER BY user_id DESC, zone DESC LIMIT 1),
-                            (SELECT zone FROM k ORDER BY user_id DESC, zone DESC LIMIT 1)",
-                    &[&before, &g, &DECAY_BATCH, &after.0, &after.1],
-                )
-                .await
-                .map_err(pg_error)?;
-            let (n, page): (i64, i64) = (row.get(0), row.get(1));
-            total.user_countries += n as u64;
-            // Paged on the keys read: a row erased meanwhile is not an end.
-            match (
-                row.get::<_, Option<i64>>(2),
-                row.get::<_, Option<String>>(3),
-            ) {
-                (Some(uid), Some(zone)) if page == DECAY_BATCH => after = (uid, zone),
-                _ => break,
-            }
-            tokio::task::yield_now().await;
-        }
+        total.devices += floor_seen::<Vec<u8>>(client, "devices", "device_id", before, g).await?;
+        total.user_countries +=
+            floor_seen::<String>(client, "user_countries", "zone", before, g).await?;
         // Time spent is a sum: rows meeting on a floored day are added up.
         let mut from = covered;
         loop {
@@ -153,4 +97,53 @@ async fn decay_locked(
         covered = covered.max(before);
     }
     Ok(total)
+}
+
+/// Floors the first and last seen times before `before` of a table keyed by
+/// (user_id, `key`) (devices, countries): a page of keys per statement, in
+/// key order. Paged on the keys read, so a row erased meanwhile does not end
+/// the walk.
+async fn floor_seen<K>(
+    client: &deadpool_postgres::Object,
+    table: &str,
+    key: &str,
+    before: i64,
+    g: i64,
+) -> Result<u64, StoreError>
+where
+    K: Default + tokio_postgres::types::ToSql + Sync + for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    let sql = format!(
+        "WITH k AS (SELECT user_id, {key} FROM {table}
+                    WHERE (user_id, {key}) > ($4, $5)
+                      AND ((first_seen < $1 AND first_seen % $2 <> 0)
+                           OR (last_seen < $1 AND last_seen % $2 <> 0))
+                    ORDER BY user_id, {key} LIMIT $3),
+              u AS (UPDATE {table} t SET
+                        first_seen = CASE WHEN t.first_seen < $1
+                            THEN t.first_seen - t.first_seen % $2 ELSE t.first_seen END,
+                        last_seen = CASE WHEN t.last_seen < $1
+                            THEN t.last_seen - t.last_seen % $2 ELSE t.last_seen END
+                    FROM k WHERE (t.user_id, t.{key}) = (k.user_id, k.{key})
+                    RETURNING 1)
+         SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM k),
+                (SELECT user_id FROM k ORDER BY user_id DESC, {key} DESC LIMIT 1),
+                (SELECT {key} FROM k ORDER BY user_id DESC, {key} DESC LIMIT 1)"
+    );
+    let st = client.prepare(&sql).await.map_err(pg_error)?;
+    let mut after: (i64, K) = (i64::MIN, K::default());
+    let mut total = 0;
+    loop {
+        let row = client
+            .query_one(&st, &[&before, &g, &DECAY_BATCH, &after.0, &after.1])
+            .await
+            .map_err(pg_error)?;
+        let (n, page): (i64, i64) = (row.get(0), row.get(1));
+        total += n as u64;
+        match (row.get::<_, Option<i64>>(2), row.get::<_, Option<K>>(3)) {
+            (Some(uid), Some(k)) if page == DECAY_BATCH => after = (uid, k),
+            _ => return Ok(total),
+        }
+        tokio::task::yield_now().await;
+    }
 }
